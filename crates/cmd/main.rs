@@ -1,1 +1,95 @@
-fn main() {}
+//! `tiermon`: one binary, a subcommand per tier and tool. Each subcommand
+//! is a thin file here; the logic lives in the crates.
+
+mod agent;
+mod check;
+mod up;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tiermon", version, about = "Hierarchical, federated monitoring", long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info` or `tiermon_agent=debug` (overrides RUST_LOG).
+    #[arg(long, global = true, env = "TIERMON_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every server subcommand takes.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Configuration file (TOML or YAML); environment variables
+    /// TIERMON_<SECTION>__<KEY> override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (host:port), overriding the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host agent: serve this host's health at /metrics.
+    Agent(ServerArgs),
+    /// Start a whole hierarchy on this machine, monitoring it.
+    Up(up::Args),
+    /// Check exposition text, configuration files.
+    #[command(subcommand)]
+    Check(check::Check),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    let result = match cli.command {
+        Command::Check(c) => return check::run(c),
+        Command::Agent(a) => runtime().and_then(|rt| rt.block_on(agent::run(a))),
+        Command::Up(a) => runtime().and_then(|rt| rt.block_on(up::run(a))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -142,6 +142,8 @@ struct Open {
     group: Option<Vec<(String, String)>>,
     seen_groups: HashSet<Vec<(String, String)>>,
     group_ts: Option<i64>,
+    /// Series of the current group at the current timestamp.
+    group_series: HashSet<(String, Vec<(String, String)>)>,
 }
 
 impl std::ops::Deref for Open {
@@ -161,6 +163,7 @@ impl Open {
             group: None,
             seen_groups: HashSet::new(),
             group_ts: None,
+            group_series: HashSet::new(),
         }
     }
 
@@ -254,9 +257,10 @@ impl Builder {
                 f
             }
         };
-        check_sample(fam, &sample, format)?;
-        fam.lines.push(line);
-        fam.fam.samples.push(sample);
+        if check_sample(fam, &sample, format)? {
+            fam.lines.push(line);
+            fam.fam.samples.push(sample);
+        }
         Ok(())
     }
 
@@ -309,7 +313,10 @@ fn label<'a>(s: &'a FamilySample, name: &str) -> Option<&'a str> {
     s.labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
-fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<(), String> {
+/// Checks one sample against its family; `Ok(false)` for an exact repeat
+/// of a series at the same timestamp within a metric, which OpenMetrics
+/// parsers drop (the first one wins).
+fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<bool, String> {
     let kind = f.fam.kind;
     let name = f.fam.name.clone();
     let suffix = &s.name[name.len().min(s.name.len())..];
@@ -330,7 +337,7 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<(), St
         }
     }
     if format == Format::Prometheus {
-        return Ok(());
+        return Ok(true);
     }
     if kind == MetricType::StateSet && label(s, &name).is_none() {
         return Err(format!("stateset sample {} needs a label named {name}", s.name));
@@ -371,6 +378,12 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<(), St
     } else if f.seen_groups.contains(&key) {
         return Err(format!("samples of {} with these labels are not contiguous (metrics must be grouped)", s.name));
     }
+    if f.group.as_ref() != Some(&key) || f.group_ts != s.timestamp {
+        f.group_series.clear();
+    }
+    let mut labels = s.labels.clone();
+    labels.sort();
+    let repeat = !f.group_series.insert((s.name.clone(), labels));
     f.group_ts = s.timestamp;
     f.seen_groups.insert(key.clone());
     f.group = Some(key);
@@ -395,7 +408,7 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<(), St
     if s.exemplar.is_some() && !((is_hist && suffix == "_bucket") || (kind == MetricType::Counter && suffix == "_total")) {
         return Err(format!("{} cannot have an exemplar: only histogram buckets and counter totals can", s.name));
     }
-    Ok(())
+    Ok(!repeat)
 }
 
 /// OpenMetrics histogram structure, per metric (group) and timestamp:

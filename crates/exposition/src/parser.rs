@@ -400,7 +400,8 @@ impl<'a> Parser<'a> {
         let mut exemplar = None;
         if om {
             if p < b.len() {
-                p += 1; // the space token_len stopped at
+                self.om_space(line, p)?;
+                p += 1;
                 if b.get(p) != Some(&b'#') {
                     let tend = p + token_len(&b[p..]);
                     if tend == p {
@@ -411,6 +412,7 @@ impl<'a> Parser<'a> {
                     })?);
                     p = tend;
                     if p < b.len() {
+                        self.om_space(line, p)?;
                         p += 1;
                         if b.get(p) != Some(&b'#') {
                             return Err(self.err(line, p, format!("expected end of line or an exemplar (\" # {{...}}\"), found {}", found(&b[p..]))));
@@ -465,6 +467,7 @@ impl<'a> Parser<'a> {
         p = vend;
         let mut timestamp = None;
         if p < b.len() {
+            self.om_space(line, p)?;
             p += 1;
             let tend = p + token_len(&b[p..]);
             timestamp = Some(parse_seconds_as_millis(&b[p..tend]).ok_or_else(|| {
@@ -554,6 +557,14 @@ impl<'a> Parser<'a> {
                 Some(b'}') => return Ok(p + 1),
                 _ => return Err(self.err(line, p, format!("expected ',' or '}}' after a label value, found {}", found(&b[p..])))),
             }
+        }
+    }
+
+    /// OpenMetrics separates tokens with exactly one space, never a tab.
+    fn om_space(&self, line: &str, p: usize) -> Result<(), ParseError> {
+        match line.as_bytes().get(p) {
+            Some(b' ') => Ok(()),
+            _ => Err(self.err(line, p, format!("expected a space, found {}", found(&line.as_bytes()[p.min(line.len())..])))),
         }
     }
 

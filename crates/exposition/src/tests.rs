@@ -108,6 +108,14 @@ fn openmetrics_valid_documents() {
     valid(OM, "# TYPE a counter\na_total{foo=\"1\"} 1 000\na_total{foo=\"2\"} 1 1.5e3\n# EOF\n");
     valid(OM, "# TYPE a gauge\na{a=\"1\"} 1 0\na{a=\"1\"} 2 0\n# EOF\n");
     valid(OM, "a NaN\n# EOF\n");
+    // An exact repeat at the same timestamp is dropped, not a bucket out of order.
+    let fams = check(OM, "# TYPE a histogram\na_bucket{le=\"1\"} 0 1\na_bucket{le=\"1\"} 0 1\na_bucket{le=\"+Inf\"} 0 1\n# EOF\n").unwrap();
+    assert_eq!(fams[0].samples.len(), 2);
+    valid(OM, "# TYPE a_seconds counter\n# UNIT a_seconds seconds\na_seconds_total 1\n# EOF\n");
+    valid(OM, "# TYPE a histogram\na_bucket{le=\"+Inf\",foo=\"bar # \"} 1 # {a=\"b\",foo=\"bar # bar\"} 4\n# EOF\n");
+    valid(OM, "# TYPE a histogram\na_bucket{le=\"0\"} 0\na_bucket{le=\"00.1\"} 0\na_bucket{le=\"1e+2\"} 0\na_bucket{le=\"+Inf\"} 0\n# EOF\n");
+    valid(OM, "a{foo=\"bar\"} +Inf\na{foo=\"baz\"} -Inf\n# EOF\n");
+    valid(OM, "a 0000000000000000000000000000000000000000001.2e-1\n# EOF\n");
 }
 
 #[test]
@@ -118,6 +126,18 @@ fn openmetrics_invalid_documents() {
     invalid(OM, "a  1\n# EOF\n", "expected a value");
     invalid(OM, "a 1 \n# EOF\n", "expected a timestamp");
     invalid(OM, "a 1 NaN\n# EOF\n", "expected a timestamp in seconds");
+    invalid(OM, "a 1\t2\n# EOF\n", "line 1, column 4: expected a space, found a tab");
+    invalid(OM, "a 1 2\t# {} 1\n# EOF\n", "expected a space, found a tab");
+    invalid(OM, "# TYPE a counter\na_total 1 # {} 1\t2\n# EOF\n", "expected a space, found a tab");
+    invalid(OM, "# TYPE a gauge \n# EOF\n", "expected one of counter");
+    invalid(OM, "# UNIT a seconds\n# EOF\n", "does not end with its unit");
+    invalid(OM, "0a 1\n# EOF\n", "expected a metric name");
+    invalid(OM, "# TYPE a counter\na_total{a=\"1\"} 0\na_total{a=\"2\"} 0\na_total{a=\"1\"} 0\n# EOF\n", "not contiguous");
+    invalid(OM, "# TYPE a gauge\na 0\n# TYPE b gauge\nb 0\na 0\n# EOF\n", "clashes");
+    invalid(OM, "# TYPE a summary\na_sum -1\n# EOF\n", "cannot be negative");
+    invalid(OM, "# TYPE a histogram\na_bucket 0\n# EOF\n", "needs an \"le\" label");
+    invalid(OM, "# TYPE a counter\na_total 1 # {a=\"b\",} 1\n# EOF\n", "trailing commas");
+    invalid(OM, "# TYPE a counter\na_total 1 # {} 1 NaN\n# EOF\n", "exemplar's timestamp");
     invalid(OM, "a{a=\"1\",} 1\n# EOF\n", "trailing commas");
     invalid(OM, "a{a=\"1\"b=\"2\"} 1\n# EOF\n", "expected ',' or '}'");
     invalid(OM, "#a 1\n# EOF\n", "expected a space after '#'");
