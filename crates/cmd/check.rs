@@ -35,7 +35,14 @@ pub(crate) fn run(c: Check) -> ExitCode {
             match tiermon_exposition::parse_families(&buf, format) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: invalid {} exposition: {e}", if format == Format::OpenMetrics { "OpenMetrics" } else { "Prometheus text" });
+                    eprintln!(
+                        "error: invalid {} exposition: {e}",
+                        if format == Format::OpenMetrics {
+                            "OpenMetrics"
+                        } else {
+                            "Prometheus text"
+                        }
+                    );
                     ExitCode::FAILURE
                 }
             }

@@ -23,16 +23,21 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating data folder {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data folder {}", args.data.display()))?;
     let mut agent_cfg = cfg.agent;
     agent_cfg.listen = args.agent_listen;
     let agent = tiermon_agent::Agent::new(agent_cfg).context("starting the agent")?;
-    let listener = tokio::net::TcpListener::bind(args.agent_listen).await.with_context(|| format!("listening on {}", args.agent_listen))?;
+    let listener = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.agent_listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(tier = "agent", listen = %addr, "listening");
     println!("tiermon is up (Ctrl-C stops it)");
     println!("  agent   http://{addr}/metrics");
-    tiermon_agent::serve(agent, listener, crate::shutdown_signal()).await.context("serving the agent")?;
+    tiermon_agent::serve(agent, listener, crate::shutdown_signal())
+        .await
+        .context("serving the agent")?;
     println!("tiermon stopped");
     Ok(())
 }

@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["tiermon/v1/types.proto", "tiermon/v1/push.proto", "tiermon/v1/query.proto"];
+    let files = [
+        "tiermon/v1/types.proto",
+        "tiermon/v1/push.proto",
+        "tiermon/v1/query.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

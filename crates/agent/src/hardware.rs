@@ -22,7 +22,9 @@ fn read_f64(p: &Path) -> Option<f64> {
 /// Sorted entries of `dir` whose names start with `prefix`; none when the
 /// directory does not exist.
 fn entries(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut v: Vec<_> = rd
         .filter_map(|e| {
             let e = e.ok()?;
@@ -41,19 +43,39 @@ pub(crate) fn edac(ctx: &Ctx, out: &mut Out) -> Result<()> {
         let controller = mc.trim_start_matches("mc");
         let l = [("controller", controller)];
         if let Some(v) = read_f64(&path.join("ce_count")) {
-            out.counter("node_edac_correctable_errors_total", "Total correctable memory errors.", &l, v);
+            out.counter(
+                "node_edac_correctable_errors_total",
+                "Total correctable memory errors.",
+                &l,
+                v,
+            );
         }
         if let Some(v) = read_f64(&path.join("ue_count")) {
-            out.counter("node_edac_uncorrectable_errors_total", "Total uncorrectable memory errors.", &l, v);
+            out.counter(
+                "node_edac_uncorrectable_errors_total",
+                "Total uncorrectable memory errors.",
+                &l,
+                v,
+            );
         }
         for (row, rpath) in entries(&path, "csrow") {
             let csrow = row.trim_start_matches("csrow");
             let l = [("controller", controller), ("csrow", csrow)];
             if let Some(v) = read_f64(&rpath.join("ce_count")) {
-                out.counter("node_edac_csrow_correctable_errors_total", "Total correctable memory errors for this csrow.", &l, v);
+                out.counter(
+                    "node_edac_csrow_correctable_errors_total",
+                    "Total correctable memory errors for this csrow.",
+                    &l,
+                    v,
+                );
             }
             if let Some(v) = read_f64(&rpath.join("ue_count")) {
-                out.counter("node_edac_csrow_uncorrectable_errors_total", "Total uncorrectable memory errors for this csrow.", &l, v);
+                out.counter(
+                    "node_edac_csrow_uncorrectable_errors_total",
+                    "Total uncorrectable memory errors for this csrow.",
+                    &l,
+                    v,
+                );
             }
         }
     }
@@ -65,19 +87,44 @@ pub(crate) fn hwmon(ctx: &Ctx, out: &mut Out) -> Result<()> {
     for (hw, path) in entries(&ctx.sysfs.join("class/hwmon"), "hwmon") {
         let chip = read_trim(&path.join("name")).unwrap_or(hw);
         for (file, fpath) in entries(&path, "") {
-            let Some(base) = file.strip_suffix("_input") else { continue };
-            let Some(raw) = read_f64(&fpath) else { continue };
-            let sensor = read_trim(&path.join(format!("{base}_label"))).unwrap_or_else(|| base.to_owned());
+            let Some(base) = file.strip_suffix("_input") else {
+                continue;
+            };
+            let Some(raw) = read_f64(&fpath) else {
+                continue;
+            };
+            let sensor =
+                read_trim(&path.join(format!("{base}_label"))).unwrap_or_else(|| base.to_owned());
             let l = [("chip", chip.as_str()), ("sensor", sensor.as_str())];
             if base.starts_with("temp") {
-                out.gauge("node_hwmon_temp_celsius", "Hardware monitor for temperature (input).", &l, raw / 1000.0);
+                out.gauge(
+                    "node_hwmon_temp_celsius",
+                    "Hardware monitor for temperature (input).",
+                    &l,
+                    raw / 1000.0,
+                );
                 if let Some(crit) = read_f64(&path.join(format!("{base}_crit"))) {
-                    out.gauge("node_hwmon_temp_crit_celsius", "Hardware monitor for temperature (crit).", &l, crit / 1000.0);
+                    out.gauge(
+                        "node_hwmon_temp_crit_celsius",
+                        "Hardware monitor for temperature (crit).",
+                        &l,
+                        crit / 1000.0,
+                    );
                 }
             } else if base.starts_with("fan") {
-                out.gauge("node_hwmon_fan_rpm", "Hardware monitor for fan revolutions per minute (input).", &l, raw);
+                out.gauge(
+                    "node_hwmon_fan_rpm",
+                    "Hardware monitor for fan revolutions per minute (input).",
+                    &l,
+                    raw,
+                );
             } else if base.starts_with("in") {
-                out.gauge("node_hwmon_in_volts", "Hardware monitor for voltage (input).", &l, raw / 1000.0);
+                out.gauge(
+                    "node_hwmon_in_volts",
+                    "Hardware monitor for voltage (input).",
+                    &l,
+                    raw / 1000.0,
+                );
             }
         }
     }
@@ -89,17 +136,37 @@ pub(crate) fn power_supply(ctx: &Ctx, out: &mut Out) -> Result<()> {
     for (name, path) in entries(&ctx.sysfs.join("class/power_supply"), "") {
         let l = [("power_supply", name.as_str())];
         if let Some(v) = read_f64(&path.join("online")) {
-            out.gauge("node_power_supply_online", "Whether the power supply is online.", &l, v);
+            out.gauge(
+                "node_power_supply_online",
+                "Whether the power supply is online.",
+                &l,
+                v,
+            );
         }
         if let Some(v) = read_f64(&path.join("present")) {
-            out.gauge("node_power_supply_present", "Whether the power supply is present.", &l, v);
+            out.gauge(
+                "node_power_supply_present",
+                "Whether the power supply is present.",
+                &l,
+                v,
+            );
         }
         if let Some(v) = read_f64(&path.join("capacity")) {
-            out.gauge("node_power_supply_capacity", "Charge of the battery in percent.", &l, v);
+            out.gauge(
+                "node_power_supply_capacity",
+                "Charge of the battery in percent.",
+                &l,
+                v,
+            );
         }
         if let Some(h) = read_trim(&path.join("health")) {
             let good = matches!(h.as_str(), "Good" | "Unknown");
-            out.gauge("tiermon_power_supply_healthy", "Whether the power supply reports good health.", &[("power_supply", &name), ("health", &h)], if good { 1.0 } else { 0.0 });
+            out.gauge(
+                "tiermon_power_supply_healthy",
+                "Whether the power supply reports good health.",
+                &[("power_supply", &name), ("health", &h)],
+                if good { 1.0 } else { 0.0 },
+            );
         }
     }
     Ok(())
@@ -128,7 +195,10 @@ pub(crate) struct DiskHealth {
 
 impl Smart {
     pub(crate) fn new(cfg: SmartConfig) -> Self {
-        Self { cfg, last: Mutex::new(Vec::new()) }
+        Self {
+            cfg,
+            last: Mutex::new(Vec::new()),
+        }
     }
 
     pub(crate) fn collect(&self, out: &mut Out) {
@@ -137,23 +207,52 @@ impl Smart {
             out.gauge(
                 "tiermon_smart_info",
                 "Disk identity reported by SMART.",
-                &[("device", &d.device), ("model", &d.model), ("serial", &d.serial)],
+                &[
+                    ("device", &d.device),
+                    ("model", &d.model),
+                    ("serial", &d.serial),
+                ],
                 1.0,
             );
             if let Some(p) = d.passed {
-                out.gauge("tiermon_smart_health_passed", "Whether the disk's SMART overall health self-assessment passed.", &l, if p { 1.0 } else { 0.0 });
+                out.gauge(
+                    "tiermon_smart_health_passed",
+                    "Whether the disk's SMART overall health self-assessment passed.",
+                    &l,
+                    if p { 1.0 } else { 0.0 },
+                );
             }
             if let Some(v) = d.reallocated {
-                out.gauge("tiermon_smart_reallocated_sectors", "Reallocated sector count (SMART attribute 5).", &l, v);
+                out.gauge(
+                    "tiermon_smart_reallocated_sectors",
+                    "Reallocated sector count (SMART attribute 5).",
+                    &l,
+                    v,
+                );
             }
             if let Some(v) = d.pending {
-                out.gauge("tiermon_smart_pending_sectors", "Current pending sector count (SMART attribute 197).", &l, v);
+                out.gauge(
+                    "tiermon_smart_pending_sectors",
+                    "Current pending sector count (SMART attribute 197).",
+                    &l,
+                    v,
+                );
             }
             if let Some(v) = d.media_errors {
-                out.counter("tiermon_smart_media_errors_total", "NVMe media and data integrity errors.", &l, v);
+                out.counter(
+                    "tiermon_smart_media_errors_total",
+                    "NVMe media and data integrity errors.",
+                    &l,
+                    v,
+                );
             }
             if let Some(v) = d.temperature {
-                out.gauge("tiermon_smart_temperature_celsius", "Current disk temperature.", &l, v);
+                out.gauge(
+                    "tiermon_smart_temperature_celsius",
+                    "Current disk temperature.",
+                    &l,
+                    v,
+                );
             }
         }
     }
@@ -161,7 +260,14 @@ impl Smart {
     async fn poll_once(&self) -> std::result::Result<Vec<DiskHealth>, String> {
         let devices = if self.cfg.devices.is_empty() {
             let scan = run_json(&self.cfg.smartctl, &["--scan", "--json"]).await?;
-            scan["devices"].as_array().map(|a| a.iter().filter_map(|d| d["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
+            scan["devices"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
         } else {
             self.cfg.devices.clone()
         };
@@ -194,19 +300,27 @@ pub(crate) async fn poll_smart(smart: std::sync::Arc<Smart>) {
 }
 
 async fn run_json(bin: &Path, args: &[&str]) -> std::result::Result<serde_json::Value, String> {
-    let child = tokio::process::Command::new(bin).args(args).kill_on_drop(true).output();
+    let child = tokio::process::Command::new(bin)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
     let out = tokio::time::timeout(Duration::from_secs(60), child)
         .await
         .map_err(|_| format!("{} {} timed out", bin.display(), args.join(" ")))?
         .map_err(|e| format!("running {}: {e}", bin.display()))?;
     // smartctl's exit status is a bit mask of findings; the JSON is what
     // counts.
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("{} {} printed no JSON: {e}", bin.display(), args.join(" ")))
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} {} printed no JSON: {e}", bin.display(), args.join(" ")))
 }
 
 pub(crate) fn parse_smart(device: &str, v: &serde_json::Value) -> DiskHealth {
     let attr = |id: u64| {
-        v["ata_smart_attributes"]["table"].as_array()?.iter().find(|a| a["id"].as_u64() == Some(id))?["raw"]["value"].as_f64()
+        v["ata_smart_attributes"]["table"]
+            .as_array()?
+            .iter()
+            .find(|a| a["id"].as_u64() == Some(id))?["raw"]["value"]
+            .as_f64()
     };
     DiskHealth {
         device: device.to_owned(),
@@ -231,11 +345,19 @@ mod tests {
     }
 
     fn values(out: Out) -> Vec<(String, Vec<(String, String)>, f64)> {
-        out.into_families().into_iter().flat_map(|f| f.samples).map(|s| (s.name, s.labels, s.value)).collect()
+        out.into_families()
+            .into_iter()
+            .flat_map(|f| f.samples)
+            .map(|s| (s.name, s.labels, s.value))
+            .collect()
     }
 
     fn ctx(root: &Path) -> Ctx {
-        Ctx::new(&tiermon_config::AgentConfig { sysfs: root.to_owned(), ..Default::default() }).unwrap()
+        Ctx::new(&tiermon_config::AgentConfig {
+            sysfs: root.to_owned(),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -269,10 +391,17 @@ mod tests {
         hwmon(&c, &mut o).unwrap();
         power_supply(&c, &mut o).unwrap();
         let v = values(o);
-        let get = |name: &str, lv: &str| v.iter().find(|(n, l, _)| n == name && l.iter().any(|(_, x)| x == lv)).map(|s| s.2);
+        let get = |name: &str, lv: &str| {
+            v.iter()
+                .find(|(n, l, _)| n == name && l.iter().any(|(_, x)| x == lv))
+                .map(|s| s.2)
+        };
         assert_eq!(get("node_edac_correctable_errors_total", "0"), Some(3.0));
         assert_eq!(get("node_edac_uncorrectable_errors_total", "0"), Some(1.0));
-        assert_eq!(get("node_edac_csrow_correctable_errors_total", "0"), Some(2.0));
+        assert_eq!(
+            get("node_edac_csrow_correctable_errors_total", "0"),
+            Some(2.0)
+        );
         assert_eq!(get("node_hwmon_temp_celsius", "Package id 0"), Some(45.0));
         assert_eq!(get("node_hwmon_fan_rpm", "fan1"), Some(1200.0));
         assert_eq!(get("node_hwmon_in_volts", "in0"), Some(1.2));
@@ -289,16 +418,25 @@ mod tests {
         )
         .unwrap();
         let h = parse_smart("/dev/sda", &ata);
-        assert_eq!((h.passed, h.reallocated, h.pending, h.temperature), (Some(false), Some(12.0), Some(3.0), Some(41.0)));
+        assert_eq!(
+            (h.passed, h.reallocated, h.pending, h.temperature),
+            (Some(false), Some(12.0), Some(3.0), Some(41.0))
+        );
         let nvme: serde_json::Value =
             serde_json::from_str(r#"{"smart_status":{"passed":true},"nvme_smart_health_information_log":{"media_errors":2}}"#).unwrap();
         let h = parse_smart("/dev/nvme0", &nvme);
-        assert_eq!((h.passed, h.media_errors, h.reallocated), (Some(true), Some(2.0), None));
+        assert_eq!(
+            (h.passed, h.media_errors, h.reallocated),
+            (Some(true), Some(2.0), None)
+        );
     }
 
     #[tokio::test]
     async fn smartctl_absent_is_not_an_error_series() {
-        let s = Smart::new(SmartConfig { smartctl: PathBuf::from("/nonexistent/smartctl"), ..Default::default() });
+        let s = Smart::new(SmartConfig {
+            smartctl: PathBuf::from("/nonexistent/smartctl"),
+            ..Default::default()
+        });
         assert!(s.poll_once().await.is_err());
         let mut o = Out::default();
         s.collect(&mut o);
@@ -317,9 +455,15 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let s = Smart::new(SmartConfig { smartctl: bin, ..Default::default() });
+        let s = Smart::new(SmartConfig {
+            smartctl: bin,
+            ..Default::default()
+        });
         let v = s.poll_once().await.unwrap();
         assert_eq!(v.len(), 1);
-        assert_eq!((v[0].device.as_str(), v[0].passed, v[0].temperature), ("/dev/sdz", Some(true), Some(30.0)));
+        assert_eq!(
+            (v[0].device.as_str(), v[0].passed, v[0].temperature),
+            ("/dev/sdz", Some(true), Some(30.0))
+        );
     }
 }

@@ -73,11 +73,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_owned(), source }
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     pub(crate) fn parse(path: &Path, e: impl std::fmt::Display) -> Self {
-        Error::Parse { path: path.to_owned(), message: e.to_string() }
+        Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -102,7 +108,12 @@ fn anchored(key: &str, re: &str) -> Result<Option<Regex>> {
     if re.is_empty() {
         return Ok(None);
     }
-    Regex::new(&format!("^(?:{re})$")).map(Some).map_err(|e| Error::Regex { key: key.to_owned(), source: Box::new(e) })
+    Regex::new(&format!("^(?:{re})$"))
+        .map(Some)
+        .map_err(|e| Error::Regex {
+            key: key.to_owned(),
+            source: Box::new(e),
+        })
 }
 
 impl Ctx {
@@ -112,9 +123,18 @@ impl Ctx {
             sysfs: cfg.sysfs.clone(),
             ticks: rustix::param::clock_ticks_per_second(),
             page_size: rustix::param::page_size() as u64,
-            fs_mount_exclude: anchored("agent.filesystem_mount_points_exclude", &cfg.filesystem_mount_points_exclude)?,
-            fs_type_exclude: anchored("agent.filesystem_types_exclude", &cfg.filesystem_types_exclude)?,
-            net_exclude: anchored("agent.network_devices_exclude", &cfg.network_devices_exclude)?,
+            fs_mount_exclude: anchored(
+                "agent.filesystem_mount_points_exclude",
+                &cfg.filesystem_mount_points_exclude,
+            )?,
+            fs_type_exclude: anchored(
+                "agent.filesystem_types_exclude",
+                &cfg.filesystem_types_exclude,
+            )?,
+            net_exclude: anchored(
+                "agent.network_devices_exclude",
+                &cfg.network_devices_exclude,
+            )?,
             disk_exclude: anchored("agent.disk_devices_exclude", &cfg.disk_devices_exclude)?,
         })
     }
@@ -168,9 +188,21 @@ impl Agent {
     pub fn new(cfg: AgentConfig) -> Result<Self> {
         let ctx = Ctx::new(&cfg)?;
         let processes = process::Watcher::new(&cfg.processes)?;
-        let logs = cfg.logs.iter().map(|l| Arc::new(logs::LogCounter::new(l.clone()))).collect();
+        let logs = cfg
+            .logs
+            .iter()
+            .map(|l| Arc::new(logs::LogCounter::new(l.clone())))
+            .collect();
         let smart = Arc::new(hardware::Smart::new(cfg.smart.clone()));
-        Ok(Self { inner: Arc::new(Inner { cfg, ctx, processes, logs, smart }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                ctx,
+                processes,
+                logs,
+                smart,
+            }),
+        })
     }
 
     /// Starts the background work (log followers, SMART polling). It stops
@@ -219,22 +251,40 @@ impl Agent {
         let mut health = out::Out::default();
         for (name, took, r) in results {
             let l = [("collector", name)];
-            health.gauge("tiermon_agent_collector_duration_seconds", "How long the collector took at this scrape.", &l, took.as_secs_f64());
+            health.gauge(
+                "tiermon_agent_collector_duration_seconds",
+                "How long the collector took at this scrape.",
+                &l,
+                took.as_secs_f64(),
+            );
             match r {
                 Ok(o) => {
                     all.merge(o);
-                    health.gauge("tiermon_agent_collector_success", "Whether the collector succeeded at this scrape.", &l, 1.0);
+                    health.gauge(
+                        "tiermon_agent_collector_success",
+                        "Whether the collector succeeded at this scrape.",
+                        &l,
+                        1.0,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(collector = name, error = %e, "collector failed");
-                    health.gauge("tiermon_agent_collector_success", "Whether the collector succeeded at this scrape.", &l, 0.0);
+                    health.gauge(
+                        "tiermon_agent_collector_success",
+                        "Whether the collector succeeded at this scrape.",
+                        &l,
+                        0.0,
+                    );
                 }
             }
         }
         health.gauge(
             "tiermon_build_info",
             "A metric with a constant '1' value labeled by version.",
-            &[("version", env!("CARGO_PKG_VERSION")), ("component", "agent")],
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("component", "agent"),
+            ],
             1.0,
         );
         all.merge(health);

@@ -51,21 +51,54 @@ struct Follower {
 
 impl LogCounter {
     pub(crate) fn new(cfg: LogSource) -> Self {
-        Self { cfg, counts: Mutex::new(Counts::default()), follower: Mutex::new(Follower::default()) }
+        Self {
+            cfg,
+            counts: Mutex::new(Counts::default()),
+            follower: Mutex::new(Follower::default()),
+        }
     }
 
     pub(crate) fn collect(&self, out: &mut Out) {
-        let c = self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let c = self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let log = self.cfg.name.as_str();
         for (code, n) in &c.by_code {
             let code_s = code.to_string();
             let class = format!("{}xx", code / 100);
-            out.counter("tiermon_log_requests_total", "Requests in the access log by HTTP status.", &[("log", log), ("code", &code_s), ("class", &class)], *n as f64);
+            out.counter(
+                "tiermon_log_requests_total",
+                "Requests in the access log by HTTP status.",
+                &[("log", log), ("code", &code_s), ("class", &class)],
+                *n as f64,
+            );
         }
-        out.counter("tiermon_log_lines_total", "Lines read from the access log.", &[("log", log)], c.lines as f64);
-        out.counter("tiermon_log_parse_errors_total", "Lines of the access log without a valid HTTP status.", &[("log", log)], c.errors as f64);
-        out.counter("tiermon_log_rotations_total", "Rotations and truncations of the access log followed.", &[("log", log)], c.rotations as f64);
-        out.gauge("tiermon_log_readable", "Whether the access log could be opened.", &[("log", log)], if c.readable { 1.0 } else { 0.0 });
+        out.counter(
+            "tiermon_log_lines_total",
+            "Lines read from the access log.",
+            &[("log", log)],
+            c.lines as f64,
+        );
+        out.counter(
+            "tiermon_log_parse_errors_total",
+            "Lines of the access log without a valid HTTP status.",
+            &[("log", log)],
+            c.errors as f64,
+        );
+        out.counter(
+            "tiermon_log_rotations_total",
+            "Rotations and truncations of the access log followed.",
+            &[("log", log)],
+            c.rotations as f64,
+        );
+        out.gauge(
+            "tiermon_log_readable",
+            "Whether the access log could be opened.",
+            &[("log", log)],
+            if c.readable { 1.0 } else { 0.0 },
+        );
     }
 
     /// Reads whatever is new. Blocking.
@@ -86,7 +119,10 @@ impl LogCounter {
                 {
                     f.offset = 0;
                     f.partial.clear();
-                    self.counts.lock().unwrap_or_else(|e| e.into_inner()).rotations += 1;
+                    self.counts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .rotations += 1;
                 }
             }
         }
@@ -96,7 +132,11 @@ impl LogCounter {
                     let m = file.metadata().ok();
                     f.id = m.as_ref().map(|m| (m.dev(), m.ino())).unwrap_or_default();
                     let at_end = !f.opened_once && !self.cfg.from_start;
-                    f.offset = if at_end { file.seek(SeekFrom::End(0)).unwrap_or(0) } else { 0 };
+                    f.offset = if at_end {
+                        file.seek(SeekFrom::End(0)).unwrap_or(0)
+                    } else {
+                        0
+                    };
                     f.opened_once = true;
                     f.file = Some(file);
                     f.partial.clear();
@@ -173,7 +213,9 @@ impl LogCounter {
         c.lines += 1;
         let status = match self.cfg.format {
             LogFormat::Common | LogFormat::Combined => clf_status(line),
-            LogFormat::Json => json_status(line, self.cfg.status_field.as_deref().unwrap_or("status")),
+            LogFormat::Json => {
+                json_status(line, self.cfg.status_field.as_deref().unwrap_or("status"))
+            }
         };
         match status.filter(|s| (100..=599).contains(s)) {
             Some(s) => *c.by_code.entry(s).or_default() += 1,
@@ -232,8 +274,19 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn counter(path: &std::path::Path, format: LogFormat, field: Option<&str>, from_start: bool) -> LogCounter {
-        LogCounter::new(LogSource { name: "web".into(), path: path.to_owned(), format, status_field: field.map(Into::into), from_start })
+    fn counter(
+        path: &std::path::Path,
+        format: LogFormat,
+        field: Option<&str>,
+        from_start: bool,
+    ) -> LogCounter {
+        LogCounter::new(LogSource {
+            name: "web".into(),
+            path: path.to_owned(),
+            format,
+            status_field: field.map(Into::into),
+            from_start,
+        })
     }
 
     fn codes(l: &LogCounter) -> (BTreeMap<u16, u64>, u64, u64, u64) {
@@ -242,19 +295,33 @@ mod tests {
     }
 
     fn append(path: &std::path::Path, text: &str) {
-        std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
 
     #[test]
     fn status_extraction() {
-        assert_eq!(clf_status(br#"127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326"#), Some(200));
+        assert_eq!(
+            clf_status(
+                br#"127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 200 2326"#
+            ),
+            Some(200)
+        );
         assert_eq!(
             clf_status(br#"1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] "GET /x?q=\"a b\" HTTP/1.1" 503 0 "http://ref/" "curl/8""#),
             Some(503)
         );
         assert_eq!(clf_status(b"garbage"), None);
         assert_eq!(json_status(br#"{"status":404}"#, "status"), Some(404));
-        assert_eq!(json_status(br#"{"response":{"status":"502"}}"#, "response.status"), Some(502));
+        assert_eq!(
+            json_status(br#"{"response":{"status":"502"}}"#, "response.status"),
+            Some(502)
+        );
         assert_eq!(json_status(br#"{"status":true}"#, "status"), None);
         assert_eq!(json_status(b"{not json", "status"), None);
     }
@@ -263,11 +330,17 @@ mod tests {
     fn counts_new_lines_only_and_survives_rotation_and_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let line = |code: u16| format!("1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.1\" {code} 1\n");
+        let line = |code: u16| {
+            format!("1.2.3.4 - - [10/Oct/2000:13:55:36 -0700] \"GET / HTTP/1.1\" {code} 1\n")
+        };
         append(&path, &line(200));
         let l = counter(&path, LogFormat::Common, None, false);
         l.step();
-        assert_eq!(codes(&l).1, 0, "existing content is skipped unless from_start");
+        assert_eq!(
+            codes(&l).1,
+            0,
+            "existing content is skipped unless from_start"
+        );
         append(&path, &(line(200) + &line(500)));
         // A partial line waits for its newline.
         append(&path, "1.2.3.4 - - [x] \"GET / HTTP/1.1\" 50");
@@ -285,7 +358,10 @@ mod tests {
         append(&path, &line(404));
         l.step();
         let (by, _, _, rotations) = codes(&l);
-        assert_eq!((by.get(&201), by.get(&404), rotations), (Some(&1), Some(&1), 1));
+        assert_eq!(
+            (by.get(&201), by.get(&404), rotations),
+            (Some(&1), Some(&1), 1)
+        );
 
         // copytruncate.
         std::fs::write(&path, "").unwrap();
@@ -305,9 +381,15 @@ mod tests {
         let mut o = Out::default();
         l.collect(&mut o);
         let fams = o.into_families();
-        let readable = fams.iter().find(|f| f.name == "tiermon_log_readable").unwrap();
+        let readable = fams
+            .iter()
+            .find(|f| f.name == "tiermon_log_readable")
+            .unwrap();
         assert_eq!(readable.samples[0].value, 0.0);
-        append(&path, "{\"res\":{\"status\":200}}\n{\"res\":{\"status\":999}}\n");
+        append(
+            &path,
+            "{\"res\":{\"status\":200}}\n{\"res\":{\"status\":999}}\n",
+        );
         l.step();
         let (by, lines, errors, _) = codes(&l);
         assert_eq!((by, lines, errors), (BTreeMap::from([(200, 1)]), 2, 1));

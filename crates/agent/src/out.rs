@@ -16,7 +16,13 @@ impl Out {
         let i = match self.idx.get(name) {
             Some(&i) => i,
             None => {
-                self.fams.push(MetricFamily { name: name.to_owned(), help: Some(help.to_owned()), unit: None, kind, samples: Vec::new() });
+                self.fams.push(MetricFamily {
+                    name: name.to_owned(),
+                    help: Some(help.to_owned()),
+                    unit: None,
+                    kind,
+                    samples: Vec::new(),
+                });
                 self.idx.insert(name.to_owned(), self.fams.len() - 1);
                 self.fams.len() - 1
             }
@@ -24,11 +30,22 @@ impl Out {
         &mut self.fams[i]
     }
 
-    fn push(&mut self, name: &str, sample: &str, help: &str, kind: MetricType, labels: &[(&str, &str)], value: f64) {
+    fn push(
+        &mut self,
+        name: &str,
+        sample: &str,
+        help: &str,
+        kind: MetricType,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
         let f = self.family(name, help, kind);
         f.samples.push(FamilySample {
             name: sample.to_owned(),
-            labels: labels.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+            labels: labels
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
             value,
             timestamp: None,
             exemplar: None,

@@ -60,15 +60,27 @@ impl Watcher {
                 // The kernel keeps 15 bytes of the name.
                 Selector::Comm(c.chars().take(15).collect())
             } else if let Some(re) = &w.cmdline {
-                Selector::Cmdline(Regex::new(re).map_err(|e| Error::Regex { key: format!("agent.processes[{i}].cmdline"), source: Box::new(e) })?)
+                Selector::Cmdline(Regex::new(re).map_err(|e| Error::Regex {
+                    key: format!("agent.processes[{i}].cmdline"),
+                    source: Box::new(e),
+                })?)
             } else if let Some(p) = &w.pidfile {
                 Selector::Pidfile(p.clone())
             } else {
-                return Err(Error::Parse { path: PathBuf::from("<config>"), message: format!("agent.processes[{i}] selects no process") });
+                return Err(Error::Parse {
+                    path: PathBuf::from("<config>"),
+                    message: format!("agent.processes[{i}] selects no process"),
+                });
             };
-            out.push(Watch { name: w.name.clone(), sel });
+            out.push(Watch {
+                name: w.name.clone(),
+                sel,
+            });
         }
-        Ok(Self { watches: out, state: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            watches: out,
+            state: Mutex::new(HashMap::new()),
+        })
     }
 
     pub(crate) fn collect(&self, ctx: &Ctx, out: &mut Out) -> Result<()> {
@@ -86,7 +98,13 @@ impl Watcher {
                     .iter()
                     .copied()
                     .filter(|&pid| {
-                        comms.entry(pid).or_insert_with(|| std::fs::read_to_string(ctx.procfs.join(format!("{pid}/comm"))).ok().map(|s| s.trim_end().to_owned()))
+                        comms
+                            .entry(pid)
+                            .or_insert_with(|| {
+                                std::fs::read_to_string(ctx.procfs.join(format!("{pid}/comm")))
+                                    .ok()
+                                    .map(|s| s.trim_end().to_owned())
+                            })
                             .as_deref()
                             == Some(c.as_str())
                     })
@@ -112,8 +130,12 @@ impl Watcher {
             let mut t = Totals::default();
             for pid in matched {
                 // A process may exit between listing and reading: skip it.
-                let Ok(f) = std::fs::File::open(ctx.procfs.join(format!("{pid}/stat"))) else { continue };
-                let Ok(st) = procfs_core::process::Stat::from_read(f) else { continue };
+                let Ok(f) = std::fs::File::open(ctx.procfs.join(format!("{pid}/stat"))) else {
+                    continue;
+                };
+                let Ok(st) = procfs_core::process::Stat::from_read(f) else {
+                    continue;
+                };
                 let tick = ctx.ticks as f64;
                 t.instances += 1;
                 t.user += st.utime as f64 / tick;
@@ -121,26 +143,71 @@ impl Watcher {
                 t.rss += st.rss as f64 * ctx.page_size as f64;
                 t.threads += st.num_threads as f64;
                 t.newest_start = t.newest_start.max(boot + st.starttime as f64 / tick);
-                t.fds += std::fs::read_dir(ctx.procfs.join(format!("{pid}/fd"))).map(|d| d.count() as f64).unwrap_or(0.0);
+                t.fds += std::fs::read_dir(ctx.procfs.join(format!("{pid}/fd")))
+                    .map(|d| d.count() as f64)
+                    .unwrap_or(0.0);
                 t.ids.insert((pid, st.starttime));
             }
-            let s = state.entry(w.name.clone()).or_insert_with(|| State { known: t.ids.clone(), restarts: 0 });
+            let s = state.entry(w.name.clone()).or_insert_with(|| State {
+                known: t.ids.clone(),
+                restarts: 0,
+            });
             // A new (pid, start time) is an instance that (re)started since
             // the last scrape; the first scrape only learns what runs.
             s.restarts += t.ids.difference(&s.known).count() as u64;
             s.known = t.ids.clone();
             let l = [("name", w.name.as_str())];
-            out.gauge("tiermon_process_up", "Whether at least one instance of the watched process runs.", &l, if t.instances > 0 { 1.0 } else { 0.0 });
-            out.gauge("tiermon_process_instances", "Number of running instances of the watched process.", &l, t.instances as f64);
-            out.counter("tiermon_process_restarts_total", "Instances of the watched process that started since the agent first saw it.", &l, s.restarts as f64);
+            out.gauge(
+                "tiermon_process_up",
+                "Whether at least one instance of the watched process runs.",
+                &l,
+                if t.instances > 0 { 1.0 } else { 0.0 },
+            );
+            out.gauge(
+                "tiermon_process_instances",
+                "Number of running instances of the watched process.",
+                &l,
+                t.instances as f64,
+            );
+            out.counter(
+                "tiermon_process_restarts_total",
+                "Instances of the watched process that started since the agent first saw it.",
+                &l,
+                s.restarts as f64,
+            );
             for (mode, v) in [("user", t.user), ("system", t.system)] {
-                out.counter("tiermon_process_cpu_seconds_total", "CPU time of the watched process's instances.", &[("name", &w.name), ("mode", mode)], v);
+                out.counter(
+                    "tiermon_process_cpu_seconds_total",
+                    "CPU time of the watched process's instances.",
+                    &[("name", &w.name), ("mode", mode)],
+                    v,
+                );
             }
-            out.gauge("tiermon_process_resident_memory_bytes", "Resident memory of the watched process's instances.", &l, t.rss);
-            out.gauge("tiermon_process_open_fds", "Open file descriptors of the watched process's instances.", &l, t.fds);
-            out.gauge("tiermon_process_threads", "Threads of the watched process's instances.", &l, t.threads);
+            out.gauge(
+                "tiermon_process_resident_memory_bytes",
+                "Resident memory of the watched process's instances.",
+                &l,
+                t.rss,
+            );
+            out.gauge(
+                "tiermon_process_open_fds",
+                "Open file descriptors of the watched process's instances.",
+                &l,
+                t.fds,
+            );
+            out.gauge(
+                "tiermon_process_threads",
+                "Threads of the watched process's instances.",
+                &l,
+                t.threads,
+            );
             if t.instances > 0 {
-                out.gauge("tiermon_process_start_time_seconds", "Start time of the newest instance, in unixtime.", &l, t.newest_start);
+                out.gauge(
+                    "tiermon_process_start_time_seconds",
+                    "Start time of the newest instance, in unixtime.",
+                    &l,
+                    t.newest_start,
+                );
             }
         }
         Ok(())
@@ -149,7 +216,9 @@ impl Watcher {
 
 fn list_pids(procfs: &Path) -> Result<Vec<i32>> {
     let rd = std::fs::read_dir(procfs).map_err(|e| Error::io(procfs, e))?;
-    Ok(rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+    Ok(rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
 }
 
 fn read_cmdline(procfs: &Path, pid: i32) -> Option<String> {
@@ -164,15 +233,28 @@ fn boot_time(ctx: &Ctx) -> Result<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix("btime "))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Error::Parse { path, message: "no btime line".to_owned() })
+        .ok_or_else(|| Error::Parse {
+            path,
+            message: "no btime line".to_owned(),
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn watch(name: &str, comm: Option<&str>, cmdline: Option<&str>, pidfile: Option<PathBuf>) -> ProcessWatch {
-        ProcessWatch { name: name.into(), comm: comm.map(Into::into), cmdline: cmdline.map(Into::into), pidfile }
+    fn watch(
+        name: &str,
+        comm: Option<&str>,
+        cmdline: Option<&str>,
+        pidfile: Option<PathBuf>,
+    ) -> ProcessWatch {
+        ProcessWatch {
+            name: name.into(),
+            comm: comm.map(Into::into),
+            cmdline: cmdline.map(Into::into),
+            pidfile,
+        }
     }
 
     fn proc_dir(dir: &Path, pid: i32, comm: &str, cmdline: &str, start: u64) {
@@ -204,9 +286,18 @@ mod tests {
         std::fs::write(dir.path().join("stat"), "cpu 1 1 1 1\nbtime 1000\n").unwrap();
         proc_dir(dir.path(), 10, "nginx", "nginx: master process", 500);
         proc_dir(dir.path(), 11, "nginx", "nginx: worker process", 600);
-        proc_dir(dir.path(), 20, "python3", "python3 /srv/api_server.py --port 80", 700);
+        proc_dir(
+            dir.path(),
+            20,
+            "python3",
+            "python3 /srv/api_server.py --port 80",
+            700,
+        );
         std::fs::write(dir.path().join("api.pid"), "20\n").unwrap();
-        let cfg = tiermon_config::AgentConfig { procfs: dir.path().to_owned(), ..Default::default() };
+        let cfg = tiermon_config::AgentConfig {
+            procfs: dir.path().to_owned(),
+            ..Default::default()
+        };
         let ctx = Ctx::new(&cfg).unwrap();
         let w = Watcher::new(&[
             watch("web", Some("nginx"), None, None),
@@ -222,22 +313,53 @@ mod tests {
         };
         assert_eq!(sample(run(), "tiermon_process_instances", "web"), Some(2.0));
         assert_eq!(sample(run(), "tiermon_process_up", "api"), Some(1.0));
-        assert_eq!(sample(run(), "tiermon_process_open_fds", "api-pid"), Some(3.0));
+        assert_eq!(
+            sample(run(), "tiermon_process_open_fds", "api-pid"),
+            Some(3.0)
+        );
         assert_eq!(sample(run(), "tiermon_process_up", "absent"), Some(0.0));
         let t = ctx.ticks as f64;
-        assert_eq!(sample(run(), "tiermon_process_start_time_seconds", "api"), Some(1000.0 + 700.0 / t));
-        assert_eq!(sample(run(), "tiermon_process_restarts_total", "api"), Some(0.0));
+        assert_eq!(
+            sample(run(), "tiermon_process_start_time_seconds", "api"),
+            Some(1000.0 + 700.0 / t)
+        );
+        assert_eq!(
+            sample(run(), "tiermon_process_restarts_total", "api"),
+            Some(0.0)
+        );
 
         // The API crashes: down, no restart yet.
         std::fs::remove_dir_all(dir.path().join("20")).unwrap();
         assert_eq!(sample(run(), "tiermon_process_up", "api"), Some(0.0));
         assert_eq!(sample(run(), "tiermon_process_up", "api-pid"), Some(0.0));
         // It comes back with a new pid and start time: one restart.
-        proc_dir(dir.path(), 21, "python3", "python3 /srv/api_server.py --port 80", 900);
-        assert_eq!(sample(run(), "tiermon_process_restarts_total", "api"), Some(1.0));
-        assert_eq!(sample(run(), "tiermon_process_restarts_total", "api"), Some(1.0), "counted once");
+        proc_dir(
+            dir.path(),
+            21,
+            "python3",
+            "python3 /srv/api_server.py --port 80",
+            900,
+        );
+        assert_eq!(
+            sample(run(), "tiermon_process_restarts_total", "api"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(run(), "tiermon_process_restarts_total", "api"),
+            Some(1.0),
+            "counted once"
+        );
         // Same pid reused with a different start time is a restart too.
-        proc_dir(dir.path(), 21, "python3", "python3 /srv/api_server.py --port 80", 950);
-        assert_eq!(sample(run(), "tiermon_process_restarts_total", "api"), Some(2.0));
+        proc_dir(
+            dir.path(),
+            21,
+            "python3",
+            "python3 /srv/api_server.py --port 80",
+            950,
+        );
+        assert_eq!(
+            sample(run(), "tiermon_process_restarts_total", "api"),
+            Some(2.0)
+        );
     }
 }

@@ -16,7 +16,11 @@ use crate::Agent;
 /// header prefers it; gzip when accepted), `/-/healthy` and a landing page
 /// on `listener` until `shutdown` completes. Starts and stops the agent's
 /// background work with it.
-pub async fn serve(agent: Agent, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    agent: Agent,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let background = agent.start_background();
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -24,7 +28,9 @@ pub async fn serve(agent: Agent, listener: tokio::net::TcpListener, shutdown: im
         .route("/", get(index))
         .layer(CompressionLayer::new())
         .with_state(agent);
-    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     for t in background {
         t.abort();
     }
@@ -32,12 +38,18 @@ pub async fn serve(agent: Agent, listener: tokio::net::TcpListener, shutdown: im
 }
 
 async fn metrics(State(agent): State<Agent>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let format = Format::negotiate(accept);
     let fams = agent.gather().await;
     let body = encode(&fams, format);
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     resp
 }
 

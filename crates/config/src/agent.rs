@@ -125,22 +125,44 @@ pub struct SmartConfig {
 
 impl Default for SmartConfig {
     fn default() -> Self {
-        Self { enabled: true, smartctl: PathBuf::from("smartctl"), devices: Vec::new(), interval: Duration::from_secs(300) }
+        Self {
+            enabled: true,
+            smartctl: PathBuf::from("smartctl"),
+            devices: Vec::new(),
+            interval: Duration::from_secs(300),
+        }
     }
 }
 
 fn check_regex(key: &str, re: &str) -> Result<()> {
-    regex::Regex::new(re).map(drop).map_err(|e| Error::invalid(key, format!("invalid regular expression {re:?}: {e}")))
+    regex::Regex::new(re)
+        .map(drop)
+        .map_err(|e| Error::invalid(key, format!("invalid regular expression {re:?}: {e}")))
 }
 
 impl AgentConfig {
     pub(crate) fn validate(&self, key: &str) -> Result<()> {
-        check_regex(&format!("{key}.filesystem_mount_points_exclude"), &self.filesystem_mount_points_exclude)?;
-        check_regex(&format!("{key}.filesystem_types_exclude"), &self.filesystem_types_exclude)?;
-        check_regex(&format!("{key}.network_devices_exclude"), &self.network_devices_exclude)?;
-        check_regex(&format!("{key}.disk_devices_exclude"), &self.disk_devices_exclude)?;
+        check_regex(
+            &format!("{key}.filesystem_mount_points_exclude"),
+            &self.filesystem_mount_points_exclude,
+        )?;
+        check_regex(
+            &format!("{key}.filesystem_types_exclude"),
+            &self.filesystem_types_exclude,
+        )?;
+        check_regex(
+            &format!("{key}.network_devices_exclude"),
+            &self.network_devices_exclude,
+        )?;
+        check_regex(
+            &format!("{key}.disk_devices_exclude"),
+            &self.disk_devices_exclude,
+        )?;
         if self.collector_timeout.is_zero() {
-            return Err(Error::invalid(format!("{key}.collector_timeout"), "must be greater than zero"));
+            return Err(Error::invalid(
+                format!("{key}.collector_timeout"),
+                "must be greater than zero",
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.processes.iter().enumerate() {
@@ -149,11 +171,20 @@ impl AgentConfig {
                 return Err(Error::invalid(format!("{k}.name"), "must not be empty"));
             }
             if !names.insert(&p.name) {
-                return Err(Error::invalid(format!("{k}.name"), format!("{:?} is used by another process watch", p.name)));
+                return Err(Error::invalid(
+                    format!("{k}.name"),
+                    format!("{:?} is used by another process watch", p.name),
+                ));
             }
-            let n = [p.comm.is_some(), p.cmdline.is_some(), p.pidfile.is_some()].iter().filter(|b| **b).count();
+            let n = [p.comm.is_some(), p.cmdline.is_some(), p.pidfile.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
             if n != 1 {
-                return Err(Error::invalid(k, "set exactly one of comm, cmdline, pidfile"));
+                return Err(Error::invalid(
+                    k,
+                    "set exactly one of comm, cmdline, pidfile",
+                ));
             }
             if let Some(re) = &p.cmdline {
                 check_regex(&format!("{k}.cmdline"), re)?;
@@ -166,21 +197,38 @@ impl AgentConfig {
                 return Err(Error::invalid(format!("{k}.name"), "must not be empty"));
             }
             if !names.insert(&l.name) {
-                return Err(Error::invalid(format!("{k}.name"), format!("{:?} is used by another log", l.name)));
+                return Err(Error::invalid(
+                    format!("{k}.name"),
+                    format!("{:?} is used by another log", l.name),
+                ));
             }
             if !l.path.is_absolute() {
-                return Err(Error::invalid(format!("{k}.path"), format!("{} is not an absolute path", l.path.display())));
+                return Err(Error::invalid(
+                    format!("{k}.path"),
+                    format!("{} is not an absolute path", l.path.display()),
+                ));
             }
             match (l.format, &l.status_field) {
-                (LogFormat::Json, None) => return Err(Error::invalid(format!("{k}.status_field"), "required when format is json")),
+                (LogFormat::Json, None) => {
+                    return Err(Error::invalid(
+                        format!("{k}.status_field"),
+                        "required when format is json",
+                    ));
+                }
                 (LogFormat::Common | LogFormat::Combined, Some(_)) => {
-                    return Err(Error::invalid(format!("{k}.status_field"), "only applies when format is json"));
+                    return Err(Error::invalid(
+                        format!("{k}.status_field"),
+                        "only applies when format is json",
+                    ));
                 }
                 _ => {}
             }
         }
         if self.smart.interval.is_zero() {
-            return Err(Error::invalid(format!("{key}.smart.interval"), "must be greater than zero"));
+            return Err(Error::invalid(
+                format!("{key}.smart.interval"),
+                "must be greater than zero",
+            ));
         }
         Ok(())
     }

@@ -41,7 +41,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Invalid { key: key.into(), message: message.into() }
+        Error::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -65,10 +68,16 @@ impl Config {
 
 /// Loads `file` (if any) with environment overrides from `env` (pass
 /// `std::env::vars()`), and validates the result.
-pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config> {
     let mut b = config::Config::builder();
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Read { path: path.to_owned(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => config::FileFormat::Yaml,
             Some("toml") | None => config::FileFormat::Toml,
@@ -93,14 +102,21 @@ pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>
             .source(Some(env)),
     );
     let raw = b.build().map_err(|e| match file {
-        Some(path) => Error::Read { path: path.to_owned(), message: e.to_string() },
+        Some(path) => Error::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
         None => Error::invalid("<environment>", e.to_string()),
     })?;
     let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
         let key = e.path().to_string();
         let message = e.into_inner().to_string();
         // The config crate appends its own location; the path says it better.
-        let message = message.split(" for key `").next().unwrap_or(&message).to_owned();
+        let message = message
+            .split(" for key `")
+            .next()
+            .unwrap_or(&message)
+            .to_owned();
         Error::invalid(if key == "." { "<root>".to_owned() } else { key }, message)
     })?;
     cfg.validate()?;
@@ -115,7 +131,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
-        load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -127,7 +146,9 @@ mod tests {
     #[test]
     fn testdata_good_files_load() {
         for f in ["agent.good.toml", "agent.good.yaml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(f);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(f);
             let c = load(Some(&path), []).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert_eq!(c.agent.processes.len(), 2, "{f}");
             assert_eq!(c.agent.logs.len(), 1, "{f}");
@@ -149,26 +170,41 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let expect = text.lines().next().unwrap().trim_start_matches('#').trim();
             let err = load(Some(&path), []).expect_err(&name).to_string();
-            assert!(err.contains(expect), "{name}: {err:?} should contain {expect:?}");
+            assert!(
+                err.contains(expect),
+                "{name}: {err:?} should contain {expect:?}"
+            );
         }
         assert!(n >= 5, "only {n} bad files");
     }
 
     #[test]
     fn environment_overrides_the_file() {
-        let c = load_str("a.toml", "[agent]\nlisten = \"127.0.0.1:1\"\n", &[("TIERMON_AGENT__LISTEN", "127.0.0.1:2"), ("OTHER", "x")]).unwrap();
+        let c = load_str(
+            "a.toml",
+            "[agent]\nlisten = \"127.0.0.1:1\"\n",
+            &[("TIERMON_AGENT__LISTEN", "127.0.0.1:2"), ("OTHER", "x")],
+        )
+        .unwrap();
         assert_eq!(c.agent.listen.to_string(), "127.0.0.1:2");
     }
 
     #[test]
     fn bad_environment_value_names_the_key() {
-        let err = load(None, [("TIERMON_AGENT__LISTEN".to_string(), "nowhere".to_string())]).unwrap_err().to_string();
+        let err = load(
+            None,
+            [("TIERMON_AGENT__LISTEN".to_string(), "nowhere".to_string())],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("agent.listen"), "{err}");
     }
 
     #[test]
     fn unreadable_and_malformed_files() {
-        let err = load(Some(Path::new("/nonexistent/x.toml")), []).unwrap_err().to_string();
+        let err = load(Some(Path::new("/nonexistent/x.toml")), [])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
         let err = load_str("a.toml", "[agent\n", &[]).unwrap_err().to_string();
         assert!(err.contains("a.toml"), "{err}");

@@ -32,7 +32,7 @@ impl<T> SeriesCache<T> {
     /// An empty cache.
     pub fn new() -> Self {
         Self {
-            map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x7469_6572_6d6f_6e)),
+            map: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0x0074_6965_726d_6f6e)),
             scrape: 1,
         }
     }
@@ -49,7 +49,10 @@ impl<T> SeriesCache<T> {
     /// Adds (or replaces) the entry for `series`, marking it seen.
     pub fn insert(&mut self, series: &str, value: T) -> &T {
         let scrape = self.scrape;
-        let slot = self.map.entry(series.into()).or_insert(Slot { value, seen: scrape });
+        let slot = self.map.entry(series.into()).or_insert(Slot {
+            value,
+            seen: scrape,
+        });
         slot.seen = scrape;
         &slot.value
     }
@@ -58,9 +61,17 @@ impl<T> SeriesCache<T> {
     /// previous call.
     pub fn end_scrape(&mut self) -> Vec<T> {
         let scrape = self.scrape;
-        let gone: Vec<Box<str>> = self.map.iter().filter(|(_, s)| s.seen != scrape).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<Box<str>> = self
+            .map
+            .iter()
+            .filter(|(_, s)| s.seen != scrape)
+            .map(|(k, _)| k.clone())
+            .collect();
         self.scrape += 1;
-        gone.into_iter().filter_map(|k| self.map.remove(&k)).map(|s| s.value).collect()
+        gone.into_iter()
+            .filter_map(|k| self.map.remove(&k))
+            .map(|s| s.value)
+            .collect()
     }
 
     /// Number of cached series.

@@ -7,6 +7,9 @@ use std::collections::{HashMap, HashSet};
 use crate::parser::{Entry, Parser, SampleRef};
 use crate::{Format, MetricType, ParseError};
 
+/// A metric's identity within its family: sorted labels.
+type GroupKey = Vec<(String, String)>;
+
 /// A metric family: its metadata and its samples, in document order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricFamily {
@@ -90,10 +93,17 @@ fn suffixes(kind: MetricType, format: Format) -> &'static [&'static str] {
 /// format. This is what `tiermon check metrics` runs.
 pub fn parse_families(src: &[u8], format: Format) -> Result<Vec<MetricFamily>, ParseError> {
     let mut parser = Parser::from_bytes(src, format)?;
-    let mut b = Builder { format, ..Builder::default() };
+    let mut b = Builder {
+        format,
+        ..Builder::default()
+    };
     while let Some(entry) = parser.next_entry()? {
         let line = parser.line();
-        let at = |message: String| ParseError { line, column: 1, message };
+        let at = |message: String| ParseError {
+            line,
+            column: 1,
+            message,
+        };
         match entry {
             Entry::Comment => {}
             Entry::Help { name, help } => {
@@ -156,7 +166,13 @@ impl std::ops::Deref for Open {
 impl Open {
     fn new(name: &str, kind: MetricType, line: usize) -> Self {
         Self {
-            fam: MetricFamily { name: name.to_owned(), help: None, unit: None, kind, samples: Vec::new() },
+            fam: MetricFamily {
+                name: name.to_owned(),
+                help: None,
+                unit: None,
+                kind,
+                samples: Vec::new(),
+            },
             typed: false,
             lines: Vec::new(),
             first_line: line,
@@ -195,7 +211,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn family_for_metadata(&mut self, name: &str, line: usize, is_type: bool) -> Result<&mut Open, String> {
+    fn family_for_metadata(
+        &mut self,
+        name: &str,
+        line: usize,
+        is_type: bool,
+    ) -> Result<&mut Open, String> {
         match self.format {
             Format::OpenMetrics => {
                 let same = self.current.as_ref().is_some_and(|c| c.fam.name == name);
@@ -229,18 +250,28 @@ impl Builder {
         let format = self.format;
         let sample = FamilySample {
             name: s.name.to_owned(),
-            labels: s.labels().map(|(n, v)| (n.to_owned(), v.into_owned())).collect(),
+            labels: s
+                .labels()
+                .map(|(n, v)| (n.to_owned(), v.into_owned()))
+                .collect(),
             value: s.value,
             timestamp: s.timestamp,
             exemplar: s.exemplar.as_ref().map(|e| Exemplar {
-                labels: e.labels().map(|(n, v)| (n.to_owned(), v.into_owned())).collect(),
+                labels: e
+                    .labels()
+                    .map(|(n, v)| (n.to_owned(), v.into_owned()))
+                    .collect(),
                 value: e.value,
                 timestamp: e.timestamp,
             }),
         };
         let fam = match format {
             Format::OpenMetrics => {
-                if !self.current.as_ref().is_some_and(|c| c.allows(s.name, format)) {
+                if !self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.allows(s.name, format))
+                {
                     self.finish_current().map_err(|e| e.message)?;
                     self.current = Some(Open::new(s.name, MetricType::Unknown, line));
                     self.opened += 1;
@@ -265,8 +296,14 @@ impl Builder {
     }
 
     fn finish_current(&mut self) -> Result<(), ParseError> {
-        let Some(f) = self.current.take() else { return Ok(()) };
-        let err = |line: usize, message: String| ParseError { line, column: 1, message };
+        let Some(f) = self.current.take() else {
+            return Ok(());
+        };
+        let err = |line: usize, message: String| ParseError {
+            line,
+            column: 1,
+            message,
+        };
         let name = &f.fam.name;
         let mut names: Vec<&str> = suffixes(f.fam.kind, self.format).to_vec();
         if !names.contains(&"") {
@@ -275,18 +312,30 @@ impl Builder {
         for suffix in names {
             let full = format!("{name}{suffix}");
             if !self.taken.insert(full.clone()) {
-                return Err(err(f.first_line, format!("family {name} clashes with an earlier use of the name {full}")));
+                return Err(err(
+                    f.first_line,
+                    format!("family {name} clashes with an earlier use of the name {full}"),
+                ));
             }
         }
         if let Some(unit) = f.fam.unit.as_deref().filter(|u| !u.is_empty()) {
             if !name.ends_with(&format!("_{unit}")) {
-                return Err(err(f.first_line, format!("metric name {name} does not end with its unit _{unit}")));
+                return Err(err(
+                    f.first_line,
+                    format!("metric name {name} does not end with its unit _{unit}"),
+                ));
             }
             if matches!(f.fam.kind, MetricType::Info | MetricType::StateSet) {
-                return Err(err(f.first_line, format!("{} {name} cannot have a unit", f.fam.kind)));
+                return Err(err(
+                    f.first_line,
+                    format!("{} {name} cannot have a unit", f.fam.kind),
+                ));
             }
         }
-        if matches!(f.fam.kind, MetricType::Histogram | MetricType::GaugeHistogram) {
+        if matches!(
+            f.fam.kind,
+            MetricType::Histogram | MetricType::GaugeHistogram
+        ) {
             check_histogram(&f)?;
         }
         let idx = self.opened;
@@ -310,7 +359,10 @@ fn prometheus_owner(open: &HashMap<String, (usize, Open)>, sample: &str) -> Stri
 }
 
 fn label<'a>(s: &'a FamilySample, name: &str) -> Option<&'a str> {
-    s.labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    s.labels
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Checks one sample against its family; `Ok(false)` for an exact repeat
@@ -324,30 +376,56 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<bool, 
     if is_hist && suffix == "_bucket" {
         let le = label(s, "le").ok_or_else(|| format!("{} needs an \"le\" label", s.name))?;
         let b = crate::number::parse_value(le.as_bytes()).filter(|b| !b.is_nan());
-        if b.is_none() || (format == Format::OpenMetrics && b == Some(f64::INFINITY) && le != "+Inf") {
-            return Err(format!("invalid le label {le:?} on {}: expected a number, with +Inf written as \"+Inf\"", s.name));
+        if b.is_none()
+            || (format == Format::OpenMetrics && b == Some(f64::INFINITY) && le != "+Inf")
+        {
+            return Err(format!(
+                "invalid le label {le:?} on {}: expected a number, with +Inf written as \"+Inf\"",
+                s.name
+            ));
         }
     }
     if kind == MetricType::Summary && suffix.is_empty() {
-        let q = label(s, "quantile").ok_or_else(|| format!("summary sample {} needs a \"quantile\" label", s.name))?;
+        let q = label(s, "quantile")
+            .ok_or_else(|| format!("summary sample {} needs a \"quantile\" label", s.name))?;
         match crate::number::parse_value(q.as_bytes()) {
             Some(v) if format == Format::Prometheus && !v.is_nan() => {}
             Some(v) if (0.0..=1.0).contains(&v) => {}
-            _ => return Err(format!("invalid quantile label {q:?} on {}: expected a number between 0 and 1", s.name)),
+            _ => {
+                return Err(format!(
+                    "invalid quantile label {q:?} on {}: expected a number between 0 and 1",
+                    s.name
+                ));
+            }
         }
     }
     if format == Format::Prometheus {
         return Ok(true);
     }
     if kind == MetricType::StateSet && label(s, &name).is_none() {
-        return Err(format!("stateset sample {} needs a label named {name}", s.name));
+        return Err(format!(
+            "stateset sample {} needs a label named {name}",
+            s.name
+        ));
     }
     let integral = |v: f64| v.is_finite() && v.fract() == 0.0;
     if is_hist && suffix == "_bucket" && !integral(s.value) {
-        return Err(format!("bucket value of {} must be an integer, found {}", s.name, s.value));
+        return Err(format!(
+            "bucket value of {} must be an integer, found {}",
+            s.name, s.value
+        ));
     }
-    if matches!(suffix, "_count" | "_gcount") && matches!(kind, MetricType::Histogram | MetricType::GaugeHistogram | MetricType::Summary) && !integral(s.value) {
-        return Err(format!("count value of {} must be an integer, found {}", s.name, s.value));
+    if matches!(suffix, "_count" | "_gcount")
+        && matches!(
+            kind,
+            MetricType::Histogram | MetricType::GaugeHistogram | MetricType::Summary
+        )
+        && !integral(s.value)
+    {
+        return Err(format!(
+            "count value of {} must be an integer, found {}",
+            s.name, s.value
+        ));
     }
     // Grouping: the samples of one metric (labels minus le/quantile/the
     // stateset label) are contiguous, with consistent timestamps.
@@ -360,23 +438,37 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<bool, 
                 (MetricType::Histogram | MetricType::GaugeHistogram, "_bucket") => Some("le"),
                 _ => None,
             };
-            let mut k: Vec<_> = s.labels.iter().filter(|(n, _)| Some(n.as_str()) != drop).cloned().collect();
+            let mut k: Vec<_> = s
+                .labels
+                .iter()
+                .filter(|(n, _)| Some(n.as_str()) != drop)
+                .cloned()
+                .collect();
             k.sort();
             k
         }
     };
     if f.group.as_ref() == Some(&key) {
         if s.timestamp.is_some() != f.group_ts.is_some() {
-            return Err(format!("{} mixes samples with and without timestamps in one metric", s.name));
+            return Err(format!(
+                "{} mixes samples with and without timestamps in one metric",
+                s.name
+            ));
         }
         if let (Some(prev), Some(t)) = (f.group_ts, s.timestamp)
             && t < prev
             && kind != MetricType::Info
         {
-            return Err(format!("timestamp of {} goes backwards within a metric", s.name));
+            return Err(format!(
+                "timestamp of {} goes backwards within a metric",
+                s.name
+            ));
         }
     } else if f.seen_groups.contains(&key) {
-        return Err(format!("samples of {} with these labels are not contiguous (metrics must be grouped)", s.name));
+        return Err(format!(
+            "samples of {} with these labels are not contiguous (metrics must be grouped)",
+            s.name
+        ));
     }
     if f.group.as_ref() != Some(&key) || f.group_ts != s.timestamp {
         f.group_series.clear();
@@ -390,23 +482,44 @@ fn check_sample(f: &mut Open, s: &FamilySample, format: Format) -> Result<bool, 
 
     let v = s.value;
     match kind {
-        MetricType::StateSet if v != 0.0 && v != 1.0 => return Err(format!("stateset sample {} must be 0 or 1, found {v}", s.name)),
-        MetricType::Info if v != 1.0 => return Err(format!("info sample {} must be 1, found {v}", s.name)),
+        MetricType::StateSet if v != 0.0 && v != 1.0 => {
+            return Err(format!(
+                "stateset sample {} must be 0 or 1, found {v}",
+                s.name
+            ));
+        }
+        MetricType::Info if v != 1.0 => {
+            return Err(format!("info sample {} must be 1, found {v}", s.name));
+        }
         MetricType::Summary if suffix.is_empty() && v < 0.0 => {
             return Err(format!("quantile value of {} cannot be negative", s.name));
         }
         _ => {}
     }
-    if matches!(suffix, "_total" | "_sum" | "_count" | "_bucket" | "_gcount" | "_gsum") && kind != MetricType::Unknown && kind != MetricType::Gauge {
+    if matches!(
+        suffix,
+        "_total" | "_sum" | "_count" | "_bucket" | "_gcount" | "_gsum"
+    ) && kind != MetricType::Unknown
+        && kind != MetricType::Gauge
+    {
         if v.is_nan() {
             return Err(format!("{} is counter-like and cannot be NaN", s.name));
         }
         if v < 0.0 && suffix != "_gsum" {
-            return Err(format!("{} is counter-like and cannot be negative, found {v}", s.name));
+            return Err(format!(
+                "{} is counter-like and cannot be negative, found {v}",
+                s.name
+            ));
         }
     }
-    if s.exemplar.is_some() && !((is_hist && suffix == "_bucket") || (kind == MetricType::Counter && suffix == "_total")) {
-        return Err(format!("{} cannot have an exemplar: only histogram buckets and counter totals can", s.name));
+    if s.exemplar.is_some()
+        && !((is_hist && suffix == "_bucket")
+            || (kind == MetricType::Counter && suffix == "_total"))
+    {
+        return Err(format!(
+            "{} cannot have an exemplar: only histogram buckets and counter totals can",
+            s.name
+        ));
     }
     Ok(!repeat)
 }
@@ -429,12 +542,20 @@ fn check_histogram(f: &Open) -> Result<(), ParseError> {
     }
     let name = &f.fam.name;
     let check = |g: &G| -> Result<(), ParseError> {
-        let e = |m: String| Err(ParseError { line: g.line, column: 1, message: m });
+        let e = |m: String| {
+            Err(ParseError {
+                line: g.line,
+                column: 1,
+                message: m,
+            })
+        };
         if g.bucket != Some(f64::INFINITY) {
             return e(format!("histogram {name} has no +Inf bucket"));
         }
         if g.count.is_some_and(|c| c != g.value) {
-            return e(format!("_count of histogram {name} differs from its +Inf bucket"));
+            return e(format!(
+                "_count of histogram {name} differs from its +Inf bucket"
+            ));
         }
         if g.sum && g.count.is_none() {
             return e(format!("histogram {name} has _sum without _count"));
@@ -446,37 +567,66 @@ fn check_histogram(f: &Open) -> Result<(), ParseError> {
             return e(format!("histogram {name} has a count without a sum"));
         }
         if g.neg_buckets && g.sum {
-            return e(format!("histogram {name} has negative buckets, so it cannot have _sum"));
+            return e(format!(
+                "histogram {name} has negative buckets, so it cannot have _sum"
+            ));
         }
         if !g.neg_buckets && g.neg_gsum {
-            return e(format!("gauge histogram {name} has a negative _gsum but no negative buckets"));
+            return e(format!(
+                "gauge histogram {name} has a negative _gsum but no negative buckets"
+            ));
         }
         Ok(())
     };
-    let mut cur: Option<(Vec<(String, String)>, Option<i64>, G)> = None;
+    // (labels without le, timestamp, state) of the metric being checked.
+    let mut cur: Option<(GroupKey, Option<i64>, G)> = None;
     for (s, &line) in f.fam.samples.iter().zip(&f.lines) {
         let suffix = &s.name[name.len()..];
-        let mut key: Vec<_> = s.labels.iter().filter(|(n, _)| !(suffix == "_bucket" && n == "le")).cloned().collect();
+        let mut key: Vec<_> = s
+            .labels
+            .iter()
+            .filter(|(n, _)| !(suffix == "_bucket" && n == "le"))
+            .cloned()
+            .collect();
         key.sort();
-        let same = cur.as_ref().is_some_and(|(k, t, _)| *k == key && *t == s.timestamp);
+        let same = cur
+            .as_ref()
+            .is_some_and(|(k, t, _)| *k == key && *t == s.timestamp);
         if !same {
             if let Some((_, _, g)) = &cur {
                 check(g)?;
             }
-            cur = Some((key, s.timestamp, G { line, ..G::default() }));
+            cur = Some((
+                key,
+                s.timestamp,
+                G {
+                    line,
+                    ..G::default()
+                },
+            ));
         }
         let g = &mut cur.as_mut().expect("set above").2;
         match suffix {
             "_bucket" => {
-                let le = label(s, "le").and_then(|l| crate::number::parse_value(l.as_bytes())).unwrap_or(f64::NAN);
+                let le = label(s, "le")
+                    .and_then(|l| crate::number::parse_value(l.as_bytes()))
+                    .unwrap_or(f64::NAN);
                 if le < 0.0 {
                     g.neg_buckets = true;
                 }
                 if g.bucket.is_some_and(|b| le <= b) {
-                    return Err(ParseError { line, column: 1, message: format!("buckets of histogram {name} are out of order") });
+                    return Err(ParseError {
+                        line,
+                        column: 1,
+                        message: format!("buckets of histogram {name} are out of order"),
+                    });
                 }
                 if s.value < g.value {
-                    return Err(ParseError { line, column: 1, message: format!("bucket counts of histogram {name} decrease") });
+                    return Err(ParseError {
+                        line,
+                        column: 1,
+                        message: format!("bucket counts of histogram {name} decrease"),
+                    });
                 }
                 g.bucket = Some(le);
                 g.value = s.value;

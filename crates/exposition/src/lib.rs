@@ -86,7 +86,11 @@ impl Format {
                 _ => {}
             }
         }
-        if om > 0.0 && om >= text { Format::OpenMetrics } else { Format::Prometheus }
+        if om > 0.0 && om >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
     }
 
     /// Parses `prometheus` or `openmetrics`.

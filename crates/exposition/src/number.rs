@@ -98,7 +98,9 @@ mod tests {
         }
         assert_eq!(parse_value(b"-Inf"), Some(f64::NEG_INFINITY));
         assert!(parse_value(b"NaN").unwrap().is_nan());
-        for s in ["", "0x1p-3", "0X1", "0o1", "1_2", " 1", "1 ", "1z", "--1", "e3"] {
+        for s in [
+            "", "0x1p-3", "0X1", "0o1", "1_2", " 1", "1 ", "1z", "--1", "e3",
+        ] {
             assert_eq!(parse_value(s.as_bytes()), None, "{s:?}");
         }
     }
@@ -119,7 +121,10 @@ mod tests {
         assert_eq!(parse_seconds_as_millis(b"0.0"), Some(0));
         assert_eq!(parse_seconds_as_millis(b"1.5e3"), Some(1_500_000));
         assert_eq!(parse_seconds_as_millis(b"-1.0019"), Some(-1001));
-        assert_eq!(parse_seconds_as_millis(b"12345678901234567890.1234567890"), Some(i64::MAX));
+        assert_eq!(
+            parse_seconds_as_millis(b"12345678901234567890.1234567890"),
+            Some(i64::MAX)
+        );
         for s in ["NaN", "Inf", "-Inf", "0x1p-3", "1.1.1", "1z", "."] {
             assert_eq!(parse_seconds_as_millis(s.as_bytes()), None, "{s:?}");
         }

@@ -75,7 +75,10 @@ impl<'a> SampleRef<'a> {
     /// The labels as name/value pairs in the order written, values
     /// unescaped. Allocates only for values that contain escapes.
     pub fn labels(&self) -> LabelIter<'a> {
-        LabelIter { rest: self.labels.as_bytes(), src: self.labels }
+        LabelIter {
+            rest: self.labels.as_bytes(),
+            src: self.labels,
+        }
     }
 
     /// Whether the sample has no labels besides its name.
@@ -87,7 +90,10 @@ impl<'a> SampleRef<'a> {
 impl<'a> ExemplarRef<'a> {
     /// The exemplar's labels, as for [`SampleRef::labels`].
     pub fn labels(&self) -> LabelIter<'a> {
-        LabelIter { rest: self.labels.as_bytes(), src: self.labels }
+        LabelIter {
+            rest: self.labels.as_bytes(),
+            src: self.labels,
+        }
     }
 }
 
@@ -121,7 +127,11 @@ impl<'a> Iterator for LabelIter<'a> {
         let (len, escaped) = quoted_len(&r[1..]).unwrap_or((r.len() - 1, false));
         let raw = &self.src[vstart..vstart + len];
         self.rest = &r[1 + len + 1..];
-        let value = if escaped { Cow::Owned(unescape(raw, true)) } else { Cow::Borrowed(raw) };
+        let value = if escaped {
+            Cow::Owned(unescape(raw, true))
+        } else {
+            Cow::Borrowed(raw)
+        };
         Some((name, value))
     }
 }
@@ -140,7 +150,14 @@ pub struct Parser<'a> {
 impl<'a> Parser<'a> {
     /// A parser over `src` in `format`.
     pub fn new(src: &'a str, format: Format) -> Self {
-        Self { src, pos: 0, line: 0, format, eof_seen: false, done: false }
+        Self {
+            src,
+            pos: 0,
+            line: 0,
+            format,
+            eof_seen: false,
+            done: false,
+        }
     }
 
     /// A parser over raw bytes, which must be UTF-8.
@@ -151,8 +168,15 @@ impl<'a> Parser<'a> {
                 let valid = &buf[..e.valid_up_to()];
                 let line = memchr::memchr_iter(b'\n', valid).count() + 1;
                 let line_start = memchr::memrchr(b'\n', valid).map_or(0, |i| i + 1);
-                let column = String::from_utf8_lossy(&valid[line_start..]).chars().count() + 1;
-                Err(ParseError { line, column, message: "invalid UTF-8".to_owned() })
+                let column = String::from_utf8_lossy(&valid[line_start..])
+                    .chars()
+                    .count()
+                    + 1;
+                Err(ParseError {
+                    line,
+                    column,
+                    message: "invalid UTF-8".to_owned(),
+                })
             }
         }
     }
@@ -184,7 +208,8 @@ impl<'a> Parser<'a> {
                     return Err(ParseError {
                         line: self.line + 1,
                         column: 1,
-                        message: "expected \"# EOF\" at the end of an OpenMetrics document".to_owned(),
+                        message: "expected \"# EOF\" at the end of an OpenMetrics document"
+                            .to_owned(),
                     });
                 }
                 return Ok(None);
@@ -210,7 +235,11 @@ impl<'a> Parser<'a> {
     fn err(&self, line: &str, byte_off: usize, message: String) -> ParseError {
         let off = byte_off.min(line.len());
         let column = line.get(..off).map_or(off, |s| s.chars().count()) + 1;
-        ParseError { line: self.line, column, message }
+        ParseError {
+            line: self.line,
+            column,
+            message,
+        }
     }
 
     fn prometheus_line(&mut self, line: &'a str) -> Result<Option<Entry<'a>>, ParseError> {
@@ -229,10 +258,17 @@ impl<'a> Parser<'a> {
 
     /// `#` lines of the Prometheus format: HELP and TYPE, anything else is a
     /// comment. `at` points just past the `#`.
-    fn prometheus_comment(&mut self, line: &'a str, at: usize) -> Result<Option<Entry<'a>>, ParseError> {
+    fn prometheus_comment(
+        &mut self,
+        line: &'a str,
+        at: usize,
+    ) -> Result<Option<Entry<'a>>, ParseError> {
         let b = line.as_bytes();
         let r = skip_blanks(&b[at..]);
-        let kw_len = r.iter().position(|&c| c == b' ' || c == b'\t').unwrap_or(r.len());
+        let kw_len = r
+            .iter()
+            .position(|&c| c == b' ' || c == b'\t')
+            .unwrap_or(r.len());
         let kw = &r[..kw_len];
         if kw != b"HELP" && kw != b"TYPE" {
             return Ok(Some(Entry::Comment));
@@ -245,18 +281,37 @@ impl<'a> Parser<'a> {
         p += skip_blanks(&b[p..]).as_ptr() as usize - b[p..].as_ptr() as usize;
         let name_len = metric_name_len(&b[p..]);
         if name_len == 0 {
-            return Err(self.err(line, p, format!("expected a metric name after # {}, found {}", ascii(kw), found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a metric name after # {}, found {}",
+                    ascii(kw),
+                    found(&b[p..])
+                ),
+            ));
         }
         let name = &line[p..p + name_len];
         p += name_len;
         let rest = &b[p..];
         if !rest.is_empty() && rest[0] != b' ' && rest[0] != b'\t' {
-            return Err(self.err(line, p, format!("expected a blank after the metric name, found {}", found(rest))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a blank after the metric name, found {}",
+                    found(rest)
+                ),
+            ));
         }
         let text_start = p + (rest.len() - skip_blanks(rest).len());
         let text = &line[text_start..];
         if kw == b"HELP" {
-            let help = if text.contains('\\') { Cow::Owned(unescape(text, false)) } else { Cow::Borrowed(text) };
+            let help = if text.contains('\\') {
+                Cow::Owned(unescape(text, false))
+            } else {
+                Cow::Borrowed(text)
+            };
             Ok(Some(Entry::Help { name, help }))
         } else {
             let text = text.trim_end_matches([' ', '\t']);
@@ -281,7 +336,11 @@ impl<'a> Parser<'a> {
     fn openmetrics_line(&mut self, line: &'a str) -> Result<Option<Entry<'a>>, ParseError> {
         let b = line.as_bytes();
         if b.is_empty() {
-            return Err(self.err(line, 0, "blank lines are not allowed in OpenMetrics".to_owned()));
+            return Err(self.err(
+                line,
+                0,
+                "blank lines are not allowed in OpenMetrics".to_owned(),
+            ));
         }
         if b[0] != b'#' {
             return self.sample(line, 0).map(|s| Some(Entry::Sample(s)));
@@ -298,12 +357,23 @@ impl<'a> Parser<'a> {
             return Ok(None);
         }
         if !line.starts_with("# ") {
-            return Err(self.err(line, 1, format!("expected a space after '#', found {}", found(&b[1..]))));
+            return Err(self.err(
+                line,
+                1,
+                format!("expected a space after '#', found {}", found(&b[1..])),
+            ));
         }
-        let kw_end = 2 + b[2..].iter().position(|&c| c == b' ').unwrap_or(b.len() - 2);
+        let kw_end = 2 + b[2..]
+            .iter()
+            .position(|&c| c == b' ')
+            .unwrap_or(b.len() - 2);
         let kw = &line[2..kw_end];
         if !matches!(kw, "HELP" | "TYPE" | "UNIT") {
-            return Err(self.err(line, 2, format!("expected HELP, TYPE, UNIT or EOF after '# ', found {kw:?}")));
+            return Err(self.err(
+                line,
+                2,
+                format!("expected HELP, TYPE, UNIT or EOF after '# ', found {kw:?}"),
+            ));
         }
         if kw_end >= b.len() {
             return Err(self.err(line, kw_end, format!("expected a metric name after # {kw}")));
@@ -311,20 +381,45 @@ impl<'a> Parser<'a> {
         let p = kw_end + 1;
         let name_len = metric_name_len(&b[p..]);
         if name_len == 0 {
-            return Err(self.err(line, p, format!("expected a metric name after # {kw}, found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a metric name after # {kw}, found {}",
+                    found(&b[p..])
+                ),
+            ));
         }
         let name = &line[p..p + name_len];
         let q = p + name_len;
         if q >= b.len() {
-            return Err(self.err(line, q, format!("expected a space and the {} after the metric name", kw.to_lowercase())));
+            return Err(self.err(
+                line,
+                q,
+                format!(
+                    "expected a space and the {} after the metric name",
+                    kw.to_lowercase()
+                ),
+            ));
         }
         if b[q] != b' ' {
-            return Err(self.err(line, q, format!("expected a space after the metric name, found {}", found(&b[q..]))));
+            return Err(self.err(
+                line,
+                q,
+                format!(
+                    "expected a space after the metric name, found {}",
+                    found(&b[q..])
+                ),
+            ));
         }
         let text = &line[q + 1..];
         match kw {
             "HELP" => {
-                let help = if text.contains('\\') { Cow::Owned(unescape(text, true)) } else { Cow::Borrowed(text) };
+                let help = if text.contains('\\') {
+                    Cow::Owned(unescape(text, true))
+                } else {
+                    Cow::Borrowed(text)
+                };
                 Ok(Some(Entry::Help { name, help }))
             }
             "TYPE" => {
@@ -351,7 +446,14 @@ impl<'a> Parser<'a> {
             }
             _ => {
                 if let Some(i) = text.bytes().position(|c| !is_label_char(c) && c != b':') {
-                    return Err(self.err(line, q + 1 + i, format!("invalid character in unit of {name}: {}", found(&text.as_bytes()[i..]))));
+                    return Err(self.err(
+                        line,
+                        q + 1 + i,
+                        format!(
+                            "invalid character in unit of {name}: {}",
+                            found(&text.as_bytes()[i..])
+                        ),
+                    ));
                 }
                 Ok(Some(Entry::Unit { name, unit: text }))
             }
@@ -365,7 +467,11 @@ impl<'a> Parser<'a> {
         let mut p = at;
         let name_len = metric_name_len(&b[p..]);
         if name_len == 0 {
-            return Err(self.err(line, p, format!("expected a metric name, found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!("expected a metric name, found {}", found(&b[p..])),
+            ));
         }
         let name = &line[p..p + name_len];
         p += name_len;
@@ -383,8 +489,16 @@ impl<'a> Parser<'a> {
             Some(b' ') => p += 1,
             Some(b'\t') if !om => p += 1,
             other => {
-                let what = if other.is_none() { "end of line".to_owned() } else { found(&b[p..]) };
-                return Err(self.err(line, p, format!("expected a space and a value after {series:?}, found {what}")));
+                let what = if other.is_none() {
+                    "end of line".to_owned()
+                } else {
+                    found(&b[p..])
+                };
+                return Err(self.err(
+                    line,
+                    p,
+                    format!("expected a space and a value after {series:?}, found {what}"),
+                ));
             }
         }
         if !om {
@@ -392,9 +506,19 @@ impl<'a> Parser<'a> {
         }
         let vend = p + token_len(&b[p..]);
         if vend == p {
-            return Err(self.err(line, p, format!("expected a value, found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!("expected a value, found {}", found(&b[p..])),
+            ));
         }
-        let value = parse_value(&b[p..vend]).ok_or_else(|| self.err(line, p, format!("expected a number as value, found {:?}", &line[p..vend])))?;
+        let value = parse_value(&b[p..vend]).ok_or_else(|| {
+            self.err(
+                line,
+                p,
+                format!("expected a number as value, found {:?}", &line[p..vend]),
+            )
+        })?;
         p = vend;
         let mut timestamp = None;
         let mut exemplar = None;
@@ -405,10 +529,21 @@ impl<'a> Parser<'a> {
                 if b.get(p) != Some(&b'#') {
                     let tend = p + token_len(&b[p..]);
                     if tend == p {
-                        return Err(self.err(line, p, format!("expected a timestamp, found {}", found(&b[p..]))));
+                        return Err(self.err(
+                            line,
+                            p,
+                            format!("expected a timestamp, found {}", found(&b[p..])),
+                        ));
                     }
                     timestamp = Some(parse_seconds_as_millis(&b[p..tend]).ok_or_else(|| {
-                        self.err(line, p, format!("expected a timestamp in seconds, found {:?}", &line[p..tend]))
+                        self.err(
+                            line,
+                            p,
+                            format!(
+                                "expected a timestamp in seconds, found {:?}",
+                                &line[p..tend]
+                            ),
+                        )
                     })?);
                     p = tend;
                     if p < b.len() {
@@ -428,15 +563,36 @@ impl<'a> Parser<'a> {
             if p < b.len() {
                 let tend = p + token_len(&b[p..]);
                 timestamp = Some(parse_millis(&b[p..tend]).ok_or_else(|| {
-                    self.err(line, p, format!("expected an integer timestamp in milliseconds, found {:?}", &line[p..tend]))
+                    self.err(
+                        line,
+                        p,
+                        format!(
+                            "expected an integer timestamp in milliseconds, found {:?}",
+                            &line[p..tend]
+                        ),
+                    )
                 })?);
                 p = self.after_blanks(b, tend);
                 if p < b.len() {
-                    return Err(self.err(line, p, format!("expected end of line after the timestamp, found {}", found(&b[p..]))));
+                    return Err(self.err(
+                        line,
+                        p,
+                        format!(
+                            "expected end of line after the timestamp, found {}",
+                            found(&b[p..])
+                        ),
+                    ));
                 }
             }
         }
-        Ok(SampleRef { series, name, labels, value, timestamp, exemplar })
+        Ok(SampleRef {
+            series,
+            name,
+            labels,
+            value,
+            timestamp,
+            exemplar,
+        })
     }
 
     /// ` # {labels} value[ timestamp]` starting at the `#` at byte `p`.
@@ -444,26 +600,64 @@ impl<'a> Parser<'a> {
         let b = line.as_bytes();
         p += 1;
         if b.get(p) != Some(&b' ') {
-            return Err(self.err(line, p, format!("expected a space after the exemplar's '#', found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a space after the exemplar's '#', found {}",
+                    found(&b[p..])
+                ),
+            ));
         }
         p += 1;
         if b.get(p) != Some(&b'{') {
-            return Err(self.err(line, p, format!("expected '{{' to open the exemplar's labels, found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected '{{' to open the exemplar's labels, found {}",
+                    found(&b[p..])
+                ),
+            ));
         }
         let ls = p + 1;
         p = self.label_set(line, ls)?;
         let labels = &line[ls..p - 1];
-        let chars: usize = LabelIter { rest: labels.as_bytes(), src: labels }.map(|(n, v)| n.chars().count() + v.chars().count()).sum();
+        let chars: usize = LabelIter {
+            rest: labels.as_bytes(),
+            src: labels,
+        }
+        .map(|(n, v)| n.chars().count() + v.chars().count())
+        .sum();
         if chars > 128 {
-            return Err(self.err(line, ls, format!("exemplar labels have {chars} characters, more than the 128 allowed")));
+            return Err(self.err(
+                line,
+                ls,
+                format!("exemplar labels have {chars} characters, more than the 128 allowed"),
+            ));
         }
         if b.get(p) != Some(&b' ') {
-            return Err(self.err(line, p, format!("expected a space and the exemplar's value, found {}", found(&b[p..]))));
+            return Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a space and the exemplar's value, found {}",
+                    found(&b[p..])
+                ),
+            ));
         }
         p += 1;
         let vend = p + token_len(&b[p..]);
-        let value = parse_value(&b[p..vend])
-            .ok_or_else(|| self.err(line, p, format!("expected a number as the exemplar's value, found {:?}", &line[p..vend])))?;
+        let value = parse_value(&b[p..vend]).ok_or_else(|| {
+            self.err(
+                line,
+                p,
+                format!(
+                    "expected a number as the exemplar's value, found {:?}",
+                    &line[p..vend]
+                ),
+            )
+        })?;
         p = vend;
         let mut timestamp = None;
         if p < b.len() {
@@ -471,13 +665,31 @@ impl<'a> Parser<'a> {
             p += 1;
             let tend = p + token_len(&b[p..]);
             timestamp = Some(parse_seconds_as_millis(&b[p..tend]).ok_or_else(|| {
-                self.err(line, p, format!("expected the exemplar's timestamp in seconds, found {:?}", &line[p..tend]))
+                self.err(
+                    line,
+                    p,
+                    format!(
+                        "expected the exemplar's timestamp in seconds, found {:?}",
+                        &line[p..tend]
+                    ),
+                )
             })?);
             if tend < b.len() {
-                return Err(self.err(line, tend, format!("expected end of line after the exemplar, found {}", found(&b[tend..]))));
+                return Err(self.err(
+                    line,
+                    tend,
+                    format!(
+                        "expected end of line after the exemplar, found {}",
+                        found(&b[tend..])
+                    ),
+                ));
             }
         }
-        Ok(ExemplarRef { labels, value, timestamp })
+        Ok(ExemplarRef {
+            labels,
+            value,
+            timestamp,
+        })
     }
 
     /// Checks a label set whose `{` is just before byte `p`; returns the
@@ -502,12 +714,22 @@ impl<'a> Parser<'a> {
                     }
                     return Ok(p + 1);
                 }
-                None => return Err(self.err(line, p, "expected a label name or '}', found end of line".to_owned())),
+                None => {
+                    return Err(self.err(
+                        line,
+                        p,
+                        "expected a label name or '}', found end of line".to_owned(),
+                    ));
+                }
                 _ => {}
             }
             let n = label_name_len(&b[p..]);
             if n == 0 {
-                return Err(self.err(line, p, format!("expected a label name, found {}", found(&b[p..]))));
+                return Err(self.err(
+                    line,
+                    p,
+                    format!("expected a label name, found {}", found(&b[p..])),
+                ));
             }
             let name = &b[p..p + n];
             let dup = if nseen < seen.len() {
@@ -527,18 +749,42 @@ impl<'a> Parser<'a> {
                 p = self.after_blanks(b, p);
             }
             if b.get(p) != Some(&b'=') {
-                return Err(self.err(line, p, format!("expected '=' after label name {:?}, found {}", ascii(name), found(&b[p..]))));
+                return Err(self.err(
+                    line,
+                    p,
+                    format!(
+                        "expected '=' after label name {:?}, found {}",
+                        ascii(name),
+                        found(&b[p..])
+                    ),
+                ));
             }
             p += 1;
             if !om {
                 p = self.after_blanks(b, p);
             }
             if b.get(p) != Some(&b'"') {
-                return Err(self.err(line, p, format!("expected '\"' to open the value of label {:?}, found {}", ascii(name), found(&b[p..]))));
+                return Err(self.err(
+                    line,
+                    p,
+                    format!(
+                        "expected '\"' to open the value of label {:?}, found {}",
+                        ascii(name),
+                        found(&b[p..])
+                    ),
+                ));
             }
             p += 1;
-            let (len, _) = quoted_len(&b[p..])
-                .ok_or_else(|| self.err(line, p - 1, format!("expected '\"' to close the value of label {:?}, found end of line", ascii(name))))?;
+            let (len, _) = quoted_len(&b[p..]).ok_or_else(|| {
+                self.err(
+                    line,
+                    p - 1,
+                    format!(
+                        "expected '\"' to close the value of label {:?}, found end of line",
+                        ascii(name)
+                    ),
+                )
+            })?;
             p += len + 1;
             if !om {
                 p = self.after_blanks(b, p);
@@ -555,7 +801,16 @@ impl<'a> Parser<'a> {
                     }
                 }
                 Some(b'}') => return Ok(p + 1),
-                _ => return Err(self.err(line, p, format!("expected ',' or '}}' after a label value, found {}", found(&b[p..])))),
+                _ => {
+                    return Err(self.err(
+                        line,
+                        p,
+                        format!(
+                            "expected ',' or '}}' after a label value, found {}",
+                            found(&b[p..])
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -564,7 +819,14 @@ impl<'a> Parser<'a> {
     fn om_space(&self, line: &str, p: usize) -> Result<(), ParseError> {
         match line.as_bytes().get(p) {
             Some(b' ') => Ok(()),
-            _ => Err(self.err(line, p, format!("expected a space, found {}", found(&line.as_bytes()[p.min(line.len())..])))),
+            _ => Err(self.err(
+                line,
+                p,
+                format!(
+                    "expected a space, found {}",
+                    found(&line.as_bytes()[p.min(line.len())..])
+                ),
+            )),
         }
     }
 
@@ -638,14 +900,19 @@ pub(crate) fn unescape(s: &str, quote: bool) -> String {
 
 #[inline]
 fn skip_blanks(b: &[u8]) -> &[u8] {
-    let n = b.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(b.len());
+    let n = b
+        .iter()
+        .position(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(b.len());
     &b[n..]
 }
 
 /// Length of the token up to the next space or tab.
 #[inline]
 fn token_len(b: &[u8]) -> usize {
-    b.iter().position(|&c| c == b' ' || c == b'\t').unwrap_or(b.len())
+    b.iter()
+        .position(|&c| c == b' ' || c == b'\t')
+        .unwrap_or(b.len())
 }
 
 #[inline]
@@ -659,7 +926,10 @@ fn metric_name_len(b: &[u8]) -> usize {
         Some(&c) if c.is_ascii_alphabetic() || c == b'_' || c == b':' => {}
         _ => return 0,
     }
-    1 + b[1..].iter().position(|&c| !(is_label_char(c) || c == b':')).unwrap_or(b.len() - 1)
+    1 + b[1..]
+        .iter()
+        .position(|&c| !(is_label_char(c) || c == b':'))
+        .unwrap_or(b.len() - 1)
 }
 
 #[inline]
@@ -668,7 +938,10 @@ fn label_name_len(b: &[u8]) -> usize {
         Some(&c) if c.is_ascii_alphabetic() || c == b'_' => {}
         _ => return 0,
     }
-    1 + b[1..].iter().position(|&c| !is_label_char(c)).unwrap_or(b.len() - 1)
+    1 + b[1..]
+        .iter()
+        .position(|&c| !is_label_char(c))
+        .unwrap_or(b.len() - 1)
 }
 
 fn ascii(b: &[u8]) -> String {

@@ -290,8 +290,14 @@ mod tests {
     fn series_id_is_stable() {
         // Pinned: the id travels between tiers and is stored on disk.
         let l = Labels::from_pairs([("__name__", "up"), ("job", "node")]);
-        assert_eq!(l.series_id(), Labels::from_pairs([("job", "node"), ("__name__", "up")]).series_id());
-        assert_eq!(l.series_id().to_string(), format!("{:016x}", l.series_id().0));
+        assert_eq!(
+            l.series_id(),
+            Labels::from_pairs([("job", "node"), ("__name__", "up")]).series_id()
+        );
+        assert_eq!(
+            l.series_id().to_string(),
+            format!("{:016x}", l.series_id().0)
+        );
         // Separators keep ("ab","c") and ("a","bc") apart.
         assert_ne!(
             Labels::from_pairs([("ab", "c")]).series_id(),

@@ -18,9 +18,9 @@ mod labels;
 mod matcher;
 mod sample;
 
-pub use labels::{Interner, Label, Labels, LabelsBuilder, SeriesId, METRIC_NAME};
+pub use labels::{Interner, Label, Labels, LabelsBuilder, METRIC_NAME, SeriesId};
 pub use matcher::{MatchOp, Matcher, MatcherError};
-pub use sample::{is_stale_nan, Sample, STALE_NAN, STALE_NAN_BITS};
+pub use sample::{STALE_NAN, STALE_NAN_BITS, Sample, is_stale_nan};
 
 /// Whether `name` is a valid legacy Prometheus metric name:
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`.

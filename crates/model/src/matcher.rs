@@ -66,7 +66,11 @@ enum Kind {
 impl Matcher {
     /// A matcher `name op value`. Regular expressions are fully anchored
     /// (`^(?s:value)$`), as in Prometheus.
-    pub fn new(op: MatchOp, name: impl Into<String>, value: impl Into<String>) -> Result<Self, MatcherError> {
+    pub fn new(
+        op: MatchOp,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, MatcherError> {
         let name = name.into();
         let value = value.into();
         let kind = match op {
@@ -82,7 +86,12 @@ impl Matcher {
                 })?),
             },
         };
-        Ok(Self { name, op, value, kind })
+        Ok(Self {
+            name,
+            op,
+            value,
+            kind,
+        })
     }
 
     /// The label this matcher applies to.
@@ -183,7 +192,12 @@ mod tests {
         check(MatchOp::Regex, "a.*", &["a", "abc"], &["ba", ""]);
         check(MatchOp::Regex, "b", &["b"], &["abc", "ab", "bc"]);
         check(MatchOp::Regex, "a|b", &["a", "b"], &["ab", ""]);
-        check(MatchOp::Regex, "foo|ba.", &["foo", "bar"], &["foobar", "fo"]);
+        check(
+            MatchOp::Regex,
+            "foo|ba.",
+            &["foo", "bar"],
+            &["foobar", "fo"],
+        );
         check(MatchOp::Regex, ".*", &["", "x"], &[]);
         check(MatchOp::Regex, ".+", &["x"], &[""]);
         check(MatchOp::NotRegex, "a.*", &["", "ba"], &["a", "abc"]);
@@ -201,7 +215,9 @@ mod tests {
 
     #[test]
     fn bad_regex_names_label_and_pattern() {
-        let err = Matcher::new(MatchOp::Regex, "job", "a(").unwrap_err().to_string();
+        let err = Matcher::new(MatchOp::Regex, "job", "a(")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"a(\"") && err.contains("\"job\""), "{err}");
     }
 }

@@ -36,7 +36,16 @@ mod tests {
                     value: "up".into(),
                 }],
                 series_id: 7,
-                samples: vec![v1::Sample { timestamp_ms: 1, value: 1.0 }, v1::Sample { timestamp_ms: 2, value: stale }],
+                samples: vec![
+                    v1::Sample {
+                        timestamp_ms: 1,
+                        value: 1.0,
+                    },
+                    v1::Sample {
+                        timestamp_ms: 2,
+                        value: stale,
+                    },
+                ],
                 ..Default::default()
             }],
             ..Default::default()
@@ -44,7 +53,10 @@ mod tests {
         let bytes = batch.encode_to_vec();
         let back = v1::Batch::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, batch);
-        assert_eq!(back.series[0].samples[1].value.to_bits(), 0x7ff0_0000_0000_0002);
+        assert_eq!(
+            back.series[0].samples[1].value.to_bits(),
+            0x7ff0_0000_0000_0002
+        );
     }
 
     #[test]

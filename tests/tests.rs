@@ -1,0 +1,8 @@
+//! Integration tests: real `tiermon` processes on loopback, spoken to over
+//! the real protocols, next to real peers (node_exporter, promtool) where
+//! the test script installed them.
+
+mod agent;
+mod check;
+mod node_exporter;
+mod util;

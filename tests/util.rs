@@ -1,0 +1,171 @@
+//! Starting and stopping real processes for the tests.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `tiermon` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tiermon")
+}
+
+/// A running `tiermon` server; killed (SIGKILL) when dropped.
+pub struct Tiermon {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Holds the config file for as long as the process runs.
+    _dir: tempfile::TempDir,
+}
+
+impl Tiermon {
+    /// Starts `tiermon <subcommand> --listen 127.0.0.1:0 [--config FILE]
+    /// <extra>` and waits for its "listening" log line.
+    pub fn start(subcommand: &str, config: Option<&str>, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg(subcommand)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        if let Some(text) = config {
+            let path = dir.path().join("tiermon.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
+            .env("TIERMON_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[tiermon] {line}");
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("tiermon {subcommand} did not report its address");
+            });
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Tiermon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Finds `name` on PATH (and in /usr/sbin, /usr/bin). When it is missing,
+/// the test fails if the test script promised the peers
+/// (TIERMON_REQUIRE_PEERS=1) and is skipped with a message otherwise.
+pub fn peer(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("TIERMON_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "{name} is required (TIERMON_REQUIRE_PEERS=1) but not installed; scripts/test.sh installs it"
+        );
+        eprintln!(
+            "SKIPPED: {name} is not installed; run scripts/test.sh to install the test peers"
+        );
+    }
+    found
+}
+
+/// A free loopback port (bound, then released: another process could take
+/// it, which the caller's start-up check would notice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET `url` and return the body, blocking.
+pub fn get(url: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.ok()?.text().await.ok() })
+}
+
+/// The value of the first sample named `name` whose labels include
+/// `labels`, in Prometheus text.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let fams =
+        tiermon_exposition::parse_families(text.as_bytes(), tiermon_exposition::Format::Prometheus)
+            .ok()?;
+    fams.iter()
+        .flat_map(|f| &f.samples)
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(n, v)| s.labels.iter().any(|(ln, lv)| ln == n && lv == v))
+        })
+        .map(|s| s.value)
+}
+
+/// All samples named `name`.
+pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let fams =
+        tiermon_exposition::parse_families(text.as_bytes(), tiermon_exposition::Format::Prometheus)
+            .unwrap();
+    fams.into_iter()
+        .flat_map(|f| f.samples)
+        .filter(|s| s.name == name)
+        .map(|s| (s.labels, s.value))
+        .collect()
+}
