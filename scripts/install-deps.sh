@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the system packages tiermon needs, if they are missing.
+#   scripts/install-deps.sh build   what building needs
+#   scripts/install-deps.sh test    that, plus the real peers the tests run
+#                                   against (promtool, node_exporter)
+# Works on Debian and Ubuntu as root or with sudo; prints what it does.
+set -euo pipefail
+
+want=${1:-build}
+pkgs=()
+need() { # need <command> <package>
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/sbin/$1" ] || pkgs+=("$2")
+}
+
+need cc gcc
+if [ "$want" = test ]; then
+  need promtool prometheus
+  need prometheus-node-exporter prometheus-node-exporter
+  need python3 python3
+fi
+
+[ ${#pkgs[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: missing ${pkgs[*]} and no apt-get here; install them by hand" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "install-deps: missing ${pkgs[*]}; run as root or install sudo" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: installing ${pkgs[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# Packaged services must not start inside containers and CI machines.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs formatting,
+# lints, unit and integration tests, and the conformance suites when
+# ../shared/conformance (or $TIERMON_CONFORMANCE) is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outside the clone so repeated runs are incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tiermon/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+scripts/install-deps.sh test
+
+echo "== fmt" >&2
+cargo fmt --all -- --check
+echo "== clippy" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests" >&2
+# The tests fail, rather than skip, when a real peer is missing.
+TIERMON_REQUIRE_PEERS=1 cargo test --workspace --locked
+
+conformance="${TIERMON_CONFORMANCE:-../shared/conformance}"
+if [ -d "$conformance/exposition" ]; then
+  echo "== exposition conformance ($conformance)" >&2
+  cargo build --locked --bin tiermon
+  out="$CARGO_TARGET_DIR/conformance"
+  mkdir -p "$out"
+  python3 "$conformance/exposition/run_exposition.py" --json "$out/exposition-results.json" \
+    -- "$CARGO_TARGET_DIR/debug/tiermon" check metrics --format '{format}'
+else
+  echo "== exposition conformance: $conformance not found, skipped" >&2
+fi
+echo "== all tests passed" >&2
