@@ -60,13 +60,20 @@ fn bench(c: &mut Criterion) {
     });
 
     g.bench_function("tiermon_parse_families_validating", |b| {
-        b.iter(|| parse_families(black_box(PAYLOAD.as_bytes()), Format::Prometheus).unwrap().len());
+        b.iter(|| {
+            parse_families(black_box(PAYLOAD.as_bytes()), Format::Prometheus)
+                .unwrap()
+                .len()
+        });
     });
 
     g.bench_function("prometheus_parse_crate", |b| {
         b.iter(|| {
             let lines = black_box(PAYLOAD).lines().map(|l| Ok(l.to_owned()));
-            prometheus_parse::Scrape::parse(lines).unwrap().samples.len()
+            prometheus_parse::Scrape::parse(lines)
+                .unwrap()
+                .samples
+                .len()
         });
     });
     g.finish();

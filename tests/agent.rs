@@ -2,12 +2,12 @@
 //! access logs, promtool.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tiermon_exposition::{Format, parse_families};
 
-use crate::util::{Guard, Tiermon, eventually, get, peer, sample, samples};
+use crate::util::{Guard, Tiermon, eventually, get, peer, run_with_stdin, sample, samples};
 
 fn fetch(url: &str, accept: Option<&str>, gzip: bool) -> (reqwest::header::HeaderMap, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -193,20 +193,7 @@ fn output_passes_promtool_check_metrics() {
         &[],
     );
     let text = get(&agent.url("/metrics")).unwrap();
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(Command::new(promtool).args(["check", "metrics"]), &text);
     assert!(
         out.status.success(),
         "promtool check metrics failed:\n{}{}",

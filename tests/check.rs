@@ -3,22 +3,13 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::util::bin;
+use crate::util::{bin, run_with_stdin};
 
 fn check_metrics(format: &str, input: &str) -> (i32, String) {
-    let mut child = Command::new(bin())
-        .args(["check", "metrics", "--format", format])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new(bin()).args(["check", "metrics", "--format", format]),
+        input,
+    );
     (
         out.status.code().unwrap(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

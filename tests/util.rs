@@ -169,3 +169,21 @@ pub fn samples(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
         .map(|s| (s.labels, s.value))
         .collect()
 }
+
+/// Runs `cmd` with `input` on its standard input; returns its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}

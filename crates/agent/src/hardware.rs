@@ -344,7 +344,9 @@ mod tests {
         std::fs::write(path, v).unwrap();
     }
 
-    fn values(out: Out) -> Vec<(String, Vec<(String, String)>, f64)> {
+    type Flat = Vec<(String, Vec<(String, String)>, f64)>;
+
+    fn values(out: Out) -> Flat {
         out.into_families()
             .into_iter()
             .flat_map(|f| f.samples)

@@ -28,7 +28,9 @@ static A: Counting = Counting;
 fn payload(format: Format) -> String {
     let mut s = String::new();
     for m in 0..50 {
-        s.push_str(&format!("# HELP node_metric_{m} Help text of metric {m}.\n# TYPE node_metric_{m} gauge\n"));
+        s.push_str(&format!(
+            "# HELP node_metric_{m} Help text of metric {m}.\n# TYPE node_metric_{m} gauge\n"
+        ));
         for cpu in 0..20 {
             s.push_str(&format!("node_metric_{m}{{cpu=\"{cpu}\",mode=\"idle\",path=\"a \\\"quoted\\\" value\"}} {}.25\n", m * cpu));
         }
@@ -39,7 +41,12 @@ fn payload(format: Format) -> String {
     s
 }
 
-fn scrape(text: &str, format: Format, cache: &mut SeriesCache<u32>, out: &mut Vec<(u32, f64)>) -> usize {
+fn scrape(
+    text: &str,
+    format: Format,
+    cache: &mut SeriesCache<u32>,
+    out: &mut Vec<(u32, f64)>,
+) -> usize {
     out.clear();
     let mut p = Parser::new(text, format);
     let mut new = 0;
@@ -71,7 +78,10 @@ fn warm_scrape_allocates_nothing() {
         let before = ALLOCS.load(Ordering::Relaxed);
         assert_eq!(scrape(&text, format, &mut cache, &mut out), 0);
         let allocs = ALLOCS.load(Ordering::Relaxed) - before;
-        assert_eq!(allocs, 0, "{format:?}: {allocs} allocations for 1000 cached samples");
+        assert_eq!(
+            allocs, 0,
+            "{format:?}: {allocs} allocations for 1000 cached samples"
+        );
         assert_eq!(out.len(), 1000);
     }
 }
