@@ -175,6 +175,8 @@ struct Inner {
     processes: process::Watcher,
     logs: Vec<Arc<logs::LogCounter>>,
     smart: Arc<hardware::Smart>,
+    /// Failures per collector since start.
+    errors: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 /// The host agent. Cheap to clone.
@@ -194,6 +196,7 @@ impl Agent {
             .map(|l| Arc::new(logs::LogCounter::new(l.clone())))
             .collect();
         let smart = Arc::new(hardware::Smart::new(cfg.smart.clone()));
+        let errors = std::sync::Mutex::new(COLLECTORS.iter().map(|(n, _)| (*n, 0)).collect());
         Ok(Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -201,6 +204,7 @@ impl Agent {
                 processes,
                 logs,
                 smart,
+                errors,
             }),
         })
     }
@@ -249,6 +253,7 @@ impl Agent {
         }
         let mut all = out::Out::default();
         let mut health = out::Out::default();
+        let mut errors = self.inner.errors.lock().unwrap_or_else(|e| e.into_inner());
         for (name, took, r) in results {
             let l = [("collector", name)];
             health.gauge(
@@ -275,9 +280,18 @@ impl Agent {
                         &l,
                         0.0,
                     );
+                    *errors.entry(name).or_default() += 1;
                 }
             }
+            let n = errors.get(name).copied().unwrap_or(0);
+            health.counter(
+                "tiermon_agent_collector_errors_total",
+                "Scrapes at which the collector failed, since the agent started.",
+                &l,
+                n as f64,
+            );
         }
+        drop(errors);
         health.gauge(
             "tiermon_build_info",
             "A metric with a constant '1' value labeled by version.",
@@ -289,5 +303,53 @@ impl Agent {
         );
         all.merge(health);
         all.into_families()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(fams: &[MetricFamily], name: &str, collector: &str) -> Option<f64> {
+        fams.iter()
+            .flat_map(|f| &f.samples)
+            .find(|s| {
+                s.name == name
+                    && s.labels
+                        .iter()
+                        .any(|(n, v)| n == "collector" && v == collector)
+            })
+            .map(|s| s.value)
+    }
+
+    #[tokio::test]
+    async fn failing_collectors_are_reported_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = AgentConfig {
+            procfs: dir.path().to_owned(),
+            sysfs: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let agent = Agent::new(cfg).unwrap();
+        agent.gather().await;
+        let fams = agent.gather().await;
+        assert_eq!(
+            value(&fams, "tiermon_agent_collector_success", "loadavg"),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&fams, "tiermon_agent_collector_errors_total", "loadavg"),
+            Some(2.0)
+        );
+        // Absent hardware is not a failure.
+        assert_eq!(
+            value(&fams, "tiermon_agent_collector_success", "hwmon"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&fams, "tiermon_agent_collector_errors_total", "hwmon"),
+            Some(0.0)
+        );
+        assert!(value(&fams, "tiermon_agent_collector_duration_seconds", "cpu").is_some());
     }
 }
