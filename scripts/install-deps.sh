@@ -13,6 +13,9 @@ need() { # need <command> <package>
 }
 
 need cc gcc
+need c++ g++
+# The rocksdb crate generates its bindings with libclang at build time.
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || pkgs+=(libclang-dev)
 if [ "$want" = test ]; then
   need promtool prometheus
   need prometheus-node-exporter prometheus-node-exporter

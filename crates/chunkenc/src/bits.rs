@@ -1,0 +1,113 @@
+//! Bit-level writer and reader, most significant bit first.
+
+/// Appends bits to a byte vector.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BitWriter {
+    pub(crate) bytes: Vec<u8>,
+    /// Bits used in the last byte (0 means the last byte is full or absent).
+    used: u8,
+}
+
+impl BitWriter {
+
+    pub(crate) fn bit_len(&self) -> usize {
+        if self.used == 0 { self.bytes.len() * 8 } else { (self.bytes.len() - 1) * 8 + self.used as usize }
+    }
+
+    #[inline]
+    pub(crate) fn write_bit(&mut self, bit: bool) {
+        if self.used == 0 {
+            self.bytes.push(0);
+        }
+        if bit {
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= 0x80 >> self.used;
+        }
+        self.used = (self.used + 1) % 8;
+    }
+
+    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
+    #[inline]
+    pub(crate) fn write_bits(&mut self, v: u64, mut n: u32) {
+        while n > 0 {
+            if self.used == 0 {
+                self.bytes.push(0);
+            }
+            let free = 8 - self.used as u32;
+            let take = free.min(n);
+            let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
+            let last = self.bytes.len() - 1;
+            self.bytes[last] |= chunk << (free - take);
+            self.used = ((self.used as u32 + take) % 8) as u8;
+            n -= take;
+        }
+    }
+}
+
+/// Reads bits from a byte slice.
+#[derive(Debug, Clone)]
+pub(crate) struct BitReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> BitReader<'a> {
+    pub(crate) fn new(bytes: &'a [u8], bit_len: usize) -> Self {
+        Self { bytes, pos: 0, end: bit_len.min(bytes.len() * 8) }
+    }
+
+    #[inline]
+    pub(crate) fn read_bit(&mut self) -> Option<bool> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let b = self.bytes[self.pos / 8] & (0x80 >> (self.pos % 8)) != 0;
+        self.pos += 1;
+        Some(b)
+    }
+
+    /// Reads `n` bits (n ≤ 64).
+    #[inline]
+    pub(crate) fn read_bits(&mut self, mut n: u32) -> Option<u64> {
+        if self.pos + n as usize > self.end {
+            return None;
+        }
+        let mut v = 0u64;
+        while n > 0 {
+            let byte = self.bytes[self.pos / 8];
+            let off = (self.pos % 8) as u32;
+            let avail = 8 - off;
+            let take = avail.min(n);
+            let bits = (byte >> (avail - take)) & (((1u16 << take) - 1) as u8);
+            v = (v << take) | u64::from(bits);
+            self.pos += take as usize;
+            n -= take;
+        }
+        Some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bits_round_trip(items in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..50)) {
+            let mut w = BitWriter::default();
+            for &(v, n) in &items {
+                w.write_bits(v, n);
+                w.write_bit(v & 1 == 1);
+            }
+            let mut r = BitReader::new(&w.bytes, w.bit_len());
+            for &(v, n) in &items {
+                let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+                prop_assert_eq!(r.read_bits(n), Some(v & mask));
+                prop_assert_eq!(r.read_bit(), Some(v & 1 == 1));
+            }
+            prop_assert_eq!(r.read_bit(), None);
+        }
+    }
+}

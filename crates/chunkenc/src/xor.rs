@@ -1,0 +1,342 @@
+//! Gorilla's XOR chunk, appendable one sample at a time.
+
+use crate::bits::{BitReader, BitWriter};
+use crate::{Error, Result};
+
+/// An appendable chunk of (timestamp, value) samples with strictly
+/// increasing timestamps. Serialised as a 2-byte big-endian sample count
+/// followed by the bit stream.
+#[derive(Debug, Clone, Default)]
+pub struct XorChunk {
+    w: BitWriter,
+    n: u16,
+    t: i64,
+    delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
+}
+
+/// Most samples a chunk holds.
+pub const MAX_SAMPLES: usize = u16::MAX as usize;
+
+impl XorChunk {
+    /// An empty chunk.
+    pub fn new() -> Self {
+        Self { leading: 0xff, ..Self::default() }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+
+    /// Whether the chunk has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Timestamp of the last sample, if any.
+    pub fn last_timestamp(&self) -> Option<i64> {
+        (self.n > 0).then_some(self.t)
+    }
+
+    /// Bytes of the encoded stream (without the count).
+    pub fn encoded_len(&self) -> usize {
+        self.w.bytes.len()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_size(&self) -> usize {
+        self.w.bytes.capacity()
+    }
+
+    /// Appends a sample. `t` must be greater than the last timestamp and the
+    /// chunk must hold fewer than [`MAX_SAMPLES`]; otherwise nothing is
+    /// appended and `false` is returned.
+    pub fn append(&mut self, t: i64, v: f64) -> bool {
+        let vb = v.to_bits();
+        match self.n {
+            0 => {
+                self.w.write_bits(t as u64, 64);
+                self.w.write_bits(vb, 64);
+            }
+            n if n as usize >= MAX_SAMPLES => return false,
+            _ => {
+                if t <= self.t {
+                    return false;
+                }
+                let Some(delta) = t.checked_sub(self.t) else { return false };
+                let dod = delta.wrapping_sub(self.delta);
+                self.write_dod(dod);
+                self.write_value(vb);
+                self.delta = delta;
+            }
+        }
+        self.t = t;
+        self.v = vb;
+        self.n += 1;
+        true
+    }
+
+    fn write_dod(&mut self, dod: i64) {
+        let w = &mut self.w;
+        match dod {
+            0 => w.write_bit(false),
+            -8191..=8192 => {
+                w.write_bits(0b10, 2);
+                w.write_bits(dod as u64, 14);
+            }
+            -65535..=65536 => {
+                w.write_bits(0b110, 3);
+                w.write_bits(dod as u64, 17);
+            }
+            -524_287..=524_288 => {
+                w.write_bits(0b1110, 4);
+                w.write_bits(dod as u64, 20);
+            }
+            _ => {
+                w.write_bits(0b1111, 4);
+                w.write_bits(dod as u64, 64);
+            }
+        }
+    }
+
+    fn write_value(&mut self, vb: u64) {
+        let x = vb ^ self.v;
+        if x == 0 {
+            self.w.write_bit(false);
+            return;
+        }
+        self.w.write_bit(true);
+        let leading = (x.leading_zeros() as u8).min(31);
+        let trailing = x.trailing_zeros() as u8;
+        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
+            self.w.write_bit(false);
+            let sig = 64 - self.leading as u32 - self.trailing as u32;
+            self.w.write_bits(x >> self.trailing, sig);
+        } else {
+            self.leading = leading;
+            self.trailing = trailing;
+            self.w.write_bit(true);
+            self.w.write_bits(u64::from(leading), 5);
+            let sig = 64 - leading as u32 - trailing as u32;
+            // 64 significant bits are written as 0 in 6 bits.
+            self.w.write_bits(u64::from(sig) & 0x3f, 6);
+            self.w.write_bits(x >> trailing, sig);
+        }
+    }
+
+    /// The samples, in order.
+    pub fn iter(&self) -> XorIter<'_> {
+        XorIter::new(&self.w.bytes, self.w.bit_len(), self.n as usize)
+    }
+
+    /// The serialised chunk: count, then the bit stream.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.w.bytes.len());
+        out.extend_from_slice(&self.n.to_be_bytes());
+        out.extend_from_slice(&self.w.bytes);
+        out
+    }
+
+    /// Rebuilds an appendable chunk from [`Self::to_bytes`].
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let n = u16::from_be_bytes(b.get(..2).ok_or(Error::Truncated("xor chunk header"))?.try_into().map_err(|_| Error::Truncated("xor chunk header"))?);
+        let stream = &b[2..];
+        let mut c = XorChunk::new();
+        let mut it = XorIter::new(stream, stream.len() * 8, n as usize);
+        for (t, v) in it.by_ref() {
+            if !c.append(t, v) {
+                return Err(Error::Corrupt("xor chunk timestamps do not increase".into()));
+            }
+        }
+        if let Some(e) = it.err {
+            return Err(e);
+        }
+        // Re-encoding reproduces the stream bit for bit.
+        if c.w.bytes != stream {
+            return Err(Error::Corrupt("xor chunk has trailing or inconsistent bits".into()));
+        }
+        Ok(c)
+    }
+
+    /// Decodes a serialised chunk into its samples.
+    pub fn decode(b: &[u8]) -> Result<Vec<(i64, f64)>> {
+        let n = u16::from_be_bytes([*b.first().ok_or(Error::Truncated("xor chunk header"))?, *b.get(1).ok_or(Error::Truncated("xor chunk header"))?]);
+        let stream = &b[2..];
+        let mut it = XorIter::new(stream, stream.len() * 8, n as usize);
+        let out: Vec<_> = it.by_ref().collect();
+        match it.err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+}
+
+/// Iterator over an XOR stream; stops early and records an error on
+/// corrupt input.
+#[derive(Debug, Clone)]
+pub struct XorIter<'a> {
+    r: BitReader<'a>,
+    left: usize,
+    read: usize,
+    t: i64,
+    delta: i64,
+    v: u64,
+    leading: u8,
+    trailing: u8,
+    /// Why iteration stopped early, if it did.
+    pub err: Option<Error>,
+}
+
+impl<'a> XorIter<'a> {
+    fn new(bytes: &'a [u8], bit_len: usize, n: usize) -> Self {
+        Self { r: BitReader::new(bytes, bit_len), left: n, read: 0, t: 0, delta: 0, v: 0, leading: 0, trailing: 0, err: None }
+    }
+
+    fn step(&mut self) -> Option<(i64, f64)> {
+        if self.read == 0 {
+            self.t = self.r.read_bits(64)? as i64;
+            self.v = self.r.read_bits(64)?;
+            return Some((self.t, f64::from_bits(self.v)));
+        }
+        let dod = if !self.r.read_bit()? {
+            0
+        } else if !self.r.read_bit()? {
+            sign_extend(self.r.read_bits(14)?, 14)
+        } else if !self.r.read_bit()? {
+            sign_extend(self.r.read_bits(17)?, 17)
+        } else if !self.r.read_bit()? {
+            sign_extend(self.r.read_bits(20)?, 20)
+        } else {
+            self.r.read_bits(64)? as i64
+        };
+        self.delta = self.delta.wrapping_add(dod);
+        self.t = self.t.wrapping_add(self.delta);
+        if self.r.read_bit()? {
+            if self.r.read_bit()? {
+                self.leading = self.r.read_bits(5)? as u8;
+                let mut sig = self.r.read_bits(6)? as u8;
+                if sig == 0 {
+                    sig = 64;
+                }
+                if self.leading as u32 + sig as u32 > 64 {
+                    self.err = Some(Error::Corrupt("xor value window exceeds 64 bits".into()));
+                    return None;
+                }
+                self.trailing = 64 - self.leading - sig;
+            }
+            let sig = 64 - self.leading as u32 - self.trailing as u32;
+            let bits = self.r.read_bits(sig)?;
+            self.v ^= bits.checked_shl(self.trailing as u32).unwrap_or(0);
+        }
+        Some((self.t, f64::from_bits(self.v)))
+    }
+}
+
+fn sign_extend(v: u64, bits: u32) -> i64 {
+    let shift = 64 - bits;
+    ((v << shift) as i64) >> shift
+}
+
+impl Iterator for XorIter<'_> {
+    type Item = (i64, f64);
+
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.left == 0 || self.err.is_some() {
+            return None;
+        }
+        match self.step() {
+            Some(s) => {
+                self.left -= 1;
+                self.read += 1;
+                Some(s)
+            }
+            None => {
+                if self.err.is_none() {
+                    self.err = Some(Error::Truncated("xor chunk stream"));
+                }
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn samples() -> impl Strategy<Value = Vec<(i64, f64)>> {
+        let value = prop_oneof![
+            any::<f64>(),
+            (-1000i64..1000).prop_map(|v| v as f64 / 4.0),
+            Just(f64::NAN),
+            Just(f64::from_bits(0x7ff0_0000_0000_0002)),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+        ];
+        let gap = prop_oneof![1i64..100, Just(15_000i64), 1i64..10_000_000, 1i64..i64::MAX / 4096];
+        (any::<i64>().prop_map(|t| t / 2), proptest::collection::vec((gap, value), 0..300)).prop_map(|(start, steps)| {
+            let mut t = start;
+            let mut out = Vec::new();
+            for (g, v) in steps {
+                match t.checked_add(g) {
+                    Some(n) => t = n,
+                    None => break,
+                }
+                out.push((t, v));
+            }
+            out
+        })
+    }
+
+    fn bits(s: &[(i64, f64)]) -> Vec<(i64, u64)> {
+        s.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_bit_exactly(s in samples()) {
+            let mut c = XorChunk::new();
+            for &(t, v) in &s {
+                prop_assert!(c.append(t, v));
+            }
+            prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(&s));
+            let bytes = c.to_bytes();
+            prop_assert_eq!(bits(&XorChunk::decode(&bytes).unwrap()), bits(&s));
+            let mut again = XorChunk::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(again.len(), s.len());
+            if let Some(&(t, _)) = s.last() {
+                prop_assert!(again.append(t + 1, 1.0));
+            }
+        }
+
+        #[test]
+        fn corrupt_input_is_an_error_not_a_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = XorChunk::decode(&b);
+            let _ = XorChunk::from_bytes(&b);
+        }
+    }
+
+    #[test]
+    fn rejects_out_of_order_and_duplicates() {
+        let mut c = XorChunk::new();
+        assert!(c.append(10, 1.0));
+        assert!(!c.append(10, 2.0));
+        assert!(!c.append(5, 2.0));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn regular_scrapes_are_small() {
+        let mut c = XorChunk::new();
+        for i in 0..120 {
+            c.append(1_700_000_000_000 + i * 15_000, 42.0);
+        }
+        // First sample 16 bytes, then ~2 bits per sample.
+        assert!(c.encoded_len() < 16 + 40, "{}", c.encoded_len());
+    }
+}
