@@ -5,4 +5,5 @@
 mod agent;
 mod check;
 mod node_exporter;
+mod storage;
 mod util;

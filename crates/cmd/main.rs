@@ -3,6 +3,7 @@
 
 mod agent;
 mod check;
+mod debug;
 mod up;
 
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ enum Command {
     /// Check exposition text, configuration files.
     #[command(subcommand)]
     Check(check::Check),
+    /// Tools for testing tiermon itself.
+    #[command(subcommand, hide = true)]
+    Debug(debug::Debug),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Check(c) => return check::run(c),
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(agent::run(a))),
         Command::Up(a) => runtime().and_then(|rt| rt.block_on(up::run(a))),
+        Command::Debug(d) => debug::run(d),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,9 +9,12 @@ pub(crate) struct BitWriter {
 }
 
 impl BitWriter {
-
     pub(crate) fn bit_len(&self) -> usize {
-        if self.used == 0 { self.bytes.len() * 8 } else { (self.bytes.len() - 1) * 8 + self.used as usize }
+        if self.used == 0 {
+            self.bytes.len() * 8
+        } else {
+            (self.bytes.len() - 1) * 8 + self.used as usize
+        }
     }
 
     #[inline]
@@ -54,7 +57,11 @@ pub(crate) struct BitReader<'a> {
 
 impl<'a> BitReader<'a> {
     pub(crate) fn new(bytes: &'a [u8], bit_len: usize) -> Self {
-        Self { bytes, pos: 0, end: bit_len.min(bytes.len() * 8) }
+        Self {
+            bytes,
+            pos: 0,
+            end: bit_len.min(bytes.len() * 8),
+        }
     }
 
     #[inline]

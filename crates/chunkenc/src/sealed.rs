@@ -30,7 +30,10 @@ pub fn encode(ts: &[i64], vs: &[f64]) -> Vec<u8> {
         Ok(v) if same_bits(&v, vs) => (VALUES_F64, v),
         _ => {
             let bits: Vec<u64> = vs.iter().map(|v| v.to_bits()).collect();
-            (VALUES_BITS, pco::standalone::simple_compress(&bits, &cfg).unwrap_or_default())
+            (
+                VALUES_BITS,
+                pco::standalone::simple_compress(&bits, &cfg).unwrap_or_default(),
+            )
         }
     };
     out.push(mode);
@@ -40,9 +43,40 @@ pub fn encode(ts: &[i64], vs: &[f64]) -> Vec<u8> {
     out
 }
 
+/// Encodes a column of integers (length-prefixed pcodec).
+pub fn encode_ints(v: &[i64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_varint(&mut out, v.len() as u64);
+    if !v.is_empty() {
+        out.extend_from_slice(
+            &pco::standalone::simple_compress(v, &pco::ChunkConfig::default()).unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// Decodes [`encode_ints`].
+pub fn decode_ints(mut b: &[u8]) -> Result<Vec<i64>> {
+    let n = get_varint(&mut b)? as usize;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let v = pco::standalone::simple_decompress::<i64>(b)
+        .map_err(|e| Error::Corrupt(format!("pcodec: {e}")))?;
+    if v.len() != n {
+        return Err(Error::Corrupt(format!(
+            "integer column says {n} values, holds {}",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
 fn same_bits(encoded: &[u8], vs: &[f64]) -> bool {
     match pco::standalone::simple_decompress::<f64>(encoded) {
-        Ok(back) => back.len() == vs.len() && back.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits()),
+        Ok(back) => {
+            back.len() == vs.len() && back.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits())
+        }
         Err(_) => false,
     }
 }
@@ -51,13 +85,17 @@ fn same_bits(encoded: &[u8], vs: &[f64]) -> bool {
 pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     let (&version, mut rest) = b.split_first().ok_or(Error::Truncated("sealed chunk"))?;
     if version != VERSION {
-        return Err(Error::Corrupt(format!("unknown sealed chunk version {version}")));
+        return Err(Error::Corrupt(format!(
+            "unknown sealed chunk version {version}"
+        )));
     }
     let n = get_varint(&mut rest)? as usize;
     if n == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
-    let (&mode, mut rest) = rest.split_first().ok_or(Error::Truncated("sealed chunk value mode"))?;
+    let (&mode, mut rest) = rest
+        .split_first()
+        .ok_or(Error::Truncated("sealed chunk value mode"))?;
     let tlen = get_varint(&mut rest)? as usize;
     if tlen > rest.len() {
         return Err(Error::Truncated("sealed chunk timestamps"));
@@ -67,11 +105,19 @@ pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     let ts = pco::standalone::simple_decompress::<i64>(tb).map_err(pco_err)?;
     let vs = match mode {
         VALUES_F64 => pco::standalone::simple_decompress::<f64>(vb).map_err(pco_err)?,
-        VALUES_BITS => pco::standalone::simple_decompress::<u64>(vb).map_err(pco_err)?.into_iter().map(f64::from_bits).collect(),
+        VALUES_BITS => pco::standalone::simple_decompress::<u64>(vb)
+            .map_err(pco_err)?
+            .into_iter()
+            .map(f64::from_bits)
+            .collect(),
         m => return Err(Error::Corrupt(format!("unknown value mode {m}"))),
     };
     if ts.len() != n || vs.len() != n {
-        return Err(Error::Corrupt(format!("sealed chunk says {n} samples, holds {} timestamps and {} values", ts.len(), vs.len())));
+        return Err(Error::Corrupt(format!(
+            "sealed chunk says {n} samples, holds {} timestamps and {} values",
+            ts.len(),
+            vs.len()
+        )));
     }
     Ok((ts, vs))
 }
@@ -133,7 +179,9 @@ mod tests {
     fn decimal_gauges_and_regular_timestamps_compress_well() {
         let n = 5760;
         let ts: Vec<i64> = (0..n).map(|i| 1_700_000_000_000 + i * 15_000).collect();
-        let vs: Vec<f64> = (0..n).map(|i| (((i * 7919) % 1000) as f64) / 100.0 + 20.0).collect();
+        let vs: Vec<f64> = (0..n)
+            .map(|i| (((i * 7919) % 1000) as f64) / 100.0 + 20.0)
+            .collect();
         let b = encode(&ts, &vs);
         let per_sample = b.len() as f64 / n as f64;
         assert!(per_sample < 1.5, "{per_sample} bytes per sample");

@@ -23,7 +23,10 @@ pub const MAX_SAMPLES: usize = u16::MAX as usize;
 impl XorChunk {
     /// An empty chunk.
     pub fn new() -> Self {
-        Self { leading: 0xff, ..Self::default() }
+        Self {
+            leading: 0xff,
+            ..Self::default()
+        }
     }
 
     /// Number of samples.
@@ -66,7 +69,9 @@ impl XorChunk {
                 if t <= self.t {
                     return false;
                 }
-                let Some(delta) = t.checked_sub(self.t) else { return false };
+                let Some(delta) = t.checked_sub(self.t) else {
+                    return false;
+                };
                 let dod = delta.wrapping_sub(self.delta);
                 self.write_dod(dod);
                 self.write_value(vb);
@@ -142,13 +147,20 @@ impl XorChunk {
 
     /// Rebuilds an appendable chunk from [`Self::to_bytes`].
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let n = u16::from_be_bytes(b.get(..2).ok_or(Error::Truncated("xor chunk header"))?.try_into().map_err(|_| Error::Truncated("xor chunk header"))?);
+        let n = u16::from_be_bytes(
+            b.get(..2)
+                .ok_or(Error::Truncated("xor chunk header"))?
+                .try_into()
+                .map_err(|_| Error::Truncated("xor chunk header"))?,
+        );
         let stream = &b[2..];
         let mut c = XorChunk::new();
         let mut it = XorIter::new(stream, stream.len() * 8, n as usize);
         for (t, v) in it.by_ref() {
             if !c.append(t, v) {
-                return Err(Error::Corrupt("xor chunk timestamps do not increase".into()));
+                return Err(Error::Corrupt(
+                    "xor chunk timestamps do not increase".into(),
+                ));
             }
         }
         if let Some(e) = it.err {
@@ -156,14 +168,19 @@ impl XorChunk {
         }
         // Re-encoding reproduces the stream bit for bit.
         if c.w.bytes != stream {
-            return Err(Error::Corrupt("xor chunk has trailing or inconsistent bits".into()));
+            return Err(Error::Corrupt(
+                "xor chunk has trailing or inconsistent bits".into(),
+            ));
         }
         Ok(c)
     }
 
     /// Decodes a serialised chunk into its samples.
     pub fn decode(b: &[u8]) -> Result<Vec<(i64, f64)>> {
-        let n = u16::from_be_bytes([*b.first().ok_or(Error::Truncated("xor chunk header"))?, *b.get(1).ok_or(Error::Truncated("xor chunk header"))?]);
+        let n = u16::from_be_bytes([
+            *b.first().ok_or(Error::Truncated("xor chunk header"))?,
+            *b.get(1).ok_or(Error::Truncated("xor chunk header"))?,
+        ]);
         let stream = &b[2..];
         let mut it = XorIter::new(stream, stream.len() * 8, n as usize);
         let out: Vec<_> = it.by_ref().collect();
@@ -192,7 +209,17 @@ pub struct XorIter<'a> {
 
 impl<'a> XorIter<'a> {
     fn new(bytes: &'a [u8], bit_len: usize, n: usize) -> Self {
-        Self { r: BitReader::new(bytes, bit_len), left: n, read: 0, t: 0, delta: 0, v: 0, leading: 0, trailing: 0, err: None }
+        Self {
+            r: BitReader::new(bytes, bit_len),
+            left: n,
+            read: 0,
+            t: 0,
+            delta: 0,
+            v: 0,
+            leading: 0,
+            trailing: 0,
+            err: None,
+        }
     }
 
     fn step(&mut self) -> Option<(i64, f64)> {
@@ -278,19 +305,28 @@ pub(crate) mod tests {
             Just(f64::NEG_INFINITY),
             Just(0.0),
         ];
-        let gap = prop_oneof![1i64..100, Just(15_000i64), 1i64..10_000_000, 1i64..i64::MAX / 4096];
-        (any::<i64>().prop_map(|t| t / 2), proptest::collection::vec((gap, value), 0..300)).prop_map(|(start, steps)| {
-            let mut t = start;
-            let mut out = Vec::new();
-            for (g, v) in steps {
-                match t.checked_add(g) {
-                    Some(n) => t = n,
-                    None => break,
+        let gap = prop_oneof![
+            1i64..100,
+            Just(15_000i64),
+            1i64..10_000_000,
+            1i64..i64::MAX / 4096
+        ];
+        (
+            any::<i64>().prop_map(|t| t / 2),
+            proptest::collection::vec((gap, value), 0..300),
+        )
+            .prop_map(|(start, steps)| {
+                let mut t = start;
+                let mut out = Vec::new();
+                for (g, v) in steps {
+                    match t.checked_add(g) {
+                        Some(n) => t = n,
+                        None => break,
+                    }
+                    out.push((t, v));
                 }
-                out.push((t, v));
-            }
-            out
-        })
+                out
+            })
     }
 
     fn bits(s: &[(i64, f64)]) -> Vec<(i64, u64)> {

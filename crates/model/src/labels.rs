@@ -55,6 +55,16 @@ impl Labels {
         b.build()
     }
 
+    /// A label set from labels already sorted by name, unique, with
+    /// non-empty values (as storage keeps them). Checked in debug builds.
+    pub fn from_sorted(labels: Vec<Label>) -> Self {
+        debug_assert!(
+            labels.windows(2).all(|w| w[0].name < w[1].name),
+            "labels not sorted or not unique"
+        );
+        Labels(labels.into())
+    }
+
     /// The value of label `name`, if present.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -1,1 +1,169 @@
-//! placeholder while the engine is written
+//! tiermon's time-series engine, used by every tier.
+//!
+//! [`Db`] keeps recent data in the **head** (every series in memory with an
+//! open Gorilla chunk and an out-of-order buffer, plus the postings index)
+//! and everything sealed in **RocksDB**. An [`Appender`] adds samples by
+//! label set or, on the hot path, by the [`SeriesRef`] returned the first
+//! time; [`Appender::commit`] writes them to the **write-ahead log** before
+//! returning, so an acknowledged sample survives the process being killed.
+//! [`Db::checkpoint`] writes the head to RocksDB and drops the WAL before it,
+//! which keeps restarts short.
+//!
+//! Reads ([`Db::select`]) resolve label matchers through the postings and
+//! merge, per series, sealed chunks from RocksDB with the head: one sorted
+//! run of samples per series, where a later write of a timestamp wins.
+//!
+//! [`Db::maintain`] runs the background work: compaction of finished
+//! partitions into pcodec chunks, downsampling (raw → 1 m → 1 h aggregates
+//! that keep min, max, sum, count, last and a reset-adjusted counter) and
+//! retention by age and size, which drops whole partitions with range
+//! deletes.
+
+mod db;
+mod downsample;
+mod head;
+mod keys;
+mod wal;
+
+pub use db::{Appender, CommitResult, Db, MaintainReport, SeriesData, Stats};
+pub use downsample::{Aggregate, Resolution};
+pub use head::{SampleError, SeriesRef};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Width of a time partition: chunks never span one, and retention,
+    /// compaction and tiering work on whole partitions.
+    pub partition: Duration,
+    /// Samples per head chunk before it is sealed.
+    pub chunk_samples: usize,
+    /// How far behind a series' newest sample a sample may arrive and still
+    /// be accepted (out of order, or rewriting a timestamp).
+    pub ooo_window: Duration,
+    /// Size at which the WAL starts a new segment.
+    pub wal_segment_bytes: u64,
+    /// Sync the WAL to disk before acknowledging a commit (survives power
+    /// loss, not just process death), at a cost in throughput.
+    pub wal_fsync: bool,
+    /// How long to keep raw samples.
+    pub retention_raw: Duration,
+    /// How long to keep 1-minute aggregates.
+    pub retention_1m: Duration,
+    /// How long to keep 1-hour aggregates.
+    pub retention_1h: Duration,
+    /// Upper bound of the data on disk; the oldest partitions go first.
+    pub max_bytes: Option<u64>,
+    /// Most series the database holds.
+    pub max_series: usize,
+    /// Most labels per series.
+    pub max_labels_per_series: usize,
+    /// Longest label name, in bytes.
+    pub max_label_name_len: usize,
+    /// Longest label value, in bytes.
+    pub max_label_value_len: usize,
+    /// Most samples in one commit.
+    pub max_samples_per_commit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            partition: Duration::from_secs(24 * 3600),
+            chunk_samples: 120,
+            ooo_window: Duration::from_secs(3600),
+            wal_segment_bytes: 64 << 20,
+            wal_fsync: false,
+            retention_raw: Duration::from_secs(15 * 24 * 3600),
+            retention_1m: Duration::from_secs(90 * 24 * 3600),
+            retention_1h: Duration::from_secs(2 * 365 * 24 * 3600),
+            max_bytes: None,
+            max_series: 20_000_000,
+            max_labels_per_series: 64,
+            max_label_name_len: 1024,
+            max_label_value_len: 4096,
+            max_samples_per_commit: 10_000_000,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn partition_ms(&self) -> i64 {
+        (self.partition.as_millis() as i64).max(1)
+    }
+
+    pub(crate) fn ooo_window_ms(&self) -> i64 {
+        self.ooo_window.as_millis() as i64
+    }
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// RocksDB failed.
+    #[error("{what}: {source}")]
+    Rocks {
+        /// What was being done.
+        what: &'static str,
+        /// RocksDB's error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// Stored data does not decode.
+    #[error("corrupt data in {what}")]
+    Corrupt {
+        /// Which data.
+        what: String,
+    },
+    /// A limit was reached; the message names it.
+    #[error("limit {limit} ({value}) reached: {detail}")]
+    Limit {
+        /// The option, e.g. `max_series`.
+        limit: &'static str,
+        /// Its value.
+        value: usize,
+        /// What hit it.
+        detail: String,
+    },
+    /// A label set is not acceptable.
+    #[error("invalid series {series}: {reason}")]
+    InvalidSeries {
+        /// The series as given.
+        series: String,
+        /// Why.
+        reason: String,
+    },
+    /// An unknown series reference.
+    #[error("unknown series reference {0}")]
+    UnknownRef(SeriesRef),
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    pub(crate) fn rocks(what: &'static str) -> impl FnOnce(rocksdb::Error) -> Self {
+        move |source| Error::Rocks { what, source }
+    }
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

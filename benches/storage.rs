@@ -1,0 +1,253 @@
+//! Storage engine figures, printed as a table (a harness, not criterion:
+//! these are one-shot measurements of size and time at scale).
+//!
+//! - append throughput through series references and through label sets;
+//! - bytes per sample on disk after compaction, on node-exporter-like data
+//!   (counters with irregular increments, noisy and near-constant gauges,
+//!   15 s scrapes) over 24 h;
+//! - head memory per active series;
+//! - reopen (checkpoint + WAL replay) time with many series;
+//! - reading 1 h of many series.
+//!
+//! Run: `cargo bench --bench storage` (defaults: 50,000 series × 24 h,
+//! 1,000,000 series for the reopen). Smaller:
+//! `TIERMON_BENCH_SERIES=5000 TIERMON_BENCH_REOPEN_SERIES=100000 cargo bench --bench storage`.
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use tiermon_model::{Labels, MatchOp, Matcher};
+use tiermon_tsdb::{Db, Options};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+const STEP_MS: i64 = 15_000;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One node-exporter-like series: how its value moves each scrape.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// CPU seconds: grows by a rate with jitter, two decimals.
+    CpuCounter { rate: f64 },
+    /// Bytes or packets: integer increments, bursty.
+    ByteCounter { mean: u64 },
+    /// Memory-like gauge: random walk in pages.
+    PageGauge,
+    /// Temperature-like gauge: one decimal, noisy.
+    Temperature,
+    /// Load-like gauge: two decimals.
+    Load,
+    /// Filesystem sizes, info metrics, `up`: almost never changes.
+    Constant,
+}
+
+fn kind(i: usize, rng: &mut impl Rng) -> Kind {
+    match i % 10 {
+        0 | 1 => Kind::CpuCounter {
+            rate: rng.random_range(0.01..1.0),
+        },
+        2 | 3 => Kind::ByteCounter {
+            mean: rng.random_range(10..100_000),
+        },
+        4 => Kind::PageGauge,
+        5 => Kind::Temperature,
+        6 => Kind::Load,
+        _ => Kind::Constant,
+    }
+}
+
+fn step(k: Kind, v: f64, rng: &mut impl Rng) -> f64 {
+    match k {
+        Kind::CpuCounter { rate } => {
+            ((v + rate * 15.0 * rng.random_range(0.5..1.5)) * 100.0).round() / 100.0
+        }
+        Kind::ByteCounter { mean } => {
+            let burst = if rng.random_bool(0.02) { 20 } else { 1 };
+            v + (rng.random_range(0..=2 * mean) * burst) as f64
+        }
+        Kind::PageGauge => (v + (rng.random_range(-64i64..=64) * 4096) as f64).max(0.0),
+        Kind::Temperature => ((v + rng.random_range(-0.5..0.5)) * 10.0).round() / 10.0,
+        Kind::Load => (rng.random_range(0.0..4.0f64) * 100.0).round() / 100.0,
+        Kind::Constant => {
+            if rng.random_bool(0.0005) {
+                v + 4096.0
+            } else {
+                v
+            }
+        }
+    }
+}
+
+fn start_value(k: Kind) -> f64 {
+    match k {
+        Kind::PageGauge => 8_000_000_000.0,
+        Kind::Temperature => 45.0,
+        Kind::Constant => 250_000_000_000.0,
+        _ => 0.0,
+    }
+}
+
+fn series_labels(i: usize) -> Labels {
+    Labels::from_pairs([
+        ("__name__", format!("node_metric_{}", i % 200)),
+        (
+            "instance",
+            format!("host-{:05}.dc1.example.com:9100", i / 200),
+        ),
+        ("job", "node".to_owned()),
+        ("cpu", (i % 8).to_string()),
+    ])
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful to a harness. Run only under cargo bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let n = env("TIERMON_BENCH_SERIES", 50_000);
+    let reopen_n = env("TIERMON_BENCH_REOPEN_SERIES", 1_000_000);
+    println!(
+        "storage figures ({} series x 24 h at 15 s; reopen with {} series)",
+        n, reopen_n
+    );
+    footprint(n);
+    reopen(reopen_n);
+}
+
+fn footprint(n: usize) {
+    let dir = tempfile::tempdir_in(
+        std::env::var("TIERMON_BENCH_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+    )
+    .unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            ooo_window: Duration::from_secs(600),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let kinds: Vec<Kind> = (0..n).map(|i| kind(i, &mut rng)).collect();
+    let mut values: Vec<f64> = kinds.iter().map(|&k| start_value(k)).collect();
+
+    // First scrape by label set, timed separately.
+    let t0 = Instant::now();
+    let mut app = db.appender();
+    let refs: Vec<_> = (0..n)
+        .map(|i| app.append(&series_labels(i), 0, values[i]).unwrap())
+        .collect();
+    app.commit().unwrap();
+    let by_labels = n as f64 / t0.elapsed().as_secs_f64();
+
+    let steps = DAY_MS / STEP_MS;
+    let mut append_time = Duration::ZERO;
+    let mut head_per_series = 0.0;
+    let mut batch: Vec<(u32, f64)> = Vec::with_capacity(n);
+    for s in 1..steps {
+        let t = s * STEP_MS;
+        batch.clear();
+        for i in 0..n {
+            values[i] = step(kinds[i], values[i], &mut rng);
+            batch.push((refs[i], values[i]));
+        }
+        let start = Instant::now();
+        let mut app = db.appender();
+        for &(r, v) in &batch {
+            app.append_ref(r, t, v);
+        }
+        app.commit().unwrap();
+        append_time += start.elapsed();
+        if s == 60 {
+            // 15 minutes in: head chunks half full, a typical moment.
+            head_per_series = db.stats(0).head_bytes as f64 / n as f64;
+        }
+    }
+    let samples = n as f64 * steps as f64;
+    let by_ref = (samples - n as f64) / append_time.as_secs_f64();
+
+    // Read 1 h of every series (from the head and sealed chunks).
+    let m = [Matcher::new(MatchOp::Regex, "__name__", "node_metric_.*").unwrap()];
+    let start = Instant::now();
+    let got = db.select(&m, DAY_MS - 3_600_000, DAY_MS).unwrap();
+    let read_1h = start.elapsed();
+    let read_samples: usize = got.iter().map(|s| s.samples.len()).sum();
+
+    db.flush_head().unwrap();
+    let report = db.maintain(DAY_MS + DAY_MS / 2).unwrap();
+    assert_eq!(report.compacted, vec![0]);
+    let bytes = db.compact_disk().unwrap();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!(
+        "| append by series reference | {:.2} M samples/s (one core, commits of {} samples) |",
+        by_ref / 1e6,
+        n
+    );
+    println!(
+        "| append by label set (new series) | {:.2} M series/s |",
+        by_labels / 1e6
+    );
+    println!(
+        "| bytes per sample after compaction (raw chunks, 1 m and 1 h aggregates included) | {:.3} B |",
+        bytes as f64 / samples
+    );
+    println!(
+        "| head memory per active series (estimated heap, 15 min in) | {:.0} B |",
+        head_per_series
+    );
+    println!(
+        "| read 1 h of {} series ({} samples) | {:.0} ms |",
+        got.len(),
+        read_samples,
+        read_1h.as_secs_f64() * 1e3
+    );
+}
+
+fn reopen(n: usize) {
+    let dir = tempfile::tempdir_in(
+        std::env::var("TIERMON_BENCH_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+    )
+    .unwrap();
+    {
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let mut app = db.appender();
+        let refs: Vec<_> = (0..n)
+            .map(|i| app.append(&series_labels(i), 0, 1.0).unwrap())
+            .collect();
+        app.commit().unwrap();
+        for s in 1..40 {
+            let mut app = db.appender();
+            for &r in &refs {
+                app.append_ref(r, s * STEP_MS, s as f64);
+            }
+            app.commit().unwrap();
+        }
+        db.checkpoint().unwrap();
+        // Ten more scrapes that only the WAL holds.
+        for s in 40..50 {
+            let mut app = db.appender();
+            for &r in &refs {
+                app.append_ref(r, s * STEP_MS, s as f64);
+            }
+            app.commit().unwrap();
+        }
+    }
+    let start = Instant::now();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let took = start.elapsed();
+    assert_eq!(db.stats(0).series, n);
+    println!(
+        "| reopen with {} active series (checkpoint + 10 scrapes of WAL) | {:.2} s |",
+        n,
+        took.as_secs_f64()
+    );
+}

@@ -1,0 +1,1189 @@
+//! The database: head + WAL + RocksDB, and the operations over them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, ReadOptions, WriteBatch};
+use tiermon_chunkenc::XorChunk;
+use tiermon_model::{Labels, Matcher, Sample};
+
+use crate::downsample::{self, Aggregate, Resolution};
+use crate::head::{Head, SampleError, SealedChunk, SeriesRef, partition_of};
+use crate::keys::{self, CF_CHUNKS, CF_HEAD, CF_META, CF_SERIES};
+use crate::wal::{self, Record, Wal};
+use crate::{Error, Options, Result};
+
+/// Chunk value encodings (first byte of a `chunks` value).
+const ENC_XOR: u8 = 0;
+const ENC_SEALED: u8 = 1;
+const ENC_AGG: u8 = 2;
+
+/// An open database. Cheap to clone; all methods are thread-safe.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: std::path::PathBuf,
+    opts: Options,
+    rocks: DB,
+    head: RwLock<Head>,
+    wal: Mutex<Wal>,
+    /// Serialises maintenance (compaction, downsampling, retention).
+    maintenance: Mutex<()>,
+}
+
+/// A series and its samples in the asked range, oldest first.
+#[derive(Debug, Clone)]
+pub struct SeriesData {
+    /// The series.
+    pub labels: Labels,
+    /// Its samples; staleness markers included.
+    pub samples: Vec<Sample>,
+}
+
+/// What a commit did.
+#[derive(Debug, Default, Clone)]
+pub struct CommitResult {
+    /// Samples accepted (now durable in the WAL).
+    pub accepted: usize,
+    /// Samples rejected, by position in the appender, with the reason.
+    pub rejected: Vec<(usize, SampleError)>,
+}
+
+/// Size and shape of the database.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Series in the head.
+    pub series: usize,
+    /// Samples appended since open.
+    pub samples_appended: u64,
+    /// Approximate heap bytes of the head.
+    pub head_bytes: usize,
+    /// Bytes of the live RocksDB files.
+    pub disk_bytes: u64,
+    /// Bytes of the WAL.
+    pub wal_bytes: u64,
+    /// Metric names holding the most series.
+    pub top_metrics: Vec<(String, usize)>,
+    /// Label pairs holding the most series.
+    pub top_label_pairs: Vec<(String, usize)>,
+}
+
+/// What [`Db::maintain`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    /// Partitions compacted into pcodec chunks.
+    pub compacted: Vec<i64>,
+    /// (resolution, partition) downsampled.
+    pub downsampled: Vec<(Resolution, i64)>,
+    /// (resolution, partition) deleted by retention.
+    pub deleted: Vec<(Resolution, i64)>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `dir`, recovering the
+    /// head from the last checkpoint and the WAL after it.
+    pub fn open(dir: &Path, opts: Options) -> Result<Db> {
+        let start = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the data folder", dir, e))?;
+        let mut ro = rocksdb::Options::default();
+        ro.create_if_missing(true);
+        ro.create_missing_column_families(true);
+        ro.set_max_background_jobs(2);
+        let mut chunk_opts = rocksdb::Options::default();
+        // Chunks are compressed already; keep RocksDB's own compression for
+        // the cold levels only.
+        chunk_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        chunk_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
+            ColumnFamilyDescriptor::new(CF_SERIES, lz4()),
+            ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
+            ColumnFamilyDescriptor::new(CF_HEAD, lz4()),
+        ];
+        let rocks_dir = dir.join("rocksdb");
+        let rocks = DB::open_cf_descriptors(&ro, &rocks_dir, cfs)
+            .map_err(Error::rocks("opening RocksDB"))?;
+
+        let mut head = Head::new(opts.partition_ms());
+        let meta = rocks.cf_handle(CF_META).ok_or_else(|| Error::Corrupt {
+            what: "missing meta column family".into(),
+        })?;
+        head.next_seq = get_u64(&rocks, meta, keys::META_NEXT_SEQ)?.unwrap_or(0);
+        let checkpoint = get_u64(&rocks, meta, keys::META_CHECKPOINT)?.unwrap_or(0);
+
+        // Series, then the head as of the checkpoint.
+        let series_cf = cf(&rocks, CF_SERIES)?;
+        for item in rocks.iterator_cf(&series_cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::rocks("reading series"))?;
+            let r = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| Error::Corrupt {
+                what: "series key".into(),
+            })?);
+            let labels = decode_labels(&v).ok_or_else(|| Error::Corrupt {
+                what: format!("labels of series {r}"),
+            })?;
+            head.create(r, &labels);
+        }
+        let head_cf = cf(&rocks, CF_HEAD)?;
+        for item in rocks.iterator_cf(&head_cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::rocks("reading the head checkpoint"))?;
+            let r = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| Error::Corrupt {
+                what: "head key".into(),
+            })?);
+            if (r as usize) < head.series.len() {
+                restore_series(&mut head, r, &v).ok_or_else(|| Error::Corrupt {
+                    what: format!("head checkpoint of series {r}"),
+                })?;
+            }
+        }
+        let persisted = head.series.len() as u32;
+
+        // The WAL after the checkpoint.
+        let wal_dir = dir.join("wal");
+        let mut replayed = 0usize;
+        let stats = wal::replay(&wal_dir, checkpoint, |rec| {
+            match rec {
+                Record::Series { r, labels } => {
+                    if (r as usize) >= head.series.len()
+                        || head.series[r as usize].labels.is_empty()
+                    {
+                        head.create(r, &Labels::from_pairs(labels));
+                    }
+                }
+                Record::Samples(s) => {
+                    for (r, t, v) in s {
+                        if (r as usize) < head.series.len() {
+                            // Replaying what was accepted before gives the
+                            // same answer; a rejection here means it was
+                            // already sealed and stored.
+                            let _ = head.append(r, t, v, &opts);
+                            replayed += 1;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        stats.repair()?;
+        let wal = Wal::open(&wal_dir, opts.wal_segment_bytes, opts.wal_fsync)?;
+        let db = Db {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                opts,
+                rocks,
+                head: RwLock::new(head),
+                wal: Mutex::new(wal),
+                maintenance: Mutex::new(()),
+            }),
+        };
+        db.write_pending()?;
+        let _ = persisted;
+        tracing::info!(
+            dir = %dir.display(),
+            series = db.inner.head.read().len(),
+            wal_segments = stats.segments,
+            wal_samples = replayed,
+            took_ms = start.elapsed().as_millis() as u64,
+            "storage opened"
+        );
+        Ok(db)
+    }
+
+    /// The settings the database runs with.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// A new appender. Samples become visible and durable at
+    /// [`Appender::commit`].
+    pub fn appender(&self) -> Appender<'_> {
+        Appender {
+            db: self,
+            samples: Vec::new(),
+        }
+    }
+
+    /// The reference of the series with exactly these labels, creating it
+    /// (durably) if needed.
+    pub fn series_ref(&self, labels: &Labels) -> Result<SeriesRef> {
+        if let Some(r) = self.inner.head.read().lookup(labels) {
+            return Ok(r);
+        }
+        self.validate_labels(labels)?;
+        let mut head = self.inner.head.write();
+        if let Some(r) = head.lookup(labels) {
+            return Ok(r);
+        }
+        if head.len() >= self.inner.opts.max_series {
+            return Err(Error::Limit {
+                limit: "max_series",
+                value: self.inner.opts.max_series,
+                detail: format!("cannot create {labels}"),
+            });
+        }
+        let r = head.len() as SeriesRef;
+        let rec = Record::Series {
+            r,
+            labels: labels
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect(),
+        };
+        self.inner.wal.lock().log(std::slice::from_ref(&rec))?;
+        head.create(r, labels);
+        Ok(r)
+    }
+
+    fn validate_labels(&self, labels: &Labels) -> Result<()> {
+        let o = &self.inner.opts;
+        let invalid = |reason: String| Error::InvalidSeries {
+            series: labels.to_string(),
+            reason,
+        };
+        if labels.is_empty() {
+            return Err(invalid("no labels".into()));
+        }
+        if labels.len() > o.max_labels_per_series {
+            return Err(Error::Limit {
+                limit: "max_labels_per_series",
+                value: o.max_labels_per_series,
+                detail: format!("{labels} has {} labels", labels.len()),
+            });
+        }
+        for l in labels {
+            if !tiermon_model::is_valid_label_name(&l.name) {
+                return Err(invalid(format!("invalid label name {:?}", &*l.name)));
+            }
+            if l.name.len() > o.max_label_name_len {
+                return Err(Error::Limit {
+                    limit: "max_label_name_len",
+                    value: o.max_label_name_len,
+                    detail: format!("label name of {} bytes", l.name.len()),
+                });
+            }
+            if l.value.len() > o.max_label_value_len {
+                return Err(Error::Limit {
+                    limit: "max_label_value_len",
+                    value: o.max_label_value_len,
+                    detail: format!("value of label {} has {} bytes", l.name, l.value.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self, samples: &[(SeriesRef, i64, f64)]) -> Result<CommitResult> {
+        let o = &self.inner.opts;
+        if samples.len() > o.max_samples_per_commit {
+            return Err(Error::Limit {
+                limit: "max_samples_per_commit",
+                value: o.max_samples_per_commit,
+                detail: format!("a commit of {} samples", samples.len()),
+            });
+        }
+        let mut res = CommitResult::default();
+        {
+            let mut head = self.inner.head.write();
+            let n = head.series.len();
+            let mut accepted = Vec::with_capacity(samples.len());
+            for (i, &(r, t, v)) in samples.iter().enumerate() {
+                if (r as usize) >= n || head.series[r as usize].labels.is_empty() {
+                    return Err(Error::UnknownRef(r));
+                }
+                match head.append(r, t, v, o) {
+                    Ok(()) => accepted.push((r, t, v)),
+                    Err(e) => res.rejected.push((i, e)),
+                }
+            }
+            res.accepted = accepted.len();
+            if !accepted.is_empty() {
+                self.inner.wal.lock().log(&[Record::Samples(accepted)])?;
+            }
+        }
+        self.write_pending()?;
+        Ok(res)
+    }
+
+    /// Writes sealed chunks waiting in the head to RocksDB. On failure they
+    /// stay in the head (still readable) for the next attempt.
+    fn write_pending(&self) -> Result<()> {
+        let pending = {
+            let mut head = self.inner.head.write();
+            if head.pending.is_empty() {
+                return Ok(());
+            }
+            (std::mem::take(&mut head.pending), head.next_seq)
+        };
+        let (chunks, next_seq) = pending;
+        let r = self.write_chunks(&chunks, next_seq);
+        if r.is_err() {
+            self.inner.head.write().pending.extend(chunks);
+        }
+        r
+    }
+
+    fn write_chunks(&self, chunks: &[SealedChunk], next_seq: u64) -> Result<()> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let mcf = cf(rocks, CF_META)?;
+        let mut batch = WriteBatch::default();
+        for c in chunks {
+            batch.put_cf(
+                &ccf,
+                keys::chunk(0, c.partition, c.r, c.min_t, c.seq),
+                chunk_value(ENC_XOR, c.max_t, &c.bytes),
+            );
+        }
+        batch.put_cf(&mcf, keys::META_NEXT_SEQ, next_seq.to_be_bytes());
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("writing sealed chunks"))
+    }
+
+    /// Writes the head to RocksDB and deletes the WAL before that point, so
+    /// that a restart replays only what came after.
+    pub fn checkpoint(&self) -> Result<()> {
+        let start = Instant::now();
+        let rocks = &self.inner.rocks;
+        let (segment, snapshot, new_series, next_seq) = {
+            let head = self.inner.head.write();
+            let segment = self.inner.wal.lock().cut()?;
+            let persisted = get_u64(rocks, cf(rocks, CF_META)?, keys::META_SERIES_PERSISTED)?
+                .unwrap_or(0) as usize;
+            let new_series: Vec<(SeriesRef, Labels)> = (persisted..head.series.len())
+                .filter(|&r| !head.series[r].labels.is_empty())
+                .map(|r| (r as SeriesRef, head.labels(r as SeriesRef)))
+                .collect();
+            let snapshot: Vec<(SeriesRef, Vec<u8>)> = head
+                .series
+                .iter()
+                .enumerate()
+                .map(|(r, s)| (r as SeriesRef, snapshot_series(s)))
+                .collect();
+            (segment, snapshot, new_series, head.next_seq)
+        };
+        self.write_pending()?;
+        let scf = cf(rocks, CF_SERIES)?;
+        let hcf = cf(rocks, CF_HEAD)?;
+        let mcf = cf(rocks, CF_META)?;
+        let mut batch = WriteBatch::default();
+        for (r, labels) in &new_series {
+            batch.put_cf(&scf, keys::series(*r), encode_labels(labels));
+        }
+        for (r, snap) in &snapshot {
+            batch.put_cf(&hcf, keys::series(*r), snap);
+        }
+        let total = snapshot.len() as u64;
+        batch.put_cf(&mcf, keys::META_SERIES_PERSISTED, total.to_be_bytes());
+        batch.put_cf(&mcf, keys::META_CHECKPOINT, segment.to_be_bytes());
+        batch.put_cf(&mcf, keys::META_NEXT_SEQ, next_seq.to_be_bytes());
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("writing the head checkpoint"))?;
+        rocks
+            .flush_wal(true)
+            .map_err(Error::rocks("syncing RocksDB"))?;
+        self.inner.wal.lock().truncate_before(segment)?;
+        tracing::debug!(
+            series = total,
+            took_ms = start.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
+    /// Series matching all `matchers` with their samples in
+    /// `[mint, maxt]` (milliseconds, inclusive). Series without samples in
+    /// the range are left out.
+    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>> {
+        let snaps = self.head_snapshots(matchers, mint, maxt);
+        let mut out = Vec::with_capacity(snaps.len());
+        for s in snaps {
+            let samples = self.read_series(&s, mint, maxt)?;
+            if !samples.is_empty() {
+                out.push(SeriesData {
+                    labels: s.labels,
+                    samples,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downsampled windows of matching series that start in `[mint, maxt]`.
+    pub fn select_aggregates(
+        &self,
+        matchers: &[Matcher],
+        res: Resolution,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<(Labels, Vec<Aggregate>)>> {
+        let snaps = self.head_snapshots(matchers, mint, maxt);
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let width = self.inner.opts.partition_ms();
+        let mut out = Vec::new();
+        for s in snaps {
+            let mut aggs = Vec::new();
+            let last = maxt.min(s.max_t);
+            let mut p = partition_of(mint.max(s.min_t), width);
+            while p <= last {
+                for item in rocks.prefix_iterator_cf(&ccf, keys::series_prefix(res.id(), p, s.r)) {
+                    let (k, v) = item.map_err(Error::rocks("reading aggregates"))?;
+                    if !k.starts_with(&keys::series_prefix(res.id(), p, s.r)) {
+                        break;
+                    }
+                    let (enc, _, payload) = split_value(&v)?;
+                    if enc != ENC_AGG {
+                        return Err(Error::Corrupt {
+                            what: "aggregate chunk encoding".into(),
+                        });
+                    }
+                    aggs.extend(
+                        downsample::decode(payload)?
+                            .into_iter()
+                            .filter(|a| a.start >= mint && a.start <= maxt),
+                    );
+                }
+                p = match p.checked_add(width) {
+                    Some(n) => n,
+                    None => break,
+                };
+            }
+            if !aggs.is_empty() {
+                aggs.sort_by_key(|a| a.start);
+                aggs.dedup_by_key(|a| a.start);
+                out.push((s.labels, aggs));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Label names of series matching `matchers` (all series when empty)
+    /// with data in `[mint, maxt]`.
+    pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<String> {
+        let head = self.inner.head.read();
+        let refs = self.refs_in_range(&head, matchers, mint, maxt);
+        head.label_names(&refs)
+    }
+
+    /// Values of label `name` over matching series with data in the range.
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<String> {
+        let head = self.inner.head.read();
+        let refs = self.refs_in_range(&head, matchers, mint, maxt);
+        head.label_values(name, &refs)
+    }
+
+    /// Labels of matching series with data in the range.
+    pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
+        let head = self.inner.head.read();
+        self.refs_in_range(&head, matchers, mint, maxt)
+            .into_iter()
+            .map(|r| head.labels(r))
+            .collect()
+    }
+
+    fn refs_in_range(
+        &self,
+        head: &Head,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<SeriesRef> {
+        head.select(matchers)
+            .into_iter()
+            .filter(|&r| {
+                let s = &head.series[r as usize];
+                s.max_t >= mint && s.min_t <= maxt
+            })
+            .collect()
+    }
+
+    /// Sizes, and the metrics and label pairs with the most series (for
+    /// finding a cardinality explosion).
+    pub fn stats(&self, top: usize) -> Stats {
+        let head = self.inner.head.read();
+        let rocks = &self.inner.rocks;
+        let disk_bytes = [CF_SERIES, CF_CHUNKS, CF_HEAD, CF_META]
+            .iter()
+            .filter_map(|n| rocks.cf_handle(n))
+            .map(|c| {
+                rocks
+                    .property_int_value_cf(&c, "rocksdb.live-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+                    + rocks
+                        .property_int_value_cf(&c, "rocksdb.cur-size-all-mem-tables")
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+            })
+            .sum();
+        Stats {
+            series: head.len(),
+            samples_appended: head.samples_appended,
+            head_bytes: head.heap_size(),
+            disk_bytes,
+            wal_bytes: self.inner.wal.lock().disk_size(),
+            top_metrics: head.top_values(tiermon_model::METRIC_NAME, top),
+            top_label_pairs: head.top_pairs(top),
+        }
+    }
+
+    /// Seals every open chunk and writes it to RocksDB (for tests and
+    /// before measuring the on-disk size).
+    pub fn flush_head(&self) -> Result<()> {
+        self.inner.head.write().seal_all();
+        self.write_pending()?;
+        let rocks = &self.inner.rocks;
+        rocks
+            .flush_cf(&cf(rocks, CF_CHUNKS)?)
+            .map_err(Error::rocks("flushing chunks"))
+    }
+
+    /// Bytes the chunks of raw data take in RocksDB after a full
+    /// compaction of the column family.
+    pub fn compact_disk(&self) -> Result<u64> {
+        let rocks = &self.inner.rocks;
+        let c = cf(rocks, CF_CHUNKS)?;
+        rocks
+            .flush_cf(&c)
+            .map_err(Error::rocks("flushing chunks"))?;
+        rocks.compact_range_cf(&c, None::<&[u8]>, None::<&[u8]>);
+        Ok(rocks
+            .property_int_value_cf(&c, "rocksdb.live-sst-files-size")
+            .map_err(Error::rocks("reading sizes"))?
+            .unwrap_or(0))
+    }
+
+    /// Background work for time `now` (ms): compacts and downsamples raw
+    /// partitions that can no longer receive samples, and applies
+    /// retention. Never holds the head lock for long.
+    pub fn maintain(&self, now: i64) -> Result<MaintainReport> {
+        let _guard = self.inner.maintenance.lock();
+        let mut report = MaintainReport::default();
+        let o = &self.inner.opts;
+        let width = o.partition_ms();
+        // A partition is closed once its end is older than the out-of-order
+        // window.
+        let closed_before = partition_of(now - o.ooo_window_ms(), width);
+        self.write_pending()?;
+        for p in self.partitions(Resolution::Raw)? {
+            if p + width > closed_before {
+                continue;
+            }
+            if !self.has_partition(Resolution::OneMinute, p)? {
+                self.seal_partition(p)?;
+                if self.compact_partition(p)? {
+                    report.compacted.push(p);
+                }
+                self.downsample_partition(p)?;
+                report.downsampled.push((Resolution::OneMinute, p));
+                report.downsampled.push((Resolution::OneHour, p));
+            } else if self.compact_partition(p)? {
+                // Late samples arrived in a closed partition.
+                report.compacted.push(p);
+            }
+        }
+        report.deleted = self.apply_retention(now)?;
+        Ok(report)
+    }
+
+    /// Seals head data of a closed partition so that compaction sees it.
+    fn seal_partition(&self, p: i64) -> Result<()> {
+        {
+            let mut head = self.inner.head.write();
+            for r in 0..head.series.len() as SeriesRef {
+                let s = &head.series[r as usize];
+                let ooo_in_p = s
+                    .ooo
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|&(t, _)| partition_of(t, head.width) == p));
+                if ooo_in_p {
+                    head.seal_ooo(r);
+                }
+            }
+        }
+        self.write_pending()
+    }
+
+    fn partitions(&self, res: Resolution) -> Result<Vec<i64>> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let mut out = Vec::new();
+        let mut start = keys::partition_prefix(res.id(), i64::MIN).to_vec();
+        loop {
+            let mut it = rocks.iterator_cf(
+                &ccf,
+                IteratorMode::From(&start, rocksdb::Direction::Forward),
+            );
+            let Some(item) = it.next() else { break };
+            let (k, _) = item.map_err(Error::rocks("listing partitions"))?;
+            let Some(key) = keys::parse_chunk(&k) else {
+                break;
+            };
+            if key.res != res.id() {
+                break;
+            }
+            out.push(key.partition);
+            match key.partition.checked_add(1) {
+                Some(next) => start = keys::partition_prefix(res.id(), next).to_vec(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    fn has_partition(&self, res: Resolution, p: i64) -> Result<bool> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let prefix = keys::partition_prefix(res.id(), p);
+        match rocks.prefix_iterator_cf(&ccf, prefix).next() {
+            Some(item) => Ok(item
+                .map_err(Error::rocks("reading a partition"))?
+                .0
+                .starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
+    /// Rewrites each series' chunks in raw partition `p` into one pcodec
+    /// chunk; returns whether anything changed.
+    fn compact_partition(&self, p: i64) -> Result<bool> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let prefix = keys::partition_prefix(0, p);
+        let mut changed = false;
+        let mut batch = WriteBatch::default();
+        let mut group: Vec<(keys::ChunkKey, Vec<u8>)> = Vec::new();
+        let mut flush_group =
+            |group: &mut Vec<(keys::ChunkKey, Vec<u8>)>, batch: &mut WriteBatch| -> Result<()> {
+                if group.len() > 1 {
+                    let mut parts = Vec::new();
+                    for (k, v) in group.iter() {
+                        parts.push((k.seq, decode_chunk(v)?));
+                    }
+                    let merged = merge(parts);
+                    let first = &group[0].0;
+                    let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
+                    for (k, _) in group.iter() {
+                        batch.delete_cf(&ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
+                    }
+                    if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
+                        let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+                        let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
+                        batch.put_cf(
+                            &ccf,
+                            keys::chunk(0, p, first.r, t0, seq),
+                            chunk_value(ENC_SEALED, t1, &enc),
+                        );
+                    }
+                    changed = true;
+                }
+                group.clear();
+                Ok(())
+            };
+        for item in rocks.prefix_iterator_cf(&ccf, prefix) {
+            let (k, v) = item.map_err(Error::rocks("reading a partition"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
+                what: "chunk key".into(),
+            })?;
+            if group.last().is_some_and(|(g, _)| g.r != key.r) {
+                flush_group(&mut group, &mut batch)?;
+            }
+            group.push((key, v.to_vec()));
+        }
+        flush_group(&mut group, &mut batch)?;
+        if changed {
+            rocks
+                .write(batch)
+                .map_err(Error::rocks("writing compacted chunks"))?;
+        }
+        Ok(changed)
+    }
+
+    /// Writes 1-minute and 1-hour aggregates of raw partition `p`.
+    fn downsample_partition(&self, p: i64) -> Result<()> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let prefix = keys::partition_prefix(0, p);
+        let mut batch = WriteBatch::default();
+        let mut cur: Option<(SeriesRef, Vec<Run>)> = None;
+        let width = self.inner.opts.partition_ms();
+        let emit = |r: SeriesRef, parts: Vec<Run>, batch: &mut WriteBatch| -> Result<()> {
+            let samples = merge(parts);
+            // Resets compensated in earlier partitions keep counting.
+            let mut carry = (0.0, None);
+            let prev = keys::series_prefix(Resolution::OneMinute.id(), p - width, r);
+            if let Some(item) = rocks.prefix_iterator_cf(ccf, prev).next() {
+                let (k, v) = item.map_err(Error::rocks("reading aggregates"))?;
+                if k.starts_with(&prev)
+                    && let Some(last) = downsample::decode(split_value(&v)?.2)?.last()
+                {
+                    carry = (last.counter - last.last, Some(last.last));
+                }
+            }
+            let m1 = downsample::aggregate(&samples, Resolution::OneMinute.window_ms(), &mut carry);
+            let h1 = downsample::rollup(&m1, Resolution::OneHour.window_ms());
+            for (res, aggs) in [(Resolution::OneMinute, m1), (Resolution::OneHour, h1)] {
+                if let (Some(first), Some(last)) = (aggs.first(), aggs.last()) {
+                    batch.put_cf(
+                        ccf,
+                        keys::chunk(res.id(), p, r, first.start, 0),
+                        chunk_value(ENC_AGG, last.start, &downsample::encode(&aggs)),
+                    );
+                }
+            }
+            Ok(())
+        };
+        for item in rocks.prefix_iterator_cf(&ccf, prefix) {
+            let (k, v) = item.map_err(Error::rocks("reading a partition"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
+                what: "chunk key".into(),
+            })?;
+            let samples = decode_chunk(&v)?;
+            match &mut cur {
+                Some((r, parts)) if *r == key.r => parts.push((key.seq, samples)),
+                _ => {
+                    if let Some((r, parts)) = cur.take() {
+                        emit(r, parts, &mut batch)?;
+                    }
+                    cur = Some((key.r, vec![(key.seq, samples)]));
+                }
+            }
+        }
+        if let Some((r, parts)) = cur.take() {
+            emit(r, parts, &mut batch)?;
+        }
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("writing aggregates"))
+    }
+
+    /// Deletes partitions past their resolution's retention, then the
+    /// oldest partitions while the data is over `max_bytes`.
+    fn apply_retention(&self, now: i64) -> Result<Vec<(Resolution, i64)>> {
+        let o = &self.inner.opts;
+        let width = o.partition_ms();
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let mut deleted = Vec::new();
+        for (res, keep) in [
+            (Resolution::Raw, o.retention_raw),
+            (Resolution::OneMinute, o.retention_1m),
+            (Resolution::OneHour, o.retention_1h),
+        ] {
+            let cutoff = now - keep.as_millis() as i64;
+            for p in self.partitions(res)? {
+                if p + width <= cutoff {
+                    self.delete_partition(ccf, res, p)?;
+                    deleted.push((res, p));
+                }
+            }
+        }
+        if let Some(max) = o.max_bytes {
+            loop {
+                let size = self.chunk_bytes()?;
+                if size <= max {
+                    break;
+                }
+                // Oldest first, raw before its aggregates.
+                let mut all: Vec<(i64, Resolution)> = Vec::new();
+                for res in [Resolution::Raw, Resolution::OneMinute, Resolution::OneHour] {
+                    all.extend(self.partitions(res)?.into_iter().map(|p| (p, res)));
+                }
+                all.sort();
+                let Some(&(p, res)) = all.first() else { break };
+                tracing::info!(partition = p, resolution = ?res, size, max, "deleting the oldest partition to stay under max_bytes");
+                self.delete_partition(ccf, res, p)?;
+                deleted.push((res, p));
+                rocks.compact_range_cf(
+                    &ccf,
+                    Some(keys::partition_prefix(res.id(), p)),
+                    Some(keys::partition_prefix(res.id(), p + width)),
+                );
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn delete_partition(&self, ccf: &ColumnFamily, res: Resolution, p: i64) -> Result<()> {
+        let width = self.inner.opts.partition_ms();
+        self.inner
+            .rocks
+            .delete_range_cf(
+                ccf,
+                keys::partition_prefix(res.id(), p),
+                keys::partition_prefix(res.id(), p.saturating_add(width)),
+            )
+            .map_err(Error::rocks("deleting a partition"))
+    }
+
+    /// Bytes of the chunks column family, live files and memtables.
+    fn chunk_bytes(&self) -> Result<u64> {
+        let rocks = &self.inner.rocks;
+        let c = cf(rocks, CF_CHUNKS)?;
+        let p = |name: &str| {
+            rocks
+                .property_int_value_cf(&c, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        Ok(p("rocksdb.live-sst-files-size") + p("rocksdb.cur-size-all-mem-tables"))
+    }
+
+    fn head_snapshots(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<HeadSnapshot> {
+        let head = self.inner.head.read();
+        head.select(matchers)
+            .into_iter()
+            .filter_map(|r| {
+                let s = &head.series[r as usize];
+                if s.max_t < mint || s.min_t > maxt {
+                    return None;
+                }
+                let chunk = (!s.chunk.is_empty()
+                    && s.chunk.last_timestamp().is_some_and(|l| l >= mint)
+                    && s.chunk_min_t <= maxt)
+                    .then(|| (s.chunk_seq, s.chunk.to_bytes()));
+                let ooo = s
+                    .ooo
+                    .as_ref()
+                    .map(|o| {
+                        o.iter()
+                            .copied()
+                            .filter(|&(t, _)| t >= mint && t <= maxt)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let pending = head
+                    .pending
+                    .iter()
+                    .filter(|c| c.r == r)
+                    .map(|c| (c.seq, c.bytes.clone()))
+                    .collect();
+                Some(HeadSnapshot {
+                    r,
+                    labels: head.labels(r),
+                    chunk,
+                    ooo,
+                    pending,
+                    min_t: s.min_t,
+                    max_t: s.max_t,
+                })
+            })
+            .collect()
+    }
+
+    fn read_series(&self, s: &HeadSnapshot, mint: i64, maxt: i64) -> Result<Vec<Sample>> {
+        let rocks = &self.inner.rocks;
+        let width = self.inner.opts.partition_ms();
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let mut parts: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+        // Only partitions where the series has data.
+        let last = maxt.min(s.max_t);
+        let mut p = partition_of(mint.max(s.min_t), width);
+        while p <= last {
+            let prefix = keys::series_prefix(0, p, s.r);
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(keys::series_prefix(0, p, s.r + 1).to_vec());
+            for item in rocks.iterator_cf_opt(
+                &ccf,
+                opts,
+                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (k, v) = item.map_err(Error::rocks("reading chunks"))?;
+                let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
+                    what: "chunk key".into(),
+                })?;
+                let (_, max_t, _) = split_value(&v)?;
+                if key.min_t > maxt || max_t < mint {
+                    continue;
+                }
+                parts.push((key.seq, decode_chunk(&v)?));
+            }
+            p = match p.checked_add(width) {
+                Some(n) => n,
+                None => break,
+            };
+        }
+        for (seq, bytes) in &s.pending {
+            parts.push((
+                *seq,
+                XorChunk::decode(bytes).map_err(|e| Error::Corrupt {
+                    what: format!("pending chunk: {e}"),
+                })?,
+            ));
+        }
+        if let Some((seq, c)) = &s.chunk {
+            parts.push((
+                *seq,
+                XorChunk::decode(c).map_err(|e| Error::Corrupt {
+                    what: format!("head chunk: {e}"),
+                })?,
+            ));
+        }
+        if !s.ooo.is_empty() {
+            parts.push((u64::MAX, s.ooo.clone()));
+        }
+        Ok(merge(parts)
+            .into_iter()
+            .filter(|&(t, _)| t >= mint && t <= maxt)
+            .map(|(t, v)| Sample::new(t, v))
+            .collect())
+    }
+}
+
+/// What a read needs from the head for one series, copied out under the
+/// lock.
+struct HeadSnapshot {
+    r: SeriesRef,
+    labels: Labels,
+    chunk: Option<(u64, Vec<u8>)>,
+    ooo: Vec<(i64, f64)>,
+    pending: Vec<(u64, Vec<u8>)>,
+    min_t: i64,
+    max_t: i64,
+}
+
+/// Samples of one chunk, with the chunk's sequence.
+type Run = (u64, Vec<(i64, f64)>);
+
+/// Merges runs of samples; where several have a timestamp, the run with
+/// the highest sequence (the latest write) wins. Within one run, the last
+/// sample of a timestamp wins.
+fn merge(mut parts: Vec<Run>) -> Vec<(i64, f64)> {
+    if parts.len() == 1 {
+        let mut only = parts.pop().map(|(_, v)| v).unwrap_or_default();
+        only.sort_by_key(|&(t, _)| t);
+        only.dedup_by(|later, earlier| {
+            if later.0 == earlier.0 {
+                *earlier = *later;
+                true
+            } else {
+                false
+            }
+        });
+        return only;
+    }
+    let mut all: Vec<(i64, u64, usize, f64)> =
+        Vec::with_capacity(parts.iter().map(|(_, v)| v.len()).sum());
+    for (seq, v) in parts {
+        for (i, (t, x)) in v.into_iter().enumerate() {
+            all.push((t, seq, i, x));
+        }
+    }
+    all.sort_unstable_by_key(|&(t, seq, i, _)| (t, seq, i));
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(all.len());
+    for (t, _, _, v) in all {
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 = v,
+            _ => out.push((t, v)),
+        }
+    }
+    out
+}
+
+fn lz4() -> rocksdb::Options {
+    let mut o = rocksdb::Options::default();
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+fn cf<'a>(rocks: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+    rocks.cf_handle(name).ok_or_else(|| Error::Corrupt {
+        what: format!("missing column family {name}"),
+    })
+}
+
+fn get_u64(rocks: &DB, cf: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
+    match rocks
+        .get_cf(cf, key)
+        .map_err(Error::rocks("reading metadata"))?
+    {
+        None => Ok(None),
+        Some(v) => Ok(Some(u64::from_be_bytes(v.as_slice().try_into().map_err(
+            |_| Error::Corrupt {
+                what: "metadata value".into(),
+            },
+        )?))),
+    }
+}
+
+fn chunk_value(enc: u8, max_t: i64, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + payload.len());
+    v.push(enc);
+    v.extend_from_slice(&max_t.to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn split_value(v: &[u8]) -> Result<(u8, i64, &[u8])> {
+    if v.len() < 9 {
+        return Err(Error::Corrupt {
+            what: "chunk value".into(),
+        });
+    }
+    let max_t = i64::from_le_bytes(v[1..9].try_into().map_err(|_| Error::Corrupt {
+        what: "chunk value".into(),
+    })?);
+    Ok((v[0], max_t, &v[9..]))
+}
+
+fn decode_chunk(v: &[u8]) -> Result<Vec<(i64, f64)>> {
+    let (enc, _, payload) = split_value(v)?;
+    let corrupt = |e: tiermon_chunkenc::Error| Error::Corrupt {
+        what: format!("chunk: {e}"),
+    };
+    match enc {
+        ENC_XOR => XorChunk::decode(payload).map_err(corrupt),
+        ENC_SEALED => {
+            let (ts, vs) = tiermon_chunkenc::sealed::decode(payload).map_err(corrupt)?;
+            Ok(ts.into_iter().zip(vs).collect())
+        }
+        other => Err(Error::Corrupt {
+            what: format!("chunk encoding {other}"),
+        }),
+    }
+}
+
+fn encode_labels(labels: &Labels) -> Vec<u8> {
+    let mut out = Vec::new();
+    wal::put_uvarint(&mut out, labels.len() as u64);
+    for l in labels {
+        wal::put_bytes(&mut out, l.name.as_bytes());
+        wal::put_bytes(&mut out, l.value.as_bytes());
+    }
+    out
+}
+
+fn decode_labels(mut b: &[u8]) -> Option<Labels> {
+    let n = wal::get_uvarint(&mut b)? as usize;
+    let mut pairs = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let name = std::str::from_utf8(wal::get_bytes(&mut b)?)
+            .ok()?
+            .to_owned();
+        let value = std::str::from_utf8(wal::get_bytes(&mut b)?)
+            .ok()?
+            .to_owned();
+        pairs.push((name, value));
+    }
+    Some(Labels::from_pairs(pairs))
+}
+
+/// Head state of one series: open chunk and out-of-order buffer.
+fn snapshot_series(s: &crate::head::MemSeries) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&s.chunk_min_t.to_le_bytes());
+    out.extend_from_slice(&s.chunk_partition.to_le_bytes());
+    out.extend_from_slice(&s.min_t.to_le_bytes());
+    out.extend_from_slice(&s.max_t.to_le_bytes());
+    out.extend_from_slice(&s.chunk_seq.to_le_bytes());
+    wal::put_bytes(&mut out, &s.chunk.to_bytes());
+    let ooo = s.ooo.as_deref().map(Vec::as_slice).unwrap_or_default();
+    wal::put_uvarint(&mut out, ooo.len() as u64);
+    for &(t, v) in ooo {
+        out.extend_from_slice(&t.to_le_bytes());
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+    out
+}
+
+fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
+    let i64_at = |b: &mut &[u8]| -> Option<i64> {
+        let (x, rest) = b.split_at_checked(8)?;
+        *b = rest;
+        Some(i64::from_le_bytes(x.try_into().ok()?))
+    };
+    let chunk_min_t = i64_at(&mut b)?;
+    let chunk_partition = i64_at(&mut b)?;
+    let min_t = i64_at(&mut b)?;
+    let max_t = i64_at(&mut b)?;
+    let chunk_seq = i64_at(&mut b)? as u64;
+    let chunk = XorChunk::from_bytes(wal::get_bytes(&mut b)?).ok()?;
+    let n = wal::get_uvarint(&mut b)? as usize;
+    let mut ooo = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let t = i64_at(&mut b)?;
+        let v = f64::from_bits(i64_at(&mut b)? as u64);
+        ooo.push((t, v));
+    }
+    let s = &mut head.series[r as usize];
+    s.chunk = chunk;
+    s.chunk_min_t = chunk_min_t;
+    s.chunk_partition = chunk_partition;
+    s.chunk_seq = chunk_seq;
+    s.min_t = min_t;
+    s.max_t = max_t;
+    s.ooo = (!ooo.is_empty()).then(|| Box::new(ooo));
+    Some(())
+}
+
+/// Collects samples and commits them as one unit.
+#[derive(Debug)]
+pub struct Appender<'a> {
+    db: &'a Db,
+    samples: Vec<(SeriesRef, i64, f64)>,
+}
+
+impl Appender<'_> {
+    /// Adds a sample to the series with `labels` (created if new); returns
+    /// its reference for [`Self::append_ref`] next time.
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef> {
+        let r = self.db.series_ref(labels)?;
+        self.samples.push((r, t, v));
+        Ok(r)
+    }
+
+    /// Adds a sample by series reference: no label hashing.
+    pub fn append_ref(&mut self, r: SeriesRef, t: i64, v: f64) {
+        self.samples.push((r, t, v));
+    }
+
+    /// Number of samples waiting.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Applies the samples and writes them to the WAL; when this returns
+    /// `Ok`, accepted samples are durable. Samples too old for their series
+    /// are rejected one by one, with the reason.
+    pub fn commit(mut self) -> Result<CommitResult> {
+        let samples = std::mem::take(&mut self.samples);
+        self.db.commit(&samples)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Tests of the database through its public operations.
+
+use std::time::Duration;
+
+use tiermon_model::{Labels, MatchOp, Matcher, STALE_NAN};
+
+use super::*;
+
+fn opts() -> Options {
+    Options {
+        partition: Duration::from_secs(3600),
+        ooo_window: Duration::from_secs(600),
+        ..Options::default()
+    }
+}
+
+fn labels(name: &str, pairs: &[(&str, &str)]) -> Labels {
+    let mut v: Vec<(&str, &str)> = vec![("__name__", name)];
+    v.extend_from_slice(pairs);
+    Labels::from_pairs(v)
+}
+
+fn eq(name: &str, value: &str) -> Matcher {
+    Matcher::new(MatchOp::Equal, name, value).unwrap()
+}
+
+fn values(db: &Db, m: &[Matcher], mint: i64, maxt: i64) -> Vec<(String, Vec<(i64, u64)>)> {
+    db.select(m, mint, maxt)
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels.to_string(),
+                s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn append_by_labels_and_ref_then_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let a = labels("up", &[("job", "node"), ("instance", "a")]);
+    let b = labels("up", &[("job", "node"), ("instance", "b")]);
+    let mut app = db.appender();
+    let ra = app.append(&a, 1000, 1.0).unwrap();
+    let rb = app.append(&b, 1000, 0.0).unwrap();
+    for i in 1..300 {
+        app.append_ref(ra, 1000 + i * 15_000, 1.0);
+        app.append_ref(rb, 1000 + i * 15_000, i as f64);
+    }
+    app.append_ref(rb, 1000 + 300 * 15_000, STALE_NAN);
+    let res = app.commit().unwrap();
+    assert_eq!((res.accepted, res.rejected.len()), (601, 0));
+    let got = db.select(&[eq("instance", "b")], 0, i64::MAX).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].labels, b);
+    assert_eq!(got[0].samples.len(), 301);
+    assert_eq!(got[0].samples[10].v, 10.0);
+    assert!(
+        got[0].samples[300].is_stale(),
+        "staleness markers are stored"
+    );
+    // Range bounds are inclusive.
+    let got = db
+        .select(&[eq("__name__", "up")], 1000 + 15_000, 1000 + 30_000)
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|s| s.samples.len()).collect::<Vec<_>>(),
+        [2, 2]
+    );
+    // Sealed chunks (120 samples each) and the head read as one run.
+    assert_eq!(db.stats(10).top_metrics, vec![("up".to_owned(), 2)]);
+}
+
+#[test]
+fn out_of_order_and_duplicates_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let s = labels("m", &[]);
+    let mut app = db.appender();
+    let r = app.append(&s, 1_000_000, 1.0).unwrap();
+    app.append_ref(r, 1_010_000, 2.0);
+    app.append_ref(r, 1_005_000, 1.5); // out of order, in the window
+    app.append_ref(r, 1_010_000, 2.0); // the same sample again
+    app.append_ref(r, 1_000_000, 9.0); // a rewrite of a timestamp: newest wins
+    app.append_ref(r, 1_010_000 - 700_000, 0.0); // older than the 10m window
+    let res = app.commit().unwrap();
+    assert_eq!(res.accepted, 5);
+    assert_eq!(res.rejected.len(), 1);
+    let (i, err) = &res.rejected[0];
+    assert_eq!(*i, 5);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("too old") && msg.contains("m") && msg.contains("600000"),
+        "{msg}"
+    );
+    let v = values(&db, &[eq("__name__", "m")], 0, i64::MAX);
+    assert_eq!(
+        v[0].1,
+        vec![
+            (1_000_000, 9f64.to_bits()),
+            (1_005_000, 1.5f64.to_bits()),
+            (1_010_000, 2f64.to_bits())
+        ]
+    );
+}
+
+#[test]
+fn a_rewrite_wins_over_the_chunk_it_rewrote_after_both_are_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    let r = app.append(&labels("m", &[]), 1000, 1.0).unwrap();
+    app.append_ref(r, 2000, 2.0);
+    app.append_ref(r, 1000, 9.0);
+    app.commit().unwrap();
+    let read = || {
+        values(&db, &[eq("__name__", "m")], 0, i64::MAX)[0]
+            .1
+            .clone()
+    };
+    let want = vec![(1000, 9f64.to_bits()), (2000, 2f64.to_bits())];
+    assert_eq!(read(), want, "in the head");
+    db.flush_head().unwrap();
+    assert_eq!(read(), want, "sealed");
+    db.maintain(10 * 3_600_000).unwrap();
+    assert_eq!(read(), want, "compacted");
+}
+
+#[test]
+fn matchers_select_like_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    for (job, inst) in [("node", "a"), ("node", "b"), ("api", "c"), ("db", "d")] {
+        app.append(&labels("up", &[("job", job), ("instance", inst)]), 1, 1.0)
+            .unwrap();
+    }
+    app.append(&labels("up", &[("instance", "e")]), 1, 1.0)
+        .unwrap();
+    app.commit().unwrap();
+    let sel = |m: Vec<Matcher>| -> Vec<String> {
+        let mut v: Vec<String> = db
+            .series(&m, 0, 10)
+            .into_iter()
+            .map(|l| l.get("instance").unwrap_or("").to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let m = |op, n: &str, v: &str| Matcher::new(op, n, v).unwrap();
+    assert_eq!(sel(vec![m(MatchOp::Equal, "job", "node")]), ["a", "b"]);
+    assert_eq!(
+        sel(vec![m(MatchOp::NotEqual, "job", "node")]),
+        ["c", "d", "e"]
+    );
+    assert_eq!(
+        sel(vec![m(MatchOp::Regex, "job", "no.*|ap.")]),
+        ["a", "b", "c"]
+    );
+    assert_eq!(sel(vec![m(MatchOp::Regex, "job", "no.*")]), ["a", "b"]);
+    assert_eq!(
+        sel(vec![m(MatchOp::NotRegex, "job", "node|api")]),
+        ["d", "e"]
+    );
+    assert_eq!(sel(vec![m(MatchOp::Equal, "job", "")]), ["e"]);
+    assert_eq!(
+        sel(vec![m(MatchOp::Regex, "job", ".+")]),
+        ["a", "b", "c", "d"]
+    );
+    assert_eq!(
+        sel(vec![
+            m(MatchOp::Equal, "__name__", "up"),
+            m(MatchOp::Regex, "instance", "a|c|e"),
+            m(MatchOp::NotEqual, "job", "api")
+        ]),
+        ["a", "e"]
+    );
+    assert_eq!(
+        sel(vec![m(MatchOp::Equal, "nope", "x")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(db.label_values("job", &[], 0, 10), ["api", "db", "node"]);
+    assert_eq!(
+        db.label_names(&[m(MatchOp::Equal, "job", "db")], 0, 10),
+        ["__name__", "instance", "job"]
+    );
+    // Outside the time range nothing is listed.
+    assert!(db.label_values("job", &[], 100, 200).is_empty());
+}
+
+#[test]
+fn restart_replays_the_wal_and_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = labels("m", &[("i", "1")]);
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let mut app = db.appender();
+        let r = app.append(&s, 0, 0.0).unwrap();
+        for i in 1..500 {
+            app.append_ref(r, i * 1000, i as f64);
+        }
+        app.commit().unwrap();
+        db.checkpoint().unwrap();
+        let mut app = db.appender();
+        for i in 500..700 {
+            app.append_ref(r, i * 1000, i as f64);
+        }
+        app.append(&labels("n", &[]), 5, 5.0).unwrap();
+        app.commit().unwrap();
+        // Dropped without a checkpoint: the tail lives only in the WAL.
+    }
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let v = values(&db, &[eq("__name__", "m")], 0, i64::MAX);
+    assert_eq!(v[0].1.len(), 700);
+    assert!(
+        v[0].1
+            .iter()
+            .enumerate()
+            .all(|(i, &(t, bits))| t == i as i64 * 1000 && f64::from_bits(bits) == i as f64)
+    );
+    assert_eq!(values(&db, &[eq("__name__", "n")], 0, 10).len(), 1);
+    // Appending continues where it stopped.
+    let mut app = db.appender();
+    app.append(&s, 700_000, 700.0).unwrap();
+    assert_eq!(app.commit().unwrap().accepted, 1);
+}
+
+#[test]
+fn limits_name_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            max_series: 2,
+            max_label_value_len: 8,
+            max_samples_per_commit: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let mut app = db.appender();
+    app.append(&labels("a", &[]), 1, 1.0).unwrap();
+    app.append(&labels("b", &[]), 1, 1.0).unwrap();
+    let e = app
+        .append(&labels("c", &[]), 1, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_series"), "{e}");
+    let e = app
+        .append(&labels("a", &[("x", "123456789")]), 1, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_label_value_len"), "{e}");
+    app.append_ref(0, 2, 1.0);
+    app.append_ref(0, 3, 1.0);
+    let e = app.commit().unwrap_err().to_string();
+    assert!(e.contains("max_samples_per_commit"), "{e}");
+    let mut app = db.appender();
+    app.append_ref(99, 1, 1.0);
+    assert!(matches!(app.commit(), Err(Error::UnknownRef(99))));
+    assert!(
+        db.series_ref(&labels("bad name", &[])).is_err()
+            || db
+                .series_ref(&Labels::from_pairs([("bad-label", "x")]))
+                .is_err()
+    );
+}
+
+#[test]
+fn maintain_compacts_downsamples_and_deletes_old_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = 3_600_000i64;
+    let db = Db::open(
+        dir.path(),
+        Options {
+            retention_raw: Duration::from_secs(3 * 3600),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let c = labels("requests_total", &[]);
+    let mut app = db.appender();
+    let r = app.append(&c, 0, 0.0).unwrap();
+    let mut v = 0.0;
+    for i in 1..(5 * 240) {
+        // A counter that goes up by 2 every 15 s and resets at 2h30m.
+        v = if i == 600 { 0.0 } else { v + 2.0 };
+        app.append_ref(r, i * 15_000, v);
+    }
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    let before = values(&db, &[eq("__name__", "requests_total")], 0, 2 * hour - 1);
+    let report = db.maintain(5 * hour).unwrap();
+    // Partitions 0..3h are closed (the 10m window ends inside 4h..5h).
+    assert_eq!(report.compacted, vec![0, hour, 2 * hour, 3 * hour]);
+    assert!(report.downsampled.contains(&(Resolution::OneMinute, 0)));
+    assert_eq!(
+        report.deleted,
+        vec![(Resolution::Raw, 0), (Resolution::Raw, hour)]
+    );
+    // Compaction changed the encoding, not the data.
+    let after = values(
+        &db,
+        &[eq("__name__", "requests_total")],
+        2 * hour,
+        3 * hour - 1,
+    );
+    assert_eq!(after[0].1.len(), 240);
+    assert_eq!(before[0].1.len(), 480);
+    assert!(
+        values(&db, &[eq("__name__", "requests_total")], 0, 2 * hour - 1).is_empty(),
+        "deleted by retention"
+    );
+    // Aggregates survive raw retention and keep the increase across the reset.
+    let aggs = db
+        .select_aggregates(
+            &[eq("__name__", "requests_total")],
+            Resolution::OneMinute,
+            0,
+            4 * hour,
+        )
+        .unwrap();
+    let a = &aggs[0].1;
+    assert_eq!(a.len(), 240);
+    assert_eq!(a.iter().map(|x| x.count).sum::<u64>(), 960);
+    // From 6 (end of the first minute) to 1198 before the reset, then 0 to
+    // 718: an increase of 1192 + 718.
+    let inc = a.last().unwrap().counter - a.first().unwrap().counter;
+    assert_eq!(inc, 1910.0);
+    let hours = db
+        .select_aggregates(
+            &[eq("__name__", "requests_total")],
+            Resolution::OneHour,
+            0,
+            4 * hour,
+        )
+        .unwrap();
+    assert_eq!(hours[0].1.len(), 4);
+}
+
+#[test]
+fn max_bytes_deletes_the_oldest_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            max_bytes: Some(1),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let mut app = db.appender();
+    let r = app.append(&labels("g", &[]), 0, 0.0).unwrap();
+    for i in 1..2000 {
+        app.append_ref(r, i * 15_000, (i % 7) as f64);
+    }
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    let report = db.maintain(100 * 3_600_000).unwrap();
+    assert!(!report.deleted.is_empty());
+    assert!(
+        db.select(&[eq("__name__", "g")], 0, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -1,0 +1,610 @@
+//! The head: every series in memory, its open chunk and its out-of-order
+//! buffer, the postings index, and sealed chunks not yet in RocksDB.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tiermon_chunkenc::XorChunk;
+use tiermon_model::{Label, Labels, MatchOp, Matcher};
+
+/// Dense reference of a series, assigned at creation, stable for its life.
+pub type SeriesRef = u32;
+
+/// Interned strings, by dense id.
+#[derive(Debug, Default)]
+pub(crate) struct Symbols {
+    strs: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32>,
+}
+
+impl Symbols {
+    pub(crate) fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let a: Arc<str> = Arc::from(s);
+        let id = self.strs.len() as u32;
+        self.strs.push(a.clone());
+        self.ids.insert(a, id);
+        id
+    }
+
+    pub(crate) fn lookup(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    pub(crate) fn get(&self, id: u32) -> &Arc<str> {
+        &self.strs[id as usize]
+    }
+
+    pub(crate) fn heap_size(&self) -> usize {
+        self.strs.iter().map(|s| s.len() + 16).sum::<usize>()
+            + self.strs.capacity() * 16
+            + self.ids.capacity() * 24
+    }
+}
+
+/// A sealed run of one series, waiting to be written (or being read).
+#[derive(Debug, Clone)]
+pub(crate) struct SealedChunk {
+    pub r: SeriesRef,
+    pub partition: i64,
+    pub min_t: i64,
+    pub max_t: i64,
+    /// Write order: among overlapping chunks, the higher wins a timestamp.
+    pub seq: u64,
+    /// Serialised XOR chunk.
+    pub bytes: Vec<u8>,
+}
+
+/// One series in memory.
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    /// (name, value) symbol pairs, sorted by name.
+    pub labels: Box<[(u32, u32)]>,
+    pub chunk: XorChunk,
+    pub chunk_min_t: i64,
+    pub chunk_partition: i64,
+    /// Sequence of the open chunk, taken when it started, so that anything
+    /// sealed while it is open (out-of-order rewrites) wins over it.
+    pub chunk_seq: u64,
+    /// Out-of-order samples (and rewrites of existing timestamps) not yet
+    /// sealed, in arrival order.
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes per series instead of 24: most series never have out-of-order data"
+    )]
+    pub ooo: Option<Box<Vec<(i64, f64)>>>,
+    pub min_t: i64,
+    pub max_t: i64,
+}
+
+/// Why a sample was not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    /// Older than the series' newest sample minus the out-of-order window.
+    #[error(
+        "sample at {t} is too old for series {series}: its newest sample is at {max_t} and the out-of-order window is {window_ms} ms"
+    )]
+    TooOld {
+        /// The series.
+        series: String,
+        /// The sample's timestamp.
+        t: i64,
+        /// The series' newest timestamp.
+        max_t: i64,
+        /// The configured window.
+        window_ms: i64,
+    },
+}
+
+/// The in-memory state.
+#[derive(Debug, Default)]
+pub(crate) struct Head {
+    pub symbols: Symbols,
+    pub series: Vec<MemSeries>,
+    by_hash: HashMap<u64, SeriesRef>,
+    /// Series whose hash collides with another's (rare).
+    collisions: HashMap<u64, Vec<SeriesRef>>,
+    /// (name, value) → series, ascending.
+    postings: HashMap<(u32, u32), Vec<SeriesRef>>,
+    /// name → values seen.
+    values: HashMap<u32, Vec<u32>>,
+    /// Sealed chunks not yet in RocksDB.
+    pub pending: Vec<SealedChunk>,
+    pub next_seq: u64,
+    pub samples_appended: u64,
+    /// Partition width in milliseconds.
+    pub width: i64,
+}
+
+impl Head {
+    /// An empty head for partitions `width` ms wide.
+    pub(crate) fn new(width: i64) -> Self {
+        Self {
+            width,
+            ..Self::default()
+        }
+    }
+}
+
+pub(crate) fn partition_of(t: i64, width: i64) -> i64 {
+    t.div_euclid(width) * width
+}
+
+impl Head {
+    pub(crate) fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// The series with exactly these labels.
+    pub(crate) fn lookup(&self, labels: &Labels) -> Option<SeriesRef> {
+        let h = labels.series_id().0;
+        let r = *self.by_hash.get(&h)?;
+        if self.labels_eq(r, labels) {
+            return Some(r);
+        }
+        self.collisions
+            .get(&h)?
+            .iter()
+            .copied()
+            .find(|&r| self.labels_eq(r, labels))
+    }
+
+    fn labels_eq(&self, r: SeriesRef, labels: &Labels) -> bool {
+        let s = &self.series[r as usize];
+        s.labels.len() == labels.len()
+            && s.labels.iter().zip(labels.iter()).all(|(&(n, v), l)| {
+                **self.symbols.get(n) == *l.name && **self.symbols.get(v) == *l.value
+            })
+    }
+
+    /// Creates a series with reference `r` (the next one, or the one the
+    /// WAL or RocksDB recorded).
+    pub(crate) fn create(&mut self, r: SeriesRef, labels: &Labels) {
+        let pairs: Box<[(u32, u32)]> = labels
+            .iter()
+            .map(|l| (self.symbols.intern(&l.name), self.symbols.intern(&l.value)))
+            .collect();
+        for &(n, v) in pairs.iter() {
+            let p = self.postings.entry((n, v)).or_default();
+            if p.is_empty() {
+                self.values.entry(n).or_default().push(v);
+            }
+            // References usually arrive in order; keep the list sorted if not.
+            match p.last() {
+                Some(&last) if last > r => {
+                    let i = p.partition_point(|&x| x < r);
+                    p.insert(i, r);
+                }
+                _ => p.push(r),
+            }
+        }
+        let idx = r as usize;
+        if self.series.len() <= idx {
+            self.series
+                .resize_with(idx + 1, || MemSeries::empty(Box::new([])));
+        }
+        self.series[idx] = MemSeries::empty(pairs);
+        let h = labels.series_id().0;
+        if let Some(prev) = self.by_hash.insert(h, r)
+            && prev != r
+        {
+            self.by_hash.insert(h, prev);
+            self.collisions.entry(h).or_default().push(r);
+        }
+    }
+
+    /// The labels of a series.
+    pub(crate) fn labels(&self, r: SeriesRef) -> Labels {
+        let s = &self.series[r as usize];
+        let v: Vec<Label> = s
+            .labels
+            .iter()
+            .map(|&(n, v)| Label {
+                name: self.symbols.get(n).clone(),
+                value: self.symbols.get(v).clone(),
+            })
+            .collect();
+        Labels::from_sorted(v)
+    }
+
+    /// Appends one sample; a chunk that fills up or crosses a partition is
+    /// sealed into `pending`.
+    pub(crate) fn append(
+        &mut self,
+        r: SeriesRef,
+        t: i64,
+        v: f64,
+        opts: &crate::Options,
+    ) -> Result<(), SampleError> {
+        let width = self.width;
+        let window = opts.ooo_window_ms();
+        let max_samples = opts.chunk_samples;
+        let seq = &mut self.next_seq;
+        let s = &mut self.series[r as usize];
+        let last = s.chunk.last_timestamp();
+        if last.is_none_or(|l| t > l) {
+            let p = partition_of(t, width);
+            if !s.chunk.is_empty() && (p != s.chunk_partition || s.chunk.len() >= max_samples) {
+                let sealed = s.seal_chunk(r);
+                self.pending.push(sealed);
+            }
+            let s = &mut self.series[r as usize];
+            if s.chunk.is_empty() {
+                if s.max_t != i64::MIN && t <= s.max_t {
+                    // Older than data already sealed: not in order any more.
+                    return self.append_ooo(r, t, v, window);
+                }
+                s.chunk_min_t = t;
+                s.chunk_partition = p;
+                s.chunk_seq = *seq;
+                *seq += 1;
+            }
+            s.chunk.append(t, v);
+            s.min_t = s.min_t.min(t);
+            s.max_t = s.max_t.max(t);
+            self.samples_appended += 1;
+            return Ok(());
+        }
+        if last == Some(t)
+            && s.chunk
+                .iter()
+                .last()
+                .is_some_and(|(_, lv)| lv.to_bits() == v.to_bits())
+        {
+            // The same sample again (a retried write): nothing to do.
+            return Ok(());
+        }
+        self.append_ooo(r, t, v, window)
+    }
+
+    fn append_ooo(&mut self, r: SeriesRef, t: i64, v: f64, window: i64) -> Result<(), SampleError> {
+        let s = &mut self.series[r as usize];
+        if t < s.max_t.saturating_sub(window) {
+            let series = self.labels(r).to_string();
+            let s = &self.series[r as usize];
+            return Err(SampleError::TooOld {
+                series,
+                t,
+                max_t: s.max_t,
+                window_ms: window,
+            });
+        }
+        s.ooo.get_or_insert_with(Default::default).push((t, v));
+        s.min_t = s.min_t.min(t);
+        self.samples_appended += 1;
+        if s.ooo.as_ref().is_some_and(|o| o.len() >= 1024) {
+            self.seal_ooo(r);
+        }
+        Ok(())
+    }
+
+    /// Seals a series' out-of-order buffer into chunks, one per partition.
+    pub(crate) fn seal_ooo(&mut self, r: SeriesRef) {
+        let width = self.width;
+        let Some(mut ooo) = self.series[r as usize].ooo.take() else {
+            return;
+        };
+        // Last write wins a timestamp: stable sort, then keep the last of each run.
+        ooo.sort_by_key(|&(t, _)| t);
+        let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(ooo.len());
+        for (t, v) in ooo.into_iter() {
+            match dedup.last_mut() {
+                Some(last) if last.0 == t => *last = (t, v),
+                _ => dedup.push((t, v)),
+            }
+        }
+        let mut i = 0;
+        while i < dedup.len() {
+            let p = partition_of(dedup[i].0, width);
+            let mut c = XorChunk::new();
+            let start = i;
+            while i < dedup.len()
+                && partition_of(dedup[i].0, width) == p
+                && c.len() < tiermon_chunkenc::MAX_SAMPLES
+            {
+                c.append(dedup[i].0, dedup[i].1);
+                i += 1;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.pending.push(SealedChunk {
+                r,
+                partition: p,
+                min_t: dedup[start].0,
+                max_t: dedup[i - 1].0,
+                seq,
+                bytes: c.to_bytes(),
+            });
+        }
+    }
+
+    /// Seals every open chunk and out-of-order buffer (before a flush).
+    pub(crate) fn seal_all(&mut self) {
+        for r in 0..self.series.len() as SeriesRef {
+            if !self.series[r as usize].chunk.is_empty() {
+                let c = self.series[r as usize].seal_chunk(r);
+                self.pending.push(c);
+            }
+            self.seal_ooo(r);
+        }
+    }
+
+    /// Series matching all matchers (at least one must not match the empty
+    /// string, or all series are candidates), ascending.
+    pub(crate) fn select(&self, matchers: &[Matcher]) -> Vec<SeriesRef> {
+        let mut result: Option<Vec<SeriesRef>> = None;
+        let mut subtract: Vec<Vec<SeriesRef>> = Vec::new();
+        for m in matchers {
+            let name = self.symbols.lookup(m.name());
+            if m.matches_empty() {
+                // Series without the label match; remove those whose value
+                // does not.
+                if let Some(n) = name {
+                    let bad = self.union_values(n, |v| !m.matches(v), None);
+                    subtract.push(bad);
+                }
+            } else {
+                let good = match name {
+                    Some(n) => self.union_values(n, |v| m.matches(v), Some(m)),
+                    None => Vec::new(),
+                };
+                result = Some(match result {
+                    None => good,
+                    Some(prev) => intersect(&prev, &good),
+                });
+            }
+        }
+        let mut refs = result.unwrap_or_else(|| {
+            (0..self.series.len() as SeriesRef)
+                .filter(|&r| !self.series[r as usize].labels.is_empty())
+                .collect()
+        });
+        for s in subtract {
+            refs = difference(&refs, &s);
+        }
+        refs
+    }
+
+    /// Union of the postings of values of label `n` for which `keep` holds.
+    /// `positive` is the matcher when `keep` is exactly its match, which
+    /// allows looking exact values up and skipping values by prefix.
+    fn union_values(
+        &self,
+        n: u32,
+        keep: impl Fn(&str) -> bool,
+        positive: Option<&Matcher>,
+    ) -> Vec<SeriesRef> {
+        let empty = Vec::new();
+        let values = self.values.get(&n).unwrap_or(&empty);
+        let mut lists: Vec<&Vec<SeriesRef>> = Vec::new();
+        if let Some(set) = positive.and_then(Matcher::set_matches) {
+            // Exact values: look them up instead of scanning every value.
+            for v in set {
+                if let Some(p) = self
+                    .symbols
+                    .lookup(v)
+                    .and_then(|v| self.postings.get(&(n, v)))
+                {
+                    lists.push(p);
+                }
+            }
+        } else {
+            let prefix = positive
+                .filter(|m| m.op() == MatchOp::Regex)
+                .and_then(literal_prefix);
+            for &v in values {
+                let s = self.symbols.get(v);
+                if prefix.is_some_and(|p| !s.starts_with(p)) {
+                    continue;
+                }
+                if keep(s)
+                    && let Some(p) = self.postings.get(&(n, v))
+                {
+                    lists.push(p);
+                }
+            }
+        }
+        merge_union(&lists)
+    }
+
+    /// Label names and, for `name`, values, of the given series.
+    pub(crate) fn label_names(&self, refs: &[SeriesRef]) -> Vec<String> {
+        let mut ids: Vec<u32> = refs
+            .iter()
+            .flat_map(|&r| self.series[r as usize].labels.iter().map(|&(n, _)| n))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out: Vec<String> = ids
+            .into_iter()
+            .map(|n| self.symbols.get(n).to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub(crate) fn label_values(&self, name: &str, refs: &[SeriesRef]) -> Vec<String> {
+        let Some(n) = self.symbols.lookup(name) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = refs
+            .iter()
+            .filter_map(|&r| {
+                self.series[r as usize]
+                    .labels
+                    .iter()
+                    .find(|&&(ln, _)| ln == n)
+                    .map(|&(_, v)| v)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out: Vec<String> = ids
+            .into_iter()
+            .map(|v| self.symbols.get(v).to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Series counts per value of `name` (e.g. per metric name), largest
+    /// first.
+    pub(crate) fn top_values(&self, name: &str, n: usize) -> Vec<(String, usize)> {
+        let Some(id) = self.symbols.lookup(name) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, usize)> = self
+            .values
+            .get(&id)
+            .map(|vals| {
+                vals.iter()
+                    .map(|&v| {
+                        (
+                            self.symbols.get(v).to_string(),
+                            self.postings.get(&(id, v)).map_or(0, Vec::len),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Label pairs holding the most series.
+    pub(crate) fn top_pairs(&self, n: usize) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .postings
+            .iter()
+            .map(|(&(k, val), p)| {
+                (
+                    format!("{}={}", self.symbols.get(k), self.symbols.get(val)),
+                    p.len(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Approximate heap bytes of the head, for the memory-per-series figure.
+    pub(crate) fn heap_size(&self) -> usize {
+        let series: usize = self
+            .series
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<MemSeries>()
+                    + s.labels.len() * 8
+                    + s.chunk.heap_size()
+                    + s.ooo.as_ref().map_or(0, |o| o.capacity() * 16 + 24)
+            })
+            .sum();
+        let postings: usize = self
+            .postings
+            .values()
+            .map(|p| p.capacity() * 4 + 24 + 8 + 16)
+            .sum();
+        let values: usize = self
+            .values
+            .values()
+            .map(|v| v.capacity() * 4 + 24 + 8)
+            .sum();
+        series
+            + postings
+            + values
+            + self.by_hash.capacity() * 16
+            + self.symbols.heap_size()
+            + self
+                .pending
+                .iter()
+                .map(|c| c.bytes.len() + 64)
+                .sum::<usize>()
+    }
+}
+
+impl MemSeries {
+    fn empty(labels: Box<[(u32, u32)]>) -> Self {
+        Self {
+            labels,
+            chunk: XorChunk::new(),
+            chunk_min_t: 0,
+            chunk_partition: 0,
+            chunk_seq: 0,
+            ooo: None,
+            min_t: i64::MAX,
+            max_t: i64::MIN,
+        }
+    }
+
+    fn seal_chunk(&mut self, r: SeriesRef) -> SealedChunk {
+        let c = std::mem::replace(&mut self.chunk, XorChunk::new());
+        SealedChunk {
+            r,
+            partition: self.chunk_partition,
+            min_t: self.chunk_min_t,
+            max_t: c.last_timestamp().unwrap_or(self.chunk_min_t),
+            seq: self.chunk_seq,
+            bytes: c.to_bytes(),
+        }
+    }
+}
+
+/// The literal text every match of a regex matcher starts with, when the
+/// pattern has no alternation (so that the prefix is certain).
+fn literal_prefix(m: &Matcher) -> Option<&str> {
+    let p = m.value();
+    if p.contains('|') {
+        return None;
+    }
+    let end = p
+        .find(|c: char| ".^$*+?()[]{}|\\".contains(c))
+        .unwrap_or(p.len());
+    (end > 0).then(|| &p[..end])
+}
+
+fn merge_union(lists: &[&Vec<SeriesRef>]) -> Vec<SeriesRef> {
+    match lists {
+        [] => Vec::new(),
+        [one] => (*one).clone(),
+        _ => {
+            let mut v: Vec<SeriesRef> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        }
+    }
+}
+
+fn intersect(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::with_capacity(a.len().min(b.len()));
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+fn difference(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
+    let mut j = 0;
+    a.iter()
+        .copied()
+        .filter(|&x| {
+            while j < b.len() && b[j] < x {
+                j += 1;
+            }
+            !(j < b.len() && b[j] == x)
+        })
+        .collect()
+}

@@ -1,0 +1,108 @@
+//! Key layout of the RocksDB column families. See ARCHITECTURE.md, "On-disk
+//! format".
+//!
+//! `chunks`: `resolution (1) | partition start (8, sign-flipped BE) | series
+//! ref (4, BE) | chunk min time (8, sign-flipped BE) | seq (8, BE)`, so a
+//! partition of a resolution is one contiguous range (retention deletes it
+//! with one range delete) and a series' chunks in a partition are one
+//! contiguous, time-ordered range.
+
+use crate::head::SeriesRef;
+
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_SERIES: &str = "series";
+pub(crate) const CF_CHUNKS: &str = "chunks";
+pub(crate) const CF_HEAD: &str = "head";
+
+pub(crate) const META_NEXT_SEQ: &[u8] = b"next_seq";
+pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_segment";
+pub(crate) const META_SERIES_PERSISTED: &[u8] = b"series_persisted";
+
+fn flip(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unflip(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+/// Full chunk key.
+pub(crate) fn chunk(res: u8, partition: i64, r: SeriesRef, min_t: i64, seq: u64) -> [u8; 29] {
+    let mut k = [0u8; 29];
+    k[0] = res;
+    k[1..9].copy_from_slice(&flip(partition));
+    k[9..13].copy_from_slice(&r.to_be_bytes());
+    k[13..21].copy_from_slice(&flip(min_t));
+    k[21..29].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of a series' chunks in a partition.
+pub(crate) fn series_prefix(res: u8, partition: i64, r: SeriesRef) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k.copy_from_slice(&chunk(res, partition, r, 0, 0)[..13]);
+    k
+}
+
+/// Prefix of a partition.
+pub(crate) fn partition_prefix(res: u8, partition: i64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k.copy_from_slice(&chunk(res, partition, 0, 0, 0)[..9]);
+    k
+}
+
+/// Decoded chunk key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkKey {
+    pub res: u8,
+    pub partition: i64,
+    pub r: SeriesRef,
+    pub min_t: i64,
+    pub seq: u64,
+}
+
+pub(crate) fn parse_chunk(k: &[u8]) -> Option<ChunkKey> {
+    if k.len() != 29 {
+        return None;
+    }
+    Some(ChunkKey {
+        res: k[0],
+        partition: unflip(&k[1..9]),
+        r: u32::from_be_bytes(k[9..13].try_into().ok()?),
+        min_t: unflip(&k[13..21]),
+        seq: u64::from_be_bytes(k[21..29].try_into().ok()?),
+    })
+}
+
+pub(crate) fn series(r: SeriesRef) -> [u8; 4] {
+    r.to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_by_resolution_partition_series_time() {
+        let a = chunk(0, -86_400_000, 5, -10, 1);
+        let b = chunk(0, 0, 1, 0, 0);
+        let c = chunk(0, 0, 1, 1, 0);
+        let d = chunk(0, 0, 2, -5, 0);
+        let e = chunk(1, i64::MIN, 0, 0, 0);
+        assert!(a < b && b < c && c < d && d < e);
+        assert_eq!(
+            parse_chunk(&d),
+            Some(ChunkKey {
+                res: 0,
+                partition: 0,
+                r: 2,
+                min_t: -5,
+                seq: 0
+            })
+        );
+        assert!(d.starts_with(&series_prefix(0, 0, 2)));
+        assert!(d.starts_with(&partition_prefix(0, 0)));
+    }
+}
