@@ -42,6 +42,9 @@ struct Inner {
     wal: Mutex<Wal>,
     /// Serialises maintenance (compaction, downsampling, retention).
     maintenance: Mutex<()>,
+    /// Serialises writes of sealed chunks, so that the stored `next_seq`
+    /// never goes backwards.
+    chunk_writes: Mutex<()>,
 }
 
 /// A series and its samples in the asked range, oldest first.
@@ -148,7 +151,16 @@ impl Db {
                 })?;
             }
         }
-        let persisted = head.series.len() as u32;
+        // Open chunks took their sequence when they started; new ones must
+        // come after them.
+        let max_open = head
+            .series
+            .iter()
+            .filter(|s| !s.chunk.is_empty())
+            .map(|s| s.chunk_seq + 1)
+            .max()
+            .unwrap_or(0);
+        head.next_seq = head.next_seq.max(max_open);
 
         // The WAL after the checkpoint.
         let wal_dir = dir.join("wal");
@@ -186,10 +198,10 @@ impl Db {
                 head: RwLock::new(head),
                 wal: Mutex::new(wal),
                 maintenance: Mutex::new(()),
+                chunk_writes: Mutex::new(()),
             }),
         };
         db.write_pending()?;
-        let _ = persisted;
         tracing::info!(
             dir = %dir.display(),
             series = db.inner.head.read().len(),
@@ -319,6 +331,7 @@ impl Db {
     /// Writes sealed chunks waiting in the head to RocksDB. On failure they
     /// stay in the head (still readable) for the next attempt.
     fn write_pending(&self) -> Result<()> {
+        let _serial = self.inner.chunk_writes.lock();
         let pending = {
             let mut head = self.inner.head.write();
             if head.pending.is_empty() {
@@ -357,7 +370,7 @@ impl Db {
     pub fn checkpoint(&self) -> Result<()> {
         let start = Instant::now();
         let rocks = &self.inner.rocks;
-        let (segment, snapshot, new_series, next_seq) = {
+        let (segment, snapshot, new_series) = {
             let head = self.inner.head.write();
             let segment = self.inner.wal.lock().cut()?;
             let persisted = get_u64(rocks, cf(rocks, CF_META)?, keys::META_SERIES_PERSISTED)?
@@ -372,7 +385,7 @@ impl Db {
                 .enumerate()
                 .map(|(r, s)| (r as SeriesRef, snapshot_series(s)))
                 .collect();
-            (segment, snapshot, new_series, head.next_seq)
+            (segment, snapshot, new_series)
         };
         self.write_pending()?;
         let scf = cf(rocks, CF_SERIES)?;
@@ -388,7 +401,6 @@ impl Db {
         let total = snapshot.len() as u64;
         batch.put_cf(&mcf, keys::META_SERIES_PERSISTED, total.to_be_bytes());
         batch.put_cf(&mcf, keys::META_CHECKPOINT, segment.to_be_bytes());
-        batch.put_cf(&mcf, keys::META_NEXT_SEQ, next_seq.to_be_bytes());
         rocks
             .write(batch)
             .map_err(Error::rocks("writing the head checkpoint"))?;
