@@ -678,43 +678,17 @@ impl Db {
         }
     }
 
-    /// Rewrites each series' chunks in raw partition `p` into one pcodec
-    /// chunk; returns whether anything changed.
-    fn compact_partition(&self, p: i64) -> Result<bool> {
+    /// Calls `f` once per series with chunks in raw partition `p`, with
+    /// those chunks' keys and values, in key order.
+    fn for_each_series(
+        &self,
+        p: i64,
+        mut f: impl FnMut(SeriesRef, &[(keys::ChunkKey, Vec<u8>)]) -> Result<()>,
+    ) -> Result<()> {
         let rocks = &self.inner.rocks;
-        let ccf = cf(rocks, CF_CHUNKS)?;
         let prefix = keys::partition_prefix(0, p);
-        let mut changed = false;
-        let mut batch = WriteBatch::default();
         let mut group: Vec<(keys::ChunkKey, Vec<u8>)> = Vec::new();
-        let mut flush_group =
-            |group: &mut Vec<(keys::ChunkKey, Vec<u8>)>, batch: &mut WriteBatch| -> Result<()> {
-                if group.len() > 1 {
-                    let mut parts = Vec::new();
-                    for (k, v) in group.iter() {
-                        parts.push((k.seq, decode_chunk(v)?));
-                    }
-                    let merged = merge(parts);
-                    let first = &group[0].0;
-                    let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
-                    for (k, _) in group.iter() {
-                        batch.delete_cf(&ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
-                    }
-                    if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
-                        let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
-                        let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
-                        batch.put_cf(
-                            &ccf,
-                            keys::chunk(0, p, first.r, t0, seq),
-                            chunk_value(ENC_SEALED, t1, &enc),
-                        );
-                    }
-                    changed = true;
-                }
-                group.clear();
-                Ok(())
-            };
-        for item in rocks.prefix_iterator_cf(&ccf, prefix) {
+        for item in rocks.prefix_iterator_cf(cf(rocks, CF_CHUNKS)?, prefix) {
             let (k, v) = item.map_err(Error::rocks("reading a partition"))?;
             if !k.starts_with(&prefix) {
                 break;
@@ -722,12 +696,50 @@ impl Db {
             let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
                 what: "chunk key".into(),
             })?;
-            if group.last().is_some_and(|(g, _)| g.r != key.r) {
-                flush_group(&mut group, &mut batch)?;
+            if let Some((g, _)) = group.last()
+                && g.r != key.r
+            {
+                f(g.r, &group)?;
+                group.clear();
             }
             group.push((key, v.to_vec()));
         }
-        flush_group(&mut group, &mut batch)?;
+        if let Some((g, _)) = group.last() {
+            f(g.r, &group)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites each series' chunks in raw partition `p` into one pcodec
+    /// chunk; returns whether anything changed.
+    fn compact_partition(&self, p: i64) -> Result<bool> {
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let mut changed = false;
+        let mut batch = WriteBatch::default();
+        self.for_each_series(p, |r, group| {
+            if group.len() < 2 {
+                return Ok(());
+            }
+            let mut parts = Vec::with_capacity(group.len());
+            for (k, v) in group {
+                parts.push((k.seq, decode_chunk(v)?));
+                batch.delete_cf(ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
+            }
+            let merged = merge(parts);
+            let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
+            if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
+                let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+                let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
+                batch.put_cf(
+                    ccf,
+                    keys::chunk(0, p, r, t0, seq),
+                    chunk_value(ENC_SEALED, t1, &enc),
+                );
+            }
+            changed = true;
+            Ok(())
+        })?;
         if changed {
             rocks
                 .write(batch)
@@ -740,11 +752,13 @@ impl Db {
     fn downsample_partition(&self, p: i64) -> Result<()> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
-        let prefix = keys::partition_prefix(0, p);
-        let mut batch = WriteBatch::default();
-        let mut cur: Option<(SeriesRef, Vec<Run>)> = None;
         let width = self.inner.opts.partition_ms();
-        let emit = |r: SeriesRef, parts: Vec<Run>, batch: &mut WriteBatch| -> Result<()> {
+        let mut batch = WriteBatch::default();
+        self.for_each_series(p, |r, group| {
+            let mut parts = Vec::with_capacity(group.len());
+            for (k, v) in group {
+                parts.push((k.seq, decode_chunk(v)?));
+            }
             let samples = merge(parts);
             // Resets compensated in earlier partitions keep counting.
             let mut carry = (0.0, None);
@@ -769,29 +783,7 @@ impl Db {
                 }
             }
             Ok(())
-        };
-        for item in rocks.prefix_iterator_cf(&ccf, prefix) {
-            let (k, v) = item.map_err(Error::rocks("reading a partition"))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
-                what: "chunk key".into(),
-            })?;
-            let samples = decode_chunk(&v)?;
-            match &mut cur {
-                Some((r, parts)) if *r == key.r => parts.push((key.seq, samples)),
-                _ => {
-                    if let Some((r, parts)) = cur.take() {
-                        emit(r, parts, &mut batch)?;
-                    }
-                    cur = Some((key.r, vec![(key.seq, samples)]));
-                }
-            }
-        }
-        if let Some((r, parts)) = cur.take() {
-            emit(r, parts, &mut batch)?;
-        }
+        })?;
         rocks
             .write(batch)
             .map_err(Error::rocks("writing aggregates"))
