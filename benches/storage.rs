@@ -183,6 +183,12 @@ fn footprint(n: usize) {
     db.flush_head().unwrap();
     let report = db.maintain(DAY_MS + DAY_MS / 2).unwrap();
     assert_eq!(report.compacted, vec![0]);
+    let raw = db.resolution_bytes(tiermon_tsdb::Resolution::Raw).unwrap();
+    let aggs = db
+        .resolution_bytes(tiermon_tsdb::Resolution::OneMinute)
+        .unwrap()
+        + db.resolution_bytes(tiermon_tsdb::Resolution::OneHour)
+            .unwrap();
     let bytes = db.compact_disk().unwrap();
     println!("| figure | value |");
     println!("|---|---|");
@@ -198,6 +204,14 @@ fn footprint(n: usize) {
     println!(
         "| bytes per sample after compaction (raw chunks, 1 m and 1 h aggregates included) | {:.3} B |",
         bytes as f64 / samples
+    );
+    println!(
+        "| raw chunks alone (keys + values, compacted pcodec) | {:.3} B/sample |",
+        raw as f64 / samples
+    );
+    println!(
+        "| 1 m + 1 h aggregates (keys + values) | {:.3} B per raw sample |",
+        aggs as f64 / samples
     );
     println!(
         "| head memory per active series (estimated heap, 15 min in) | {:.0} B |",

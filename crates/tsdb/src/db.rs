@@ -587,6 +587,21 @@ impl Db {
             .unwrap_or(0))
     }
 
+    /// Bytes of keys and values stored for one resolution (before
+    /// RocksDB's own compression and file overhead).
+    pub fn resolution_bytes(&self, res: Resolution) -> Result<u64> {
+        let rocks = &self.inner.rocks;
+        let mut total = 0u64;
+        for item in rocks.prefix_iterator_cf(cf(rocks, CF_CHUNKS)?, [res.id()]) {
+            let (k, v) = item.map_err(Error::rocks("reading chunks"))?;
+            if k.first() != Some(&res.id()) {
+                break;
+            }
+            total += (k.len() + v.len()) as u64;
+        }
+        Ok(total)
+    }
+
     /// Background work for time `now` (ms): compacts and downsamples raw
     /// partitions that can no longer receive samples, and applies
     /// retention. Never holds the head lock for long.
