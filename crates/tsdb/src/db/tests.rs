@@ -261,12 +261,24 @@ fn limits_name_the_limit() {
     let mut app = db.appender();
     app.append_ref(99, 1, 1.0);
     assert!(matches!(app.commit(), Err(Error::UnknownRef(99))));
+}
+
+#[test]
+fn invalid_label_sets_are_rejected_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let e = db
+        .series_ref(&Labels::from_pairs([("__name__", "m"), ("bad-label", "x")]))
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidSeries { .. }), "{e}");
     assert!(
-        db.series_ref(&labels("bad name", &[])).is_err()
-            || db
-                .series_ref(&Labels::from_pairs([("bad-label", "x")]))
-                .is_err()
+        e.to_string().contains("invalid label name \"bad-label\""),
+        "{e}"
     );
+    let e = db.series_ref(&Labels::empty()).unwrap_err().to_string();
+    assert!(e.contains("no labels"), "{e}");
+    // A metric name is a label value: any string is stored as given.
+    assert!(db.series_ref(&labels("name with spaces", &[])).is_ok());
 }
 
 #[test]
