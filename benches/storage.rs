@@ -12,7 +12,12 @@
 //! Run: `cargo bench --bench storage` (defaults: 50,000 series × 24 h,
 //! 1,000,000 series for the reopen). Smaller:
 //! `TIERMON_BENCH_SERIES=5000 TIERMON_BENCH_REOPEN_SERIES=100000 cargo bench --bench storage`.
+//! `TIERMON_BENCH_REOPEN_SERIES=0` skips the reopen; `TIERMON_BENCH_EXPORT=FILE`
+//! also writes the generated samples as Prometheus text with millisecond
+//! timestamps, so that `benches/anchors.sh` can load the very same data into
+//! Prometheus and VictoriaMetrics.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -117,7 +122,9 @@ fn main() {
         n, reopen_n
     );
     footprint(n);
-    reopen(reopen_n);
+    if reopen_n > 0 {
+        reopen(reopen_n);
+    }
 }
 
 fn footprint(n: usize) {
@@ -156,6 +163,18 @@ fn footprint(n: usize) {
     app.commit().unwrap();
     let by_labels_existing = n as f64 / t0.elapsed().as_secs_f64();
 
+    let mut export = std::env::var_os("TIERMON_BENCH_EXPORT").map(|path| {
+        let f = std::fs::File::create(&path).expect("creating the export file");
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        for (i, l) in all_labels.iter().enumerate() {
+            let v0 = start_value(kinds[i]);
+            writeln!(w, "{l} {v0} 0").expect("writing the export file");
+        }
+        (
+            w,
+            all_labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        )
+    });
     let steps = DAY_MS / STEP_MS;
     let mut append_time = Duration::ZERO;
     let mut head_per_series = 0.0;
@@ -174,11 +193,21 @@ fn footprint(n: usize) {
         }
         app.commit().unwrap();
         append_time += start.elapsed();
+        if let Some((w, names)) = export.as_mut() {
+            for (name, &(_, v)) in names.iter().zip(&batch) {
+                writeln!(w, "{name} {v} {t}").expect("writing the export file");
+            }
+        }
         if s == 60 {
             // 15 minutes in: head chunks half full, a typical moment.
             head_per_series = db.stats(0).head_bytes as f64 / n as f64;
         }
     }
+    if let Some((mut w, _)) = export {
+        w.flush().expect("writing the export file");
+    }
+    // The value at t=1 (the second scrape by label set) is not exported: the
+    // anchors get `steps` samples per series, tiermon one more.
     let samples = n as f64 * steps as f64;
     let by_ref = (samples - n as f64) / append_time.as_secs_f64();
 

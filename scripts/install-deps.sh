@@ -2,7 +2,7 @@
 # Installs the system packages tiermon needs, if they are missing.
 #   scripts/install-deps.sh build   what building needs
 #   scripts/install-deps.sh test    that, plus the real peers the tests run
-#                                   against (promtool, node_exporter)
+#                                   against (promtool, node_exporter, moto)
 # Works on Debian and Ubuntu as root or with sudo; prints what it does.
 set -euo pipefail
 
@@ -22,7 +22,24 @@ if [ "$want" = test ]; then
   need python3 python3
 fi
 
-[ ${#pkgs[@]} -eq 0 ] && exit 0
+# moto (an S3-compatible server, for the blob tiering test) comes from PyPI
+# into a virtualenv of our own; Debian's python3 needs python3-venv for it.
+venv="$HOME/.cache/tiermon/venv"
+if [ "$want" = test ] && [ ! -x "$venv/bin/moto_server" ]; then
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
+fi
+
+install_moto() {
+  [ "$want" = test ] && [ ! -x "$venv/bin/moto_server" ] || return 0
+  echo "install-deps: installing moto[server] into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6"
+}
+
+if [ ${#pkgs[@]} -eq 0 ]; then
+  install_moto
+  exit 0
+fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-deps: missing ${pkgs[*]} and no apt-get here; install them by hand" >&2
@@ -45,3 +62,4 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+install_moto

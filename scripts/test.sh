@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tiermon/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/install-deps.sh test
+# moto_server, installed by install-deps.sh.
+export PATH="$HOME/.cache/tiermon/venv/bin:$PATH"
 
 echo "== fmt" >&2
 cargo fmt --all -- --check
@@ -33,5 +35,16 @@ if [ -d "$conformance/exposition" ]; then
     -- "$CARGO_TARGET_DIR/debug/tiermon" check metrics --format '{format}'
 else
   echo "== exposition conformance: $conformance not found, skipped" >&2
+fi
+if [ -d "$conformance/promql" ]; then
+  echo "== PromQL conformance ($conformance, informational)" >&2
+  # Reported, not yet required: the pass rate is tracked in the query issue.
+  bin="$CARGO_TARGET_DIR/debug/tiermon"
+  out="$CARGO_TARGET_DIR/conformance"
+  mkdir -p "$out"
+  (cd "$conformance/promql" && \
+    PROMQL_SUT_START="exec '$bin' secondary --listen \"\$SUT_LISTEN_ADDR\" --data \"\$SUT_DATA_DIR\"" \
+    python3 run_promql.py --range-check --json "$out/promql-results.json" | tail -15) \
+    || echo "== PromQL conformance: some cases fail (report: $out/promql-results.json)" >&2
 fi
 echo "== all tests passed" >&2

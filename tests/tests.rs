@@ -3,7 +3,9 @@
 //! the test script installed them.
 
 mod agent;
+mod blob;
 mod check;
 mod node_exporter;
+mod secondary;
 mod storage;
 mod util;

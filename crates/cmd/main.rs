@@ -4,6 +4,7 @@
 mod agent;
 mod check;
 mod debug;
+mod secondary;
 mod up;
 
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ struct ServerArgs {
 enum Command {
     /// Run the host agent: serve this host's health at /metrics.
     Agent(ServerArgs),
+    /// Run a secondary: store what arrives (remote_write) and answer the
+    /// Prometheus HTTP API.
+    Secondary(secondary::Args),
     /// Start a whole hierarchy on this machine, monitoring it.
     Up(up::Args),
     /// Check exposition text, configuration files.
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(c) => return check::run(c),
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(agent::run(a))),
+        Command::Secondary(a) => runtime().and_then(|rt| rt.block_on(secondary::run(a))),
         Command::Up(a) => runtime().and_then(|rt| rt.block_on(up::run(a))),
         Command::Debug(d) => debug::run(d),
     };

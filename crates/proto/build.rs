@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tiermon/v1/types.proto",
         "tiermon/v1/push.proto",
         "tiermon/v1/query.proto",
+        "prometheus/remote.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

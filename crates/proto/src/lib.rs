@@ -14,6 +14,12 @@ pub mod v1 {
     tonic::include_proto!("tiermon.v1");
 }
 
+/// Package `prometheus`: the remote_write v1 messages.
+#[allow(clippy::all, missing_docs, unsafe_code)]
+pub mod prometheus {
+    tonic::include_proto!("prometheus");
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;

@@ -12,6 +12,7 @@ use tiermon_model::{Labels, Matcher, Sample};
 use crate::downsample::{self, Aggregate, Resolution};
 use crate::head::{Head, SampleError, SealedChunk, SeriesRef, partition_of};
 use crate::keys::{self, CF_CHUNKS, CF_HEAD, CF_META, CF_SERIES};
+use crate::tier::{BlockMeta, BlockWriter, StoredChunk, Tier};
 use crate::wal::{self, Record, Wal};
 use crate::{Error, Options, Result};
 
@@ -45,6 +46,8 @@ struct Inner {
     /// Serialises writes of sealed chunks, so that the stored `next_seq`
     /// never goes backwards.
     chunk_writes: Mutex<()>,
+    /// Blob storage for old partitions, when configured.
+    tier: Option<Tier>,
 }
 
 /// A series and its samples in the asked range, oldest first.
@@ -78,6 +81,10 @@ pub struct Stats {
     pub disk_bytes: u64,
     /// Bytes of the WAL.
     pub wal_bytes: u64,
+    /// Blocks in blob storage.
+    pub blob_blocks: usize,
+    /// Bytes in blob storage.
+    pub blob_bytes: u64,
     /// Metric names holding the most series.
     pub top_metrics: Vec<(String, usize)>,
     /// Label pairs holding the most series.
@@ -93,6 +100,11 @@ pub struct MaintainReport {
     pub downsampled: Vec<(Resolution, i64)>,
     /// (resolution, partition) deleted by retention.
     pub deleted: Vec<(Resolution, i64)>,
+    /// (resolution, partition) moved to blob storage.
+    pub tiered: Vec<(Resolution, i64)>,
+    /// (resolution, partition, error) whose upload failed; the data stays
+    /// local and the next run tries again.
+    pub tier_failed: Vec<(Resolution, i64, String)>,
 }
 
 impl Db {
@@ -100,7 +112,26 @@ impl Db {
     /// head from the last checkpoint and the WAL after it.
     pub fn open(dir: &Path, opts: Options) -> Result<Db> {
         let start = Instant::now();
+        if let Some(b) = &opts.blob {
+            let need = opts.partition + opts.ooo_window;
+            if b.after < need {
+                return Err(Error::Config {
+                    key: "blob.after",
+                    detail: format!(
+                        "{:?} is shorter than the partition width plus the out-of-order window ({need:?}); \
+                         a partition must be closed and downsampled before it moves",
+                        b.after
+                    ),
+                });
+            }
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the data folder", dir, e))?;
+        // Blocks an earlier run was uploading: still local, redone later.
+        let spool = dir.join("blob-spool");
+        if spool.exists() {
+            std::fs::remove_dir_all(&spool)
+                .map_err(|e| Error::io("emptying the upload spool", &spool, e))?;
+        }
         let mut ro = rocksdb::Options::default();
         ro.create_if_missing(true);
         ro.create_missing_column_families(true);
@@ -126,6 +157,10 @@ impl Db {
         })?;
         head.next_seq = get_u64(&rocks, meta, keys::META_NEXT_SEQ)?.unwrap_or(0);
         let checkpoint = get_u64(&rocks, meta, keys::META_CHECKPOINT)?.unwrap_or(0);
+        let tier = match &opts.blob {
+            None => None,
+            Some(b) => Some(Tier::new(b, load_manifest(&rocks, meta)?)?),
+        };
 
         // Series, then the head as of the checkpoint.
         let series_cf = cf(&rocks, CF_SERIES)?;
@@ -199,6 +234,7 @@ impl Db {
                 wal: Mutex::new(wal),
                 maintenance: Mutex::new(()),
                 chunk_writes: Mutex::new(()),
+                tier,
             }),
         };
         db.write_pending()?;
@@ -421,14 +457,65 @@ impl Db {
     /// the range are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>> {
         let snaps = self.head_snapshots(matchers, mint, maxt);
+        // Local data first, then blob storage: a partition tiered in
+        // between is then seen twice (merged), never missed.
+        let mut runs = Vec::with_capacity(snaps.len());
+        for s in &snaps {
+            runs.push(self.local_runs(s, mint, maxt)?);
+        }
+        let mut blob = self.blob_chunks(Resolution::Raw, &snaps, mint, maxt)?;
         let mut out = Vec::with_capacity(snaps.len());
-        for s in snaps {
-            let samples = self.read_series(&s, mint, maxt)?;
+        for (s, mut parts) in snaps.into_iter().zip(runs) {
+            for c in blob.remove(&s.r).unwrap_or_default() {
+                let (_, max_t, _) = split_value(&c.value)?;
+                if c.min_t <= maxt && max_t >= mint {
+                    parts.push((c.seq, decode_chunk(&c.value)?));
+                }
+            }
+            let samples: Vec<Sample> = merge(parts)
+                .into_iter()
+                .filter(|&(t, _)| t >= mint && t <= maxt)
+                .map(|(t, v)| Sample::new(t, v))
+                .collect();
             if !samples.is_empty() {
                 out.push(SeriesData {
                     labels: s.labels,
                     samples,
                 });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks of `snaps` in blob storage, in the tiered partitions of
+    /// `res` that overlap `[mint, maxt]`.
+    fn blob_chunks(
+        &self,
+        res: Resolution,
+        snaps: &[HeadSnapshot],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<std::collections::HashMap<SeriesRef, Vec<StoredChunk>>> {
+        let mut out: std::collections::HashMap<SeriesRef, Vec<StoredChunk>> = Default::default();
+        let Some(tier) = &self.inner.tier else {
+            return Ok(out);
+        };
+        let width = self.inner.opts.partition_ms();
+        for p in tier.partitions(res.id()) {
+            let end = p.saturating_add(width - 1);
+            if end < mint || p > maxt {
+                continue;
+            }
+            let refs: Vec<SeriesRef> = snaps
+                .iter()
+                .filter(|s| s.min_t <= end && s.max_t >= p)
+                .map(|s| s.r)
+                .collect();
+            if refs.is_empty() {
+                continue;
+            }
+            for (r, chunks) in tier.read(res.id(), p, &refs)? {
+                out.entry(r).or_default().extend(chunks);
             }
         }
         Ok(out)
@@ -447,7 +534,8 @@ impl Db {
         let ccf = cf(rocks, CF_CHUNKS)?;
         let width = self.inner.opts.partition_ms();
         let mut out = Vec::new();
-        for s in snaps {
+        let mut local = Vec::with_capacity(snaps.len());
+        for s in &snaps {
             let mut aggs = Vec::new();
             let last = maxt.min(s.max_t);
             let mut p = partition_of(mint.max(s.min_t), width);
@@ -474,7 +562,25 @@ impl Db {
                     None => break,
                 };
             }
+            local.push(aggs);
+        }
+        let mut blob = self.blob_chunks(res, &snaps, mint, maxt)?;
+        for (s, mut aggs) in snaps.into_iter().zip(local) {
+            for c in blob.remove(&s.r).unwrap_or_default() {
+                let (enc, _, payload) = split_value(&c.value)?;
+                if enc != ENC_AGG {
+                    return Err(Error::Corrupt {
+                        what: "aggregate chunk encoding in a block".into(),
+                    });
+                }
+                aggs.extend(
+                    downsample::decode(payload)?
+                        .into_iter()
+                        .filter(|a| a.start >= mint && a.start <= maxt),
+                );
+            }
             if !aggs.is_empty() {
+                // Stable sort: a window stored twice keeps its first copy.
                 aggs.sort_by_key(|a| a.start);
                 aggs.dedup_by_key(|a| a.start);
                 out.push((s.labels, aggs));
@@ -550,12 +656,15 @@ impl Db {
                         .unwrap_or(0)
             })
             .sum();
+        let (blob_blocks, blob_bytes) = self.inner.tier.as_ref().map_or((0, 0), Tier::totals);
         Stats {
             series: head.len(),
             samples_appended: head.samples_appended,
             head_bytes: head.heap_size(),
             disk_bytes,
             wal_bytes: self.inner.wal.lock().disk_size(),
+            blob_blocks,
+            blob_bytes,
             top_metrics: head.top_values(tiermon_model::METRIC_NAME, top),
             top_label_pairs: head.top_pairs(top),
         }
@@ -613,13 +722,13 @@ impl Db {
         // A partition is closed once its end is older than the out-of-order
         // window.
         let closed_before = partition_of(now - o.ooo_window_ms(), width);
+        self.inner.head.write().seal_closed(closed_before);
         self.write_pending()?;
         for p in self.partitions(Resolution::Raw)? {
             if p + width > closed_before {
                 continue;
             }
             if !self.has_partition(Resolution::OneMinute, p)? {
-                self.seal_partition(p)?;
                 if self.compact_partition(p)? {
                     report.compacted.push(p);
                 }
@@ -631,26 +740,116 @@ impl Db {
                 report.compacted.push(p);
             }
         }
+        self.tier_old(now, &mut report)?;
         report.deleted = self.apply_retention(now)?;
         Ok(report)
     }
 
-    /// Seals head data of a closed partition so that compaction sees it.
-    fn seal_partition(&self, p: i64) -> Result<()> {
-        {
-            let mut head = self.inner.head.write();
-            for r in 0..head.series.len() as SeriesRef {
-                let s = &head.series[r as usize];
-                let ooo_in_p = s
-                    .ooo
-                    .as_ref()
-                    .is_some_and(|o| o.iter().any(|&(t, _)| partition_of(t, head.width) == p));
-                if ooo_in_p {
-                    head.seal_ooo(r);
+    /// Moves closed partitions older than the blob age to blob storage.
+    fn tier_old(&self, now: i64, report: &mut MaintainReport) -> Result<()> {
+        let Some(tier) = &self.inner.tier else {
+            return Ok(());
+        };
+        let width = self.inner.opts.partition_ms();
+        let cutoff = now.saturating_sub(tier.after_ms);
+        for res in [Resolution::Raw, Resolution::OneMinute, Resolution::OneHour] {
+            for p in self.partitions(res)? {
+                if p.saturating_add(width) > cutoff {
+                    continue;
+                }
+                match self.tier_partition(tier, res, p) {
+                    Ok(()) => report.tiered.push((res, p)),
+                    Err(e @ (Error::Blob { .. } | Error::BlobVerify { .. })) => {
+                        tracing::warn!(partition = p, resolution = ?res, error = %e,
+                            "partition stays local; its upload will be retried at the next run");
+                        report.tier_failed.push((res, p, e.to_string()));
+                        // The store is likely down: the rest waits too.
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        self.write_pending()
+        Ok(())
+    }
+
+    /// Writes the local chunks of `(res, p)` as one block, uploads and
+    /// verifies it, then records it and deletes exactly those chunks (later
+    /// arrivals stay for the next generation) in one RocksDB write.
+    fn tier_partition(&self, tier: &Tier, res: Resolution, p: i64) -> Result<()> {
+        let rocks = &self.inner.rocks;
+        let spool = self.inner.dir.join("blob-spool");
+        std::fs::create_dir_all(&spool)
+            .map_err(|e| Error::io("creating the upload spool", &spool, e))?;
+        let generation = tier.next_generation(res.id(), p);
+        let file = spool.join(format!("{}-{p}-{generation}.tmb", res.id()));
+        let mut writer = BlockWriter::create(file.clone(), res.id(), p)?;
+        let mut written: Vec<[u8; 29]> = Vec::new();
+        self.for_each_series(res, p, |r, group| {
+            let labels = encode_labels(&self.inner.head.read().labels(r));
+            let chunks: Vec<(u64, i64, &[u8])> = group
+                .iter()
+                .map(|(k, v)| (k.seq, k.min_t, v.as_slice()))
+                .collect();
+            writer.add(r, &labels, &chunks)?;
+            written.extend(
+                group
+                    .iter()
+                    .map(|(k, _)| keys::chunk(k.res, k.partition, k.r, k.min_t, k.seq)),
+            );
+            Ok(())
+        })?;
+        let finished = writer.finish();
+        let uploaded = finished.and_then(|(size, crc)| {
+            if written.is_empty() {
+                return Ok(None);
+            }
+            let path = tier.path(res.id(), p, generation);
+            let started = Instant::now();
+            tier.upload(&path, &file, size, crc)?;
+            tracing::info!(
+                path,
+                size,
+                chunks = written.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "partition moved to blob storage"
+            );
+            Ok(Some(BlockMeta {
+                generation,
+                size,
+                crc,
+            }))
+        });
+        let _ = std::fs::remove_file(&file);
+        let Some(meta) = uploaded? else {
+            return Ok(());
+        };
+        // Readers see the block before the local chunks go.
+        tier.record(res.id(), p, meta);
+        let mut batch = WriteBatch::default();
+        let mut value = meta.size.to_le_bytes().to_vec();
+        value.extend_from_slice(&meta.crc.to_le_bytes());
+        batch.put_cf(
+            cf(rocks, CF_META)?,
+            keys::tier(res.id(), p, generation),
+            value,
+        );
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        for k in &written {
+            batch.delete_cf(ccf, k);
+        }
+        if let Err(e) = rocks.write(batch) {
+            tier.forget(res.id(), p);
+            // Earlier generations stay recorded.
+            for b in load_manifest(rocks, cf(rocks, CF_META)?)?
+                .remove(&(res.id(), p))
+                .unwrap_or_default()
+            {
+                tier.record(res.id(), p, b);
+            }
+            return Err(Error::rocks("recording a tiered partition")(e));
+        }
+        Ok(())
     }
 
     fn partitions(&self, res: Resolution) -> Result<Vec<i64>> {
@@ -681,6 +880,9 @@ impl Db {
     }
 
     fn has_partition(&self, res: Resolution, p: i64) -> Result<bool> {
+        if self.inner.tier.as_ref().is_some_and(|t| t.has(res.id(), p)) {
+            return Ok(true);
+        }
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
         let prefix = keys::partition_prefix(res.id(), p);
@@ -693,15 +895,16 @@ impl Db {
         }
     }
 
-    /// Calls `f` once per series with chunks in raw partition `p`, with
-    /// those chunks' keys and values, in key order.
+    /// Calls `f` once per series with chunks in partition `p` of `res`,
+    /// with those chunks' keys and values, in key order.
     fn for_each_series(
         &self,
+        res: Resolution,
         p: i64,
         mut f: impl FnMut(SeriesRef, &[(keys::ChunkKey, Vec<u8>)]) -> Result<()>,
     ) -> Result<()> {
         let rocks = &self.inner.rocks;
-        let prefix = keys::partition_prefix(0, p);
+        let prefix = keys::partition_prefix(res.id(), p);
         let mut group: Vec<(keys::ChunkKey, Vec<u8>)> = Vec::new();
         for item in rocks.prefix_iterator_cf(cf(rocks, CF_CHUNKS)?, prefix) {
             let (k, v) = item.map_err(Error::rocks("reading a partition"))?;
@@ -732,7 +935,7 @@ impl Db {
         let ccf = cf(rocks, CF_CHUNKS)?;
         let mut changed = false;
         let mut batch = WriteBatch::default();
-        self.for_each_series(p, |r, group| {
+        self.for_each_series(Resolution::Raw, p, |r, group| {
             if group.len() < 2 {
                 return Ok(());
             }
@@ -769,7 +972,7 @@ impl Db {
         let ccf = cf(rocks, CF_CHUNKS)?;
         let width = self.inner.opts.partition_ms();
         let mut batch = WriteBatch::default();
-        self.for_each_series(p, |r, group| {
+        self.for_each_series(Resolution::Raw, p, |r, group| {
             let mut parts = Vec::with_capacity(group.len());
             for (k, v) in group {
                 parts.push((k.seq, decode_chunk(v)?));
@@ -822,6 +1025,32 @@ impl Db {
                 if p + width <= cutoff {
                     self.delete_partition(ccf, res, p)?;
                     deleted.push((res, p));
+                }
+            }
+            if let Some(tier) = &self.inner.tier {
+                for p in tier.partitions(res.id()) {
+                    if p + width > cutoff {
+                        continue;
+                    }
+                    // The manifest goes first: a crash in between leaves an
+                    // unreferenced object, never a reference to a missing one.
+                    let blocks = tier.blocks(res.id(), p);
+                    let mut batch = WriteBatch::default();
+                    let mcf = cf(rocks, CF_META)?;
+                    for b in &blocks {
+                        batch.delete_cf(mcf, keys::tier(res.id(), p, b.generation));
+                    }
+                    rocks
+                        .write(batch)
+                        .map_err(Error::rocks("removing tiered partitions"))?;
+                    tier.forget(res.id(), p);
+                    if let Err(e) = tier.delete(res.id(), p, &blocks) {
+                        tracing::warn!(partition = p, resolution = ?res, error = %e,
+                            "deleting expired blocks failed; they are no longer referenced");
+                    }
+                    if !deleted.contains(&(res, p)) {
+                        deleted.push((res, p));
+                    }
                 }
             }
         }
@@ -919,7 +1148,8 @@ impl Db {
             .collect()
     }
 
-    fn read_series(&self, s: &HeadSnapshot, mint: i64, maxt: i64) -> Result<Vec<Sample>> {
+    /// Runs of one series from RocksDB and the head.
+    fn local_runs(&self, s: &HeadSnapshot, mint: i64, maxt: i64) -> Result<Vec<Run>> {
         let rocks = &self.inner.rocks;
         let width = self.inner.opts.partition_ms();
         let ccf = cf(rocks, CF_CHUNKS)?;
@@ -970,11 +1200,7 @@ impl Db {
         if !s.ooo.is_empty() {
             parts.push((u64::MAX, s.ooo.clone()));
         }
-        Ok(merge(parts)
-            .into_iter()
-            .filter(|&(t, _)| t >= mint && t <= maxt)
-            .map(|(t, v)| Sample::new(t, v))
-            .collect())
+        Ok(parts)
     }
 }
 
@@ -1026,6 +1252,35 @@ fn merge(mut parts: Vec<Run>) -> Vec<(i64, f64)> {
         }
     }
     out
+}
+
+/// The blob manifest recorded in `meta`.
+fn load_manifest(
+    rocks: &DB,
+    meta: &ColumnFamily,
+) -> Result<std::collections::BTreeMap<(u8, i64), Vec<BlockMeta>>> {
+    let mut out: std::collections::BTreeMap<(u8, i64), Vec<BlockMeta>> = Default::default();
+    for item in rocks.prefix_iterator_cf(meta, keys::META_TIER) {
+        let (k, v) = item.map_err(Error::rocks("reading the blob manifest"))?;
+        if !k.starts_with(keys::META_TIER) {
+            break;
+        }
+        let corrupt = || Error::Corrupt {
+            what: "blob manifest entry".into(),
+        };
+        let (res, p, generation) = keys::parse_tier(&k).ok_or_else(corrupt)?;
+        if v.len() != 12 {
+            return Err(corrupt());
+        }
+        let size = u64::from_le_bytes(v[0..8].try_into().map_err(|_| corrupt())?);
+        let crc = u32::from_le_bytes(v[8..12].try_into().map_err(|_| corrupt())?);
+        out.entry((res, p)).or_default().push(BlockMeta {
+            generation,
+            size,
+            crc,
+        });
+    }
+    Ok(out)
 }
 
 fn lz4() -> rocksdb::Options {

@@ -320,6 +320,30 @@ impl Head {
         }
     }
 
+    /// Seals open chunks and out-of-order samples in partitions that end at
+    /// or before `closed_before`: a series that went quiet must not keep
+    /// its last chunk in memory, out of reach of compaction, downsampling,
+    /// tiering and retention.
+    pub(crate) fn seal_closed(&mut self, closed_before: i64) {
+        let width = self.width;
+        let closed = |p: i64| p.saturating_add(width) <= closed_before;
+        for r in 0..self.series.len() as SeriesRef {
+            let s = &self.series[r as usize];
+            let chunk = !s.chunk.is_empty() && closed(s.chunk_partition);
+            let ooo = s
+                .ooo
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|&(t, _)| closed(partition_of(t, width))));
+            if chunk {
+                let c = self.series[r as usize].seal_chunk(r);
+                self.pending.push(c);
+            }
+            if ooo {
+                self.seal_ooo(r);
+            }
+        }
+    }
+
     /// Seals every open chunk and out-of-order buffer (before a flush).
     pub(crate) fn seal_all(&mut self) {
         for r in 0..self.series.len() as SeriesRef {

@@ -18,6 +18,30 @@ pub(crate) const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_segment";
 pub(crate) const META_SERIES_PERSISTED: &[u8] = b"series_persisted";
 
+/// Prefix of the blob manifest in `meta`: `"tier/" | resolution (1) |
+/// partition (8, sign-flipped BE) | generation (4, BE)`.
+pub(crate) const META_TIER: &[u8] = b"tier/";
+
+pub(crate) fn tier(res: u8, partition: i64, generation: u32) -> Vec<u8> {
+    let mut k = META_TIER.to_vec();
+    k.push(res);
+    k.extend_from_slice(&flip(partition));
+    k.extend_from_slice(&generation.to_be_bytes());
+    k
+}
+
+pub(crate) fn parse_tier(k: &[u8]) -> Option<(u8, i64, u32)> {
+    let rest = k.strip_prefix(META_TIER)?;
+    if rest.len() != 13 {
+        return None;
+    }
+    Some((
+        rest[0],
+        unflip(&rest[1..9]),
+        u32::from_be_bytes(rest[9..13].try_into().ok()?),
+    ))
+}
+
 fn flip(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
@@ -104,5 +128,7 @@ mod tests {
         );
         assert!(d.starts_with(&series_prefix(0, 0, 2)));
         assert!(d.starts_with(&partition_prefix(0, 0)));
+        assert_eq!(parse_tier(&tier(2, -5, 7)), Some((2, -5, 7)));
+        assert_eq!(parse_tier(b"tier/x"), None);
     }
 }

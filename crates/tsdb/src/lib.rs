@@ -17,17 +17,22 @@
 //! partitions into pcodec chunks, downsampling (raw → 1 m → 1 h aggregates
 //! that keep min, max, sum, count, last and a reset-adjusted counter) and
 //! retention by age and size, which drops whole partitions with range
-//! deletes.
+//! deletes. With [`BlobOptions`], partitions older than a set age move to
+//! blob storage (a local folder or S3 through `object_store`) as immutable
+//! blocks, removed locally only once the upload reads back intact; reads
+//! reach them transparently through a bounded cache.
 
 mod db;
 mod downsample;
 mod head;
 mod keys;
+mod tier;
 mod wal;
 
 pub use db::{Appender, CommitResult, Db, MaintainReport, SeriesData, Stats};
 pub use downsample::{Aggregate, Resolution};
 pub use head::{SampleError, SeriesRef};
+pub use tier::{BlobOptions, open_store};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +71,9 @@ pub struct Options {
     pub max_label_value_len: usize,
     /// Most samples in one commit.
     pub max_samples_per_commit: usize,
+    /// Tiering of old partitions to blob storage; `None` keeps everything
+    /// in RocksDB.
+    pub blob: Option<BlobOptions>,
 }
 
 impl Default for Options {
@@ -85,6 +93,7 @@ impl Default for Options {
             max_label_name_len: 1024,
             max_label_value_len: 4096,
             max_samples_per_commit: 10_000_000,
+            blob: None,
         }
     }
 }
@@ -145,6 +154,33 @@ pub enum Error {
         series: String,
         /// Why.
         reason: String,
+    },
+    /// The blob store failed.
+    #[error("{what} {path}: {source}")]
+    Blob {
+        /// What was being done.
+        what: &'static str,
+        /// The object or store.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// An uploaded block did not read back as written.
+    #[error("verifying uploaded block {path}: {detail}")]
+    BlobVerify {
+        /// The object.
+        path: String,
+        /// What differed.
+        detail: String,
+    },
+    /// An option is not acceptable; `key` names it.
+    #[error("invalid storage option {key}: {detail}")]
+    Config {
+        /// The option.
+        key: &'static str,
+        /// Why.
+        detail: String,
     },
     /// An unknown series reference.
     #[error("unknown series reference {0}")]

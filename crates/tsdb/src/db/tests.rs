@@ -379,3 +379,269 @@ fn max_bytes_deletes_the_oldest_partitions() {
             .is_empty()
     );
 }
+
+fn aggregates(db: &Db, res: Resolution, m: &[Matcher]) -> Vec<(String, Vec<Aggregate>)> {
+    db.select_aggregates(m, res, 0, i64::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(l, a)| (l.to_string(), a))
+        .collect()
+}
+
+fn blob_opts(location: &std::path::Path) -> Options {
+    let store = crate::open_store(
+        location.to_str().unwrap(),
+        std::iter::empty::<(&str, &str)>(),
+    )
+    .unwrap();
+    Options {
+        blob: Some(crate::BlobOptions {
+            after: Duration::from_secs(2 * 3600),
+            cache_bytes: 1 << 20,
+            upload_attempts: 2,
+            ..crate::BlobOptions::new(store)
+        }),
+        ..opts()
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn blob_tier_moves_old_partitions_and_reads_them_back() {
+    let hour = 3_600_000;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    let all = [eq("job", "node")];
+    let load = |db: &Db| {
+        let mut app = db.appender();
+        for i in 0..20 {
+            let l = labels(
+                "cpu_seconds_total",
+                &[("job", "node"), ("cpu", &i.to_string())],
+            );
+            for k in 0..(6 * 240) {
+                app.append(&l, k * 15_000, (k * (i + 1)) as f64 * 0.25)
+                    .unwrap();
+            }
+        }
+        app.commit().unwrap();
+        db.flush_head().unwrap();
+    };
+    // The same data and maintenance without a blob store is the reference.
+    let (before, before_1m) = {
+        let reference = Db::open(&dir.path().join("ref"), opts()).unwrap();
+        load(&reference);
+        let report = reference.maintain(7 * hour).unwrap();
+        assert!(report.tiered.is_empty());
+        let before = values(&reference, &all, 0, i64::MAX);
+        assert_eq!(before.len(), 20);
+        (before, aggregates(&reference, Resolution::OneMinute, &all))
+    };
+    assert_eq!(before_1m.len(), 20);
+    {
+        let db = Db::open(&dir.path().join("db"), blob_opts(&blobs)).unwrap();
+        load(&db);
+        let report = db.maintain(2 * hour).unwrap();
+        assert!(report.tiered.is_empty(), "nothing is old enough yet");
+        // At 7h, partitions ending by 5h (0h..4h) are old enough.
+        let raw_bytes = db.resolution_bytes(Resolution::Raw).unwrap();
+        let report = db.maintain(7 * hour).unwrap();
+        assert!(report.tier_failed.is_empty(), "{:?}", report.tier_failed);
+        for p in 0..5 {
+            for res in [Resolution::Raw, Resolution::OneMinute, Resolution::OneHour] {
+                assert!(report.tiered.contains(&(res, p * hour)), "{res:?} {p}");
+            }
+        }
+        assert!(!report.tiered.contains(&(Resolution::Raw, 5 * hour)));
+        assert!(db.resolution_bytes(Resolution::Raw).unwrap() < raw_bytes / 3);
+        let stats = db.stats(1);
+        assert_eq!(stats.blob_blocks, 15);
+        assert_eq!(
+            files_under(&blobs).len(),
+            15,
+            "one object per partition and resolution"
+        );
+        assert!(files_under(&blobs).contains(&"tiermon/raw/0/000000.tmb".to_owned()));
+        // Reads see the same data, across blob, RocksDB and head.
+        assert!(values(&db, &all, 0, i64::MAX) == before, "data differs");
+        assert!(
+            aggregates(&db, Resolution::OneMinute, &all) == before_1m,
+            "aggregates differ"
+        );
+        // A sub-range inside one tiered partition.
+        let part = values(&db, &[eq("cpu", "3")], hour + 1, hour + 60_000);
+        assert_eq!(part[0].1.len(), 4);
+    }
+    // The manifest survives a restart.
+    let db = Db::open(&dir.path().join("db"), blob_opts(&blobs)).unwrap();
+    assert!(values(&db, &all, 0, i64::MAX) == before, "data differs");
+    assert!(
+        aggregates(&db, Resolution::OneMinute, &all) == before_1m,
+        "aggregates differ"
+    );
+
+    // A late sample in a tiered partition (a new series: the window is per
+    // series) goes up as a second generation.
+    let mut app = db.appender();
+    app.append(&labels("late", &[("job", "node")]), hour + 5, 42.0)
+        .unwrap();
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    let report = db.maintain(7 * hour).unwrap();
+    assert!(report.tiered.contains(&(Resolution::Raw, hour)));
+    assert!(files_under(&blobs).contains(&"tiermon/raw/3600000/000001.tmb".to_owned()));
+    let late = values(&db, &[eq("__name__", "late")], 0, i64::MAX);
+    assert_eq!(
+        late,
+        vec![(
+            r#"late{job="node"}"#.to_owned(),
+            vec![(hour + 5, 42f64.to_bits())]
+        )]
+    );
+
+    // A corrupted object is reported, not read as data.
+    drop(db);
+    let obj = blobs.join("tiermon/raw/0/000000.tmb");
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[20] ^= 0xff;
+    std::fs::write(&obj, &bytes).unwrap();
+    let db = Db::open(&dir.path().join("db"), blob_opts(&blobs)).unwrap();
+    let err = db.select(&all, 0, hour - 1).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+
+    // Retention deletes blocks from the store.
+    drop(db);
+    let db = Db::open(
+        &dir.path().join("db"),
+        Options {
+            retention_raw: Duration::from_secs(4 * 3600),
+            ..blob_opts(&blobs)
+        },
+    )
+    .unwrap();
+    let report = db.maintain(7 * hour).unwrap();
+    assert!(report.deleted.contains(&(Resolution::Raw, 0)));
+    assert!(report.deleted.contains(&(Resolution::Raw, 2 * hour)));
+    let left = files_under(&blobs);
+    assert!(
+        !left.iter().any(|f| f.starts_with("tiermon/raw/0/")),
+        "{left:?}"
+    );
+    assert!(!left.contains(&"tiermon/raw/3600000/000000.tmb".to_owned()));
+    assert!(!left.contains(&"tiermon/raw/3600000/000001.tmb".to_owned()));
+    assert!(left.contains(&"tiermon/1m/0/000000.tmb".to_owned()));
+    let left_data = values(&db, &all, 0, 3 * hour - 1);
+    assert!(
+        left_data.is_empty(),
+        "{:?}",
+        left_data
+            .iter()
+            .map(|(l, v)| (l, v.len(), v.first()))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn failed_uploads_keep_the_data_local_and_are_retried() {
+    let hour = 3_600_000;
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    let db = Db::open(&dir.path().join("db"), blob_opts(&blobs)).unwrap();
+    let mut app = db.appender();
+    let r = app
+        .append(&labels("g", &[("job", "node")]), 0, 0.0)
+        .unwrap();
+    for k in 1..(4 * 240) {
+        app.append_ref(r, k * 15_000, (k % 13) as f64);
+    }
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    let before = values(&db, &[eq("job", "node")], 0, i64::MAX);
+    // The store's folder becomes a file: every write fails.
+    std::fs::remove_dir_all(&blobs).unwrap();
+    std::fs::write(&blobs, b"not a folder").unwrap();
+    let report = db.maintain(6 * hour).unwrap();
+    assert!(report.tiered.is_empty());
+    assert!(!report.tier_failed.is_empty());
+    assert!(
+        report.tier_failed[0].2.contains("uploading a block"),
+        "{:?}",
+        report.tier_failed
+    );
+    assert_eq!(values(&db, &[eq("job", "node")], 0, i64::MAX), before);
+    assert_eq!(db.stats(1).blob_blocks, 0);
+    // The store comes back: the next run moves the partitions.
+    std::fs::remove_file(&blobs).unwrap();
+    std::fs::create_dir_all(&blobs).unwrap();
+    let report = db.maintain(6 * hour).unwrap();
+    assert!(report.tier_failed.is_empty(), "{:?}", report.tier_failed);
+    assert!(report.tiered.contains(&(Resolution::Raw, 0)));
+    assert_eq!(values(&db, &[eq("job", "node")], 0, i64::MAX), before);
+    assert!(
+        !dir.path()
+            .join("db/blob-spool")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "spool emptied"
+    );
+}
+
+#[test]
+fn blob_age_shorter_than_a_partition_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = blob_opts(&dir.path().join("blobs"));
+    if let Some(b) = o.blob.as_mut() {
+        b.after = Duration::from_secs(60);
+    }
+    let err = Db::open(&dir.path().join("db"), o).unwrap_err();
+    assert!(err.to_string().contains("blob.after"), "{err}");
+}
+
+#[test]
+fn a_series_that_went_quiet_is_compacted_and_downsampled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    let r = app.append(&labels("gone", &[]), 0, 1.0).unwrap();
+    for k in 1..10 {
+        app.append_ref(r, k * 15_000, k as f64);
+    }
+    app.commit().unwrap();
+    // No flush: the samples sit in the series' open chunk.
+    assert_eq!(db.resolution_bytes(Resolution::Raw).unwrap(), 0);
+    let report = db.maintain(2 * 3_600_000).unwrap();
+    assert!(report.downsampled.contains(&(Resolution::OneMinute, 0)));
+    assert!(db.resolution_bytes(Resolution::Raw).unwrap() > 0);
+    let aggs = db
+        .select_aggregates(
+            &[eq("__name__", "gone")],
+            Resolution::OneMinute,
+            0,
+            i64::MAX,
+        )
+        .unwrap();
+    assert_eq!(aggs[0].1.len(), 3);
+    assert_eq!(aggs[0].1.iter().map(|a| a.count).sum::<u64>(), 10);
+    assert_eq!(
+        values(&db, &[eq("__name__", "gone")], 0, i64::MAX)[0]
+            .1
+            .len(),
+        10
+    );
+}

@@ -1,0 +1,482 @@
+//! The Prometheus HTTP API over a tiermon store, so that Grafana and other
+//! Prometheus clients work unchanged: `/api/v1/query`, `query_range`,
+//! `series`, `labels`, `label/<name>/values`, `metadata`,
+//! `status/buildinfo`, `status/tsdb`, and remote_write intake at
+//! `/api/v1/write`. GET and POST (form-encoded) are both accepted, and
+//! errors have Prometheus' JSON shape and `errorType`s.
+//!
+//! Queries run on the blocking pool under a concurrency limit (an excess
+//! query gets 503 at once instead of queueing behind the others) and a
+//! timeout, so a heavy query cannot starve ingestion.
+
+mod params;
+mod write;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value as Json, json};
+use tiermon_model::Matcher;
+use tiermon_promql::{Engine, Queryable, Series, Value};
+use tiermon_tsdb::Db;
+use tokio::sync::Semaphore;
+
+use params::Params;
+
+/// API limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Queries evaluated at once; more get 503.
+    pub max_concurrent_queries: usize,
+    /// Longest a query may run.
+    pub query_timeout: Duration,
+    /// Largest remote_write body (compressed), in bytes.
+    pub max_write_bytes: usize,
+    /// Largest remote_write body once decompressed, in bytes.
+    pub max_write_decoded_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_queries: 20,
+            query_timeout: Duration::from_secs(120),
+            max_write_bytes: 32 << 20,
+            max_write_decoded_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What the API serves.
+#[derive(Clone, Debug)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Db,
+    engine: Engine,
+    limits: Limits,
+    queries: Arc<Semaphore>,
+    version: &'static str,
+}
+
+/// [`Queryable`] over a [`Db`].
+#[derive(Debug, Clone)]
+pub struct DbQueryable(pub Db);
+
+impl Queryable for DbQueryable {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
+        let got = self
+            .0
+            .select(matchers, mint, maxt)
+            .map_err(|e| e.to_string())?;
+        Ok(got
+            .into_iter()
+            .map(|s| Series {
+                labels: s.labels,
+                samples: s.samples.iter().map(|x| (x.t, x.v)).collect(),
+            })
+            .collect())
+    }
+}
+
+impl Api {
+    /// The API over `db`.
+    pub fn new(db: Db, engine: Engine, limits: Limits, version: &'static str) -> Self {
+        let queries = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                engine,
+                limits,
+                queries,
+                version,
+            }),
+        }
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        let write_limit = self.inner.limits.max_write_bytes;
+        Router::new()
+            .route("/api/v1/query", get(query).post(query))
+            .route("/api/v1/query_range", get(query_range).post(query_range))
+            .route("/api/v1/series", get(series).post(series))
+            .route("/api/v1/labels", get(labels).post(labels))
+            .route("/api/v1/label/{name}/values", get(label_values))
+            .route("/api/v1/metadata", get(metadata))
+            .route("/api/v1/status/buildinfo", get(buildinfo))
+            .route("/api/v1/status/tsdb", get(tsdb_status))
+            .route(
+                "/api/v1/write",
+                post(write::handle).layer(DefaultBodyLimit::max(write_limit)),
+            )
+            .route("/-/healthy", get(|| async { "tiermon is healthy.\n" }))
+            .route("/-/ready", get(|| async { "tiermon is ready.\n" }))
+            .with_state(self.clone())
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+}
+
+/// A Prometheus API error.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn bad_data(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_data",
+            message: message.into(),
+        }
+    }
+
+    fn from_promql(e: tiermon_promql::Error) -> Self {
+        let status = match e.kind() {
+            "bad_data" => StatusCode::BAD_REQUEST,
+            "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"status": "error", "errorType": self.kind, "error": self.message});
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+fn success(data: Json) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"status": "success", "data": data}).to_string(),
+    )
+        .into_response()
+}
+
+/// Seconds with up to millisecond precision, as Prometheus prints them.
+fn ts_json(t: i64) -> Json {
+    let (sign, a) = if t < 0 {
+        (-1.0, -(t as i128))
+    } else {
+        (1.0, t as i128)
+    };
+    let secs = (a / 1000) as f64;
+    let ms = (a % 1000) as f64;
+    let v = sign * (secs + ms / 1000.0);
+    serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
+}
+
+fn value_str(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn metric_json(l: &tiermon_model::Labels) -> Json {
+    let mut m = serde_json::Map::new();
+    for x in l {
+        m.insert(x.name.to_string(), Json::String(x.value.to_string()));
+    }
+    Json::Object(m)
+}
+
+fn result_json(v: Value) -> Json {
+    match v {
+        Value::Scalar(t, v) => {
+            json!({"resultType": "scalar", "result": [ts_json(t), value_str(v)]})
+        }
+        Value::String(t, s) => json!({"resultType": "string", "result": [ts_json(t), s]}),
+        Value::Vector(samples) => json!({
+            "resultType": "vector",
+            "result": samples.into_iter().map(|s| json!({
+                "metric": metric_json(&s.labels),
+                "value": [ts_json(s.t), value_str(s.v)],
+            })).collect::<Vec<_>>(),
+        }),
+        Value::Matrix(series) => json!({
+            "resultType": "matrix",
+            "result": series.into_iter().map(|s| json!({
+                "metric": metric_json(&s.labels),
+                "values": s.samples.iter().map(|&(t, v)| json!([ts_json(t), value_str(v)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// Runs `f` on the blocking pool under the query limits.
+async fn run_query<T: Send + 'static>(
+    api: &Api,
+    timeout: Option<Duration>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = api
+        .inner
+        .queries
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            message: format!(
+                "too many concurrent queries (limit {}); retry later",
+                api.inner.limits.max_concurrent_queries
+            ),
+        })?;
+    let limit = timeout
+        .unwrap_or(api.inner.limits.query_timeout)
+        .min(api.inner.limits.query_timeout);
+    let task = tokio::task::spawn_blocking(move || {
+        let r = f();
+        drop(permit);
+        r
+    });
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: format!("query failed: {e}"),
+        }),
+        Err(_) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "timeout",
+            message: format!("query timed out in expression evaluation (limit {limit:?})"),
+        }),
+    }
+}
+
+async fn query(
+    State(api): State<Api>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(&method, &headers, q.as_deref(), &body)?;
+    let query = p.required("query")?.to_owned();
+    let t = match p.get("time") {
+        Some(t) => params::parse_time(t)?,
+        None => now_ms(),
+    };
+    let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
+    let a = api.clone();
+    let store = DbQueryable(api.inner.db.clone());
+    let v = run_query(&api, timeout, move || {
+        a.inner.engine.instant(&store, &query, t)
+    })
+    .await?;
+    Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
+}
+
+async fn query_range(
+    State(api): State<Api>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(&method, &headers, q.as_deref(), &body)?;
+    let query = p.required("query")?.to_owned();
+    let start = params::parse_time(p.required("start")?)?;
+    let end = params::parse_time(p.required("end")?)?;
+    let step = params::parse_duration(p.required("step")?)?;
+    let step_ms = step.as_millis() as i64;
+    let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
+    let a = api.clone();
+    let store = DbQueryable(api.inner.db.clone());
+    let v = run_query(&api, timeout, move || {
+        a.inner.engine.range(&store, &query, start, end, step_ms)
+    })
+    .await?;
+    Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `match[]` selectors (each a list of matchers), start and end.
+fn selection(p: &Params) -> Result<(Vec<Vec<Matcher>>, i64, i64), ApiError> {
+    let mut sets = Vec::new();
+    for m in p.all("match[]") {
+        sets.push(params::parse_selector(m)?);
+    }
+    let start = p
+        .get("start")
+        .map(params::parse_time)
+        .transpose()?
+        .unwrap_or(i64::MIN / 2);
+    let end = p
+        .get("end")
+        .map(params::parse_time)
+        .transpose()?
+        .unwrap_or(i64::MAX / 2);
+    Ok((sets, start, end))
+}
+
+async fn series(
+    State(api): State<Api>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(&method, &headers, q.as_deref(), &body)?;
+    let (sets, start, end) = selection(&p)?;
+    if sets.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let db = api.inner.db.clone();
+    let out = run_query(&api, None, move || {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in &sets {
+            for l in db.series(m, start, end) {
+                seen.insert(l);
+            }
+        }
+        seen.iter().map(metric_json).collect::<Vec<_>>()
+    })
+    .await?;
+    Ok(success(Json::Array(out)))
+}
+
+async fn labels(
+    State(api): State<Api>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(&method, &headers, q.as_deref(), &body)?;
+    let (sets, start, end) = selection(&p)?;
+    let db = api.inner.db.clone();
+    let out = run_query(&api, None, move || {
+        let mut names = std::collections::BTreeSet::new();
+        if sets.is_empty() {
+            names.extend(db.label_names(&[], start, end));
+        }
+        for m in &sets {
+            names.extend(db.label_names(m, start, end));
+        }
+        names.into_iter().collect::<Vec<_>>()
+    })
+    .await?;
+    Ok(success(json!(out)))
+}
+
+async fn label_values(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = Params::new(&method, &headers, q.as_deref(), &[])?;
+    let (sets, start, end) = selection(&p)?;
+    let db = api.inner.db.clone();
+    let out = run_query(&api, None, move || {
+        let mut values = std::collections::BTreeSet::new();
+        if sets.is_empty() {
+            values.extend(db.label_values(&name, &[], start, end));
+        }
+        for m in &sets {
+            values.extend(db.label_values(&name, m, start, end));
+        }
+        values.into_iter().collect::<Vec<_>>()
+    })
+    .await?;
+    Ok(success(json!(out)))
+}
+
+async fn metadata() -> Response {
+    // Metric metadata arrives with the scrape engine; until then, none.
+    success(json!({}))
+}
+
+async fn buildinfo(State(api): State<Api>) -> Response {
+    success(json!({
+        "version": api.inner.version,
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+}
+
+async fn tsdb_status(State(api): State<Api>) -> Result<Response, ApiError> {
+    let db = api.inner.db.clone();
+    let stats = run_query(&api, None, move || db.stats(10)).await?;
+    let pairs = |v: &[(String, usize)]| {
+        v.iter()
+            .map(|(n, c)| json!({"name": n, "value": c}))
+            .collect::<Vec<_>>()
+    };
+    Ok(success(json!({
+        "headStats": {
+            "numSeries": stats.series,
+            "chunkCount": 0,
+            "minTime": 0,
+            "maxTime": 0,
+        },
+        "seriesCountByMetricName": pairs(&stats.top_metrics),
+        "labelValueCountByLabelName": [],
+        "memoryInBytesByLabelName": [],
+        "seriesCountByLabelValuePair": pairs(&stats.top_label_pairs),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_and_values_print_like_prometheus() {
+        assert_eq!(ts_json(1_435_781_451_781).to_string(), "1435781451.781");
+        assert_eq!(ts_json(0).to_string(), "0.0");
+        assert_eq!(ts_json(-1500).to_string(), "-1.5");
+        assert_eq!(value_str(f64::INFINITY), "+Inf");
+        assert_eq!(value_str(1e21), "1000000000000000000000");
+        assert_eq!(value_str(0.1), "0.1");
+    }
+}

@@ -1,0 +1,190 @@
+//! Request parameters: the query string and, for POST, a form body; times
+//! and durations in the forms Prometheus accepts.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, header};
+use promql_duration::parse_prom_duration;
+use tiermon_model::{METRIC_NAME, MatchOp, Matcher};
+
+use crate::ApiError;
+
+/// All parameters of a request, in order.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub fn new(
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Self, ApiError> {
+        let mut v: Vec<(String, String)> = query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        if method == Method::POST && !body.is_empty() {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or("");
+            if !ct.starts_with("application/x-www-form-urlencoded") {
+                return Err(ApiError::bad_data(format!(
+                    "POST body must be application/x-www-form-urlencoded, not {ct:?}"
+                )));
+            }
+            v.extend(form_urlencoded::parse(body).into_owned());
+        }
+        Ok(Self(v))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.get(name)
+            .ok_or_else(|| ApiError::bad_data(format!("invalid parameter \"{name}\": missing")))
+    }
+}
+
+/// Unix seconds (with fractions) or RFC 3339, to milliseconds.
+pub(crate) fn parse_time(s: &str) -> Result<i64, ApiError> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Ok((f * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| {
+            ApiError::bad_data(format!(
+                "invalid time {s:?}: cannot parse as a Unix timestamp or RFC 3339"
+            ))
+        })
+}
+
+/// Seconds (with fractions) or a Prometheus duration (`5m`, `1h30m`).
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, ApiError> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() && f >= 0.0 {
+            return Ok(Duration::from_secs_f64(f));
+        }
+        return Err(ApiError::bad_data(format!("invalid duration {s:?}")));
+    }
+    parse_prom_duration(s).map_err(|e| ApiError::bad_data(format!("invalid duration {s:?}: {e}")))
+}
+
+/// A series selector (`name{a="b"}`) to matchers.
+pub(crate) fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
+    let expr = promql_parser::parser::parse(s)
+        .map_err(|e| ApiError::bad_data(format!("invalid match[] {s:?}: {e}")))?;
+    let promql_parser::parser::Expr::VectorSelector(vs) = expr else {
+        return Err(ApiError::bad_data(format!(
+            "invalid match[] {s:?}: not a series selector"
+        )));
+    };
+    let mut out = Vec::new();
+    if let Some(n) = &vs.name {
+        out.push(
+            Matcher::new(MatchOp::Equal, METRIC_NAME, n)
+                .map_err(|e| ApiError::bad_data(e.to_string()))?,
+        );
+    }
+    for m in &vs.matchers.matchers {
+        use promql_parser::label::MatchOp as P;
+        let op = match m.op {
+            P::Equal => MatchOp::Equal,
+            P::NotEqual => MatchOp::NotEqual,
+            P::Re(_) => MatchOp::Regex,
+            P::NotRe(_) => MatchOp::NotRegex,
+        };
+        out.push(
+            Matcher::new(op, &m.name, &m.value).map_err(|e| ApiError::bad_data(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
+mod promql_duration {
+    use std::time::Duration;
+
+    /// `1y2w3d4h5m6s7ms`, each unit at most once and in that order.
+    pub fn parse_prom_duration(s: &str) -> Result<Duration, String> {
+        if s.is_empty() {
+            return Err("empty duration".into());
+        }
+        let units: [(&str, u64); 7] = [
+            ("y", 365 * 24 * 3600 * 1000),
+            ("w", 7 * 24 * 3600 * 1000),
+            ("d", 24 * 3600 * 1000),
+            ("h", 3600 * 1000),
+            ("m", 60 * 1000),
+            ("s", 1000),
+            ("ms", 1),
+        ];
+        let mut rest = s;
+        let mut total: u64 = 0;
+        let mut last = 0usize;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err("expected a number".into());
+            }
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| "number too large".to_owned())?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let Some(pos) = units.iter().position(|(u, _)| *u == unit) else {
+                return Err(format!("unknown unit {unit:?}"));
+            };
+            if pos < last || (total > 0 && pos == last) {
+                return Err("units out of order".into());
+            }
+            last = pos;
+            total = n
+                .checked_mul(units[pos].1)
+                .and_then(|x| total.checked_add(x))
+                .ok_or_else(|| "duration too large".to_owned())?;
+        }
+        Ok(Duration::from_millis(total))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn durations_parse_like_prometheus() {
+            assert_eq!(parse_prom_duration("5m").unwrap(), Duration::from_secs(300));
+            assert_eq!(
+                parse_prom_duration("1h30m").unwrap(),
+                Duration::from_secs(5400)
+            );
+            assert_eq!(
+                parse_prom_duration("100ms").unwrap(),
+                Duration::from_millis(100)
+            );
+            assert!(parse_prom_duration("5x").is_err());
+            assert!(parse_prom_duration("m").is_err());
+            assert!(parse_prom_duration("1m1h").is_err());
+        }
+    }
+}

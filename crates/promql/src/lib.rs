@@ -1,0 +1,108 @@
+//! PromQL evaluation with Prometheus' semantics (as of 2.42: inclusive
+//! lookback and range windows, a 5 m lookback delta, extrapolated rates),
+//! over any store that implements [`Queryable`].
+//!
+//! Parsing is `promql-parser`'s; this crate evaluates the tree. Every node
+//! is evaluated once for all the steps of a query (an instant query is a
+//! range query of one step), the way Prometheus' engine does, so a range
+//! query reads each series once.
+
+mod eval;
+mod functions;
+
+pub use eval::Engine;
+
+use tiermon_model::{Labels, Matcher};
+
+/// A series with its samples, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The series' labels.
+    pub labels: Labels,
+    /// (timestamp ms, value).
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// What the evaluator needs from a store.
+pub trait Queryable: Send + Sync {
+    /// Series matching all `matchers` with their samples in `[mint, maxt]`
+    /// (ms, inclusive), staleness markers included.
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String>;
+}
+
+/// One element of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The labels.
+    pub labels: Labels,
+    /// Timestamp (ms).
+    pub t: i64,
+    /// Value.
+    pub v: f64,
+}
+
+/// A query result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// A scalar at a time.
+    Scalar(i64, f64),
+    /// A string at a time.
+    String(i64, String),
+    /// An instant vector.
+    Vector(Vec<Sample>),
+    /// A range vector (or a range query's result).
+    Matrix(Vec<Series>),
+}
+
+/// Limits and defaults of query evaluation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How far back an instant selector looks for a sample (ms).
+    pub lookback_ms: i64,
+    /// Step of subqueries without one (ms).
+    pub default_subquery_step_ms: i64,
+    /// Most samples a query may hold in memory at once.
+    pub max_samples: usize,
+    /// Most points a range query may return per series.
+    pub max_points_per_series: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lookback_ms: 5 * 60_000,
+            default_subquery_step_ms: 60_000,
+            max_samples: 50_000_000,
+            max_points_per_series: 11_000,
+        }
+    }
+}
+
+/// Why a query failed; [`Error::kind`] maps to the Prometheus API's
+/// `errorType`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The query does not parse or is not valid.
+    #[error("{0}")]
+    BadData(String),
+    /// Evaluation failed.
+    #[error("{0}")]
+    Execution(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    Limit(String),
+    /// The store failed.
+    #[error("reading storage: {0}")]
+    Storage(String),
+}
+
+impl Error {
+    /// The Prometheus API `errorType`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BadData(_) => "bad_data",
+            Error::Execution(_) | Error::Limit(_) => "execution",
+            Error::Storage(_) => "internal",
+        }
+    }
+}
