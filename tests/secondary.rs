@@ -206,4 +206,64 @@ fn prometheus_remote_writes_and_both_answer_alike() {
     assert!(body.contains("\"prometheus\""), "{body}");
     let (_, body) = http("GET", &format!("{base}/api/v1/status/buildinfo"), &[], None);
     assert!(body.contains("\"version\""), "{body}");
+
+    // The operators' CLI, over gRPC on the same port.
+    let cli = |args: &[&str]| {
+        let out = Command::new(crate::util::bin())
+            .args(["query", "--server", &base])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&cli(&[
+        "-o",
+        "json",
+        "instant",
+        "count(up)",
+        "--time",
+        &t.to_string(),
+    ]))
+    .unwrap();
+    assert_eq!(json[0]["values"][0][1], "1", "{json}");
+    let table = cli(&["instant", "up", "--time", &t.to_string()]);
+    assert!(
+        table.contains("up{instance=") && table.contains("job=\"prometheus\""),
+        "{table}"
+    );
+    let chart = cli(&[
+        "-o",
+        "chart",
+        "range",
+        "rate(prometheus_http_requests_total[5s])",
+        "--start",
+        &(t - 10.0).to_string(),
+        "--end",
+        &t.to_string(),
+        "--step",
+        "1s",
+    ]);
+    assert!(
+        chart.contains("scale:") && !chart.contains("prometheus_http_requests_total"),
+        "{chart}"
+    );
+    assert!(cli(&["labels"]).lines().any(|l| l == "job"));
+    assert!(cli(&["labels", "job"]).lines().any(|l| l == "prometheus"));
+    assert!(cli(&["series", "up"]).contains("job=\"prometheus\""));
+    // A bad query fails with the reason, on stderr, with a non-zero exit.
+    let out = Command::new(crate::util::bin())
+        .args(["query", "--server", &base, "instant", "sum("])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

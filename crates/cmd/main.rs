@@ -4,6 +4,7 @@
 mod agent;
 mod check;
 mod debug;
+mod query;
 mod secondary;
 mod up;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Run a secondary: store what arrives (remote_write) and answer the
     /// Prometheus HTTP API.
     Secondary(secondary::Args),
+    /// Query any tier over gRPC: instant and range queries, series, labels,
+    /// alerts; as a table, JSON or a terminal chart.
+    Query(query::Args),
     /// Start a whole hierarchy on this machine, monitoring it.
     Up(up::Args),
     /// Check exposition text, configuration files.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(c) => return check::run(c),
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(agent::run(a))),
+        Command::Query(a) => runtime().and_then(|rt| rt.block_on(query::run(a))),
         Command::Secondary(a) => runtime().and_then(|rt| rt.block_on(secondary::run(a))),
         Command::Up(a) => runtime().and_then(|rt| rt.block_on(up::run(a))),
         Command::Debug(d) => debug::run(d),

@@ -9,8 +9,11 @@
 //! query gets 503 at once instead of queueing behind the others) and a
 //! timeout, so a heavy query cannot starve ingestion.
 
+mod grpc;
 mod params;
 mod write;
+
+pub use grpc::QueryService;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,6 +125,13 @@ impl Api {
             .route("/-/healthy", get(|| async { "tiermon is healthy.\n" }))
             .route("/-/ready", get(|| async { "tiermon is ready.\n" }))
             .with_state(self.clone())
+            // gRPC on the same port: HTTP/2 requests to /tiermon.v1.Query/*.
+            .merge(
+                tonic::service::Routes::new(tiermon_proto::v1::query_server::QueryServer::new(
+                    QueryService::new(self.clone()),
+                ))
+                .into_axum_router(),
+            )
     }
 
     pub(crate) fn db(&self) -> &Db {
@@ -464,6 +474,12 @@ async fn tsdb_status(State(api): State<Api>) -> Result<Response, ApiError> {
         "memoryInBytesByLabelName": [],
         "seriesCountByLabelValuePair": pairs(&stats.top_label_pairs),
     })))
+}
+
+/// A series selector (`name{a="b"}`) to matchers, with the error text an
+/// operator can act on.
+pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, String> {
+    params::parse_selector(s).map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -60,10 +60,10 @@ impl Params {
 
 /// Unix seconds (with fractions) or RFC 3339, to milliseconds.
 pub(crate) fn parse_time(s: &str) -> Result<i64, ApiError> {
-    if let Ok(f) = s.parse::<f64>() {
-        if f.is_finite() {
-            return Ok((f * 1000.0).round() as i64);
-        }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return Ok((f * 1000.0).round() as i64);
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|d| d.timestamp_millis())

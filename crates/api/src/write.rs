@@ -15,11 +15,11 @@ use tiermon_proto::prometheus::WriteRequest;
 
 use crate::{Api, ApiError};
 
+/// One series of a request and its (timestamp ms, value) samples.
+pub(crate) type Decoded = (Labels, Vec<(i64, f64)>);
+
 /// Decodes a remote_write body into (labels, samples) per series.
-pub(crate) fn decode(
-    body: &[u8],
-    max_decoded: usize,
-) -> Result<Vec<(Labels, Vec<(i64, f64)>)>, String> {
+pub(crate) fn decode(body: &[u8], max_decoded: usize) -> Result<Vec<Decoded>, String> {
     let len = snap::raw::decompress_len(body).map_err(|e| format!("snappy: {e}"))?;
     if len > max_decoded {
         return Err(format!(
@@ -69,13 +69,12 @@ pub(crate) async fn handle(State(api): State<Api>, headers: HeaderMap, body: Byt
     if let Some(enc) = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
+        && !enc.eq_ignore_ascii_case("snappy")
     {
-        if !enc.eq_ignore_ascii_case("snappy") {
-            return ApiError::bad_data(format!(
-                "unsupported Content-Encoding {enc:?}; remote_write uses snappy"
-            ))
-            .into_response();
-        }
+        return ApiError::bad_data(format!(
+            "unsupported Content-Encoding {enc:?}; remote_write uses snappy"
+        ))
+        .into_response();
     }
     let max = api.limits().max_write_decoded_bytes;
     let db = api.db().clone();

@@ -798,16 +798,17 @@ fn vector_vector(
         let mut one_at: HashMap<&Vec<(String, String)>, usize> = HashMap::new();
         for (sig, idxs) in &by_sig {
             for &k in idxs {
-                if one[k].v[i].is_some() {
-                    if one_at.insert(sig, k).is_some() {
-                        let side = if swapped { "left" } else { "right" };
-                        return Err(Error::Execution(format!(
-                            "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
-                            fmt_sig(sig),
-                            one[one_at[sig]].labels,
-                            one[k].labels
-                        )));
-                    }
+                if one[k].v[i].is_none() {
+                    continue;
+                }
+                if let Some(prev) = one_at.insert(sig, k) {
+                    let side = if swapped { "left" } else { "right" };
+                    return Err(Error::Execution(format!(
+                        "found duplicate series for the match group {} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                        fmt_sig(sig),
+                        one[prev].labels,
+                        one[k].labels
+                    )));
                 }
             }
         }

@@ -19,6 +19,19 @@ fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     (t, c)
 }
 
+/// Order by value, ascending or descending, NaN last (as `sort`,
+/// `sort_desc`, `topk` and `bottomk` order their output).
+fn by_value(a: f64, b: f64, desc: bool) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ if desc => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
 /// Go's `math.Max`/`math.Min`: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() {
@@ -36,7 +49,7 @@ fn go_min(a: f64, b: f64) -> f64 {
     }
 }
 
-fn arg<'a>(c: &'a Call, i: usize) -> Result<&'a Expr, Error> {
+fn arg(c: &Call, i: usize) -> Result<&Expr, Error> {
     c.args
         .args
         .get(i)
@@ -448,13 +461,7 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
                 let desc = name == "sort_desc";
                 vs.sort_by(|a, b| {
                     let (x, y) = (a.v[0].unwrap_or(f64::NAN), b.v[0].unwrap_or(f64::NAN));
-                    match (x.is_nan(), y.is_nan()) {
-                        (true, true) => std::cmp::Ordering::Equal,
-                        (true, false) => std::cmp::Ordering::Greater,
-                        (false, true) => std::cmp::Ordering::Less,
-                        _ if desc => y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal),
-                        _ => x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal),
-                    }
+                    by_value(x, y, desc)
                 });
             }
             Ok(Val::Vector(vs))
@@ -747,7 +754,7 @@ fn parse_le(s: &str) -> Result<f64, ()> {
     }
 }
 
-fn bucket_quantile(q: f64, b: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, b: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
@@ -859,7 +866,7 @@ pub(crate) fn aggregate(ev: &mut Ev<'_>, a: &AggregateExpr) -> Result<Val, Error
             for (_, members) in &groups {
                 for i in 0..n {
                     let kk = k[i];
-                    if !(kk >= 1.0) {
+                    if kk.is_nan() || kk < 1.0 {
                         continue;
                     }
                     let mut present: Vec<usize> = members
@@ -872,14 +879,7 @@ pub(crate) fn aggregate(ev: &mut Ev<'_>, a: &AggregateExpr) -> Result<Val, Error
                             vs[x].v[i].unwrap_or(f64::NAN),
                             vs[y].v[i].unwrap_or(f64::NAN),
                         );
-                        let ord = match (a.is_nan(), b.is_nan()) {
-                            (true, true) => std::cmp::Ordering::Equal,
-                            (true, false) => std::cmp::Ordering::Greater,
-                            (false, true) => std::cmp::Ordering::Less,
-                            _ if top => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
-                            _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
-                        };
-                        ord
+                        by_value(a, b, top)
                     });
                     for &m in present.iter().take(kk.min(1e9) as usize) {
                         keep[m][i] = true;
@@ -895,7 +895,7 @@ pub(crate) fn aggregate(ev: &mut Ev<'_>, a: &AggregateExpr) -> Result<Val, Error
                             .zip(&kp)
                             .map(|(x, &k)| if k { *x } else { None })
                             .collect();
-                    v.iter().any(Option::is_some).then(|| VSeries {
+                    v.iter().any(Option::is_some).then_some(VSeries {
                         labels: s.labels,
                         v,
                         ts: None,
@@ -905,13 +905,7 @@ pub(crate) fn aggregate(ev: &mut Ev<'_>, a: &AggregateExpr) -> Result<Val, Error
             if n == 1 {
                 out.sort_by(|x, y| {
                     let (a, b) = (x.v[0].unwrap_or(f64::NAN), y.v[0].unwrap_or(f64::NAN));
-                    match (a.is_nan(), b.is_nan()) {
-                        (true, true) => std::cmp::Ordering::Equal,
-                        (true, false) => std::cmp::Ordering::Greater,
-                        (false, true) => std::cmp::Ordering::Less,
-                        _ if top => b.partial_cmp(&a).unwrap_or(std::cmp::Ordering::Equal),
-                        _ => a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal),
-                    }
+                    by_value(a, b, top)
                 });
             }
             return Ok(Val::Vector(out));

@@ -1,0 +1,316 @@
+//! The gRPC query service (`tiermon.v1.Query`), served on the same port as
+//! the HTTP API (HTTP/2 with prior knowledge). Range results and series
+//! stream in messages of at most [`CHUNK_SERIES`] series.
+
+use tiermon_model::{Labels, MatchOp, Matcher};
+use tiermon_promql::Value;
+use tiermon_proto::v1;
+use tonic::codegen::tokio_stream;
+use tonic::{Request, Response, Status};
+
+use crate::{Api, ApiError, DbQueryable};
+
+/// Series per streamed message.
+pub const CHUNK_SERIES: usize = 500;
+
+/// The service over an [`Api`]'s store and limits.
+#[derive(Debug, Clone)]
+pub struct QueryService {
+    api: Api,
+}
+
+impl QueryService {
+    /// The service.
+    pub fn new(api: Api) -> Self {
+        Self { api }
+    }
+}
+
+fn status(e: ApiError) -> Status {
+    let msg = format!("{}: {}", e.kind, e.message);
+    match e.kind {
+        "bad_data" => Status::invalid_argument(msg),
+        "unavailable" => Status::resource_exhausted(msg),
+        "timeout" => Status::deadline_exceeded(msg),
+        "execution" => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+fn labels_pb(l: &Labels) -> Vec<v1::Label> {
+    l.iter()
+        .map(|x| v1::Label {
+            name: x.name.to_string(),
+            value: x.value.to_string(),
+        })
+        .collect()
+}
+
+fn series_pb(l: &Labels, samples: &[(i64, f64)]) -> v1::Series {
+    v1::Series {
+        labels: labels_pb(l),
+        series_id: l.series_id().0,
+        samples: samples
+            .iter()
+            .map(|&(t, v)| v1::Sample {
+                timestamp_ms: t,
+                value: v,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn matchers(sets: &[v1::SelectorSet]) -> Result<Vec<Vec<Matcher>>, Status> {
+    sets.iter()
+        .map(|s| {
+            s.matchers
+                .iter()
+                .map(|m| {
+                    let op = match v1::label_matcher::Type::try_from(m.r#type) {
+                        Ok(v1::label_matcher::Type::Eq) => MatchOp::Equal,
+                        Ok(v1::label_matcher::Type::Neq) => MatchOp::NotEqual,
+                        Ok(v1::label_matcher::Type::Re) => MatchOp::Regex,
+                        Ok(v1::label_matcher::Type::Nre) => MatchOp::NotRegex,
+                        Err(_) => {
+                            return Err(Status::invalid_argument(format!(
+                                "unknown matcher type {}",
+                                m.r#type
+                            )));
+                        }
+                    };
+                    Matcher::new(op, &m.name, &m.value)
+                        .map_err(|e| Status::invalid_argument(format!("matcher {}: {e}", m.name)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn bounds(start: i64, end: i64) -> (i64, i64) {
+    (
+        if start == 0 { i64::MIN / 2 } else { start },
+        if end == 0 { i64::MAX / 2 } else { end },
+    )
+}
+
+fn timeout(ms: i64) -> Option<std::time::Duration> {
+    (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
+}
+
+fn response(v: Value) -> Vec<v1::QueryResponse> {
+    use v1::query_response::ResultType;
+    match v {
+        Value::Scalar(t, x) => vec![v1::QueryResponse {
+            result_type: ResultType::Scalar as i32,
+            scalar: Some(v1::Sample {
+                timestamp_ms: t,
+                value: x,
+            }),
+            ..Default::default()
+        }],
+        Value::String(t, s) => vec![v1::QueryResponse {
+            result_type: ResultType::String as i32,
+            scalar: Some(v1::Sample {
+                timestamp_ms: t,
+                value: 0.0,
+            }),
+            string_value: s,
+            ..Default::default()
+        }],
+        Value::Vector(samples) => vec![v1::QueryResponse {
+            result_type: ResultType::Vector as i32,
+            series: samples
+                .iter()
+                .map(|s| series_pb(&s.labels, &[(s.t, s.v)]))
+                .collect(),
+            ..Default::default()
+        }],
+        Value::Matrix(series) => {
+            let mut out: Vec<v1::QueryResponse> = series
+                .chunks(CHUNK_SERIES)
+                .map(|c| v1::QueryResponse {
+                    result_type: ResultType::Matrix as i32,
+                    series: c.iter().map(|s| series_pb(&s.labels, &s.samples)).collect(),
+                    ..Default::default()
+                })
+                .collect();
+            if out.is_empty() {
+                out.push(v1::QueryResponse {
+                    result_type: ResultType::Matrix as i32,
+                    ..Default::default()
+                });
+            }
+            out
+        }
+    }
+}
+
+type Stream<T> = tokio_stream::Iter<std::vec::IntoIter<Result<T, Status>>>;
+
+#[tonic::async_trait]
+impl v1::query_server::Query for QueryService {
+    async fn instant(
+        &self,
+        request: Request<v1::InstantQueryRequest>,
+    ) -> Result<Response<v1::QueryResponse>, Status> {
+        let r = request.into_inner();
+        let api = self.api.clone();
+        let store = DbQueryable(api.db().clone());
+        let t = if r.time_ms == 0 {
+            crate::now_ms()
+        } else {
+            r.time_ms
+        };
+        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move || {
+            api.inner.engine.instant(&store, &r.query, t)
+        })
+        .await
+        .map_err(status)?
+        .map_err(|e| status(ApiError::from_promql(e)))?;
+        Ok(Response::new(
+            response(v).into_iter().next().unwrap_or_default(),
+        ))
+    }
+
+    type RangeStream = Stream<v1::QueryResponse>;
+
+    async fn range(
+        &self,
+        request: Request<v1::RangeQueryRequest>,
+    ) -> Result<Response<Self::RangeStream>, Status> {
+        let r = request.into_inner();
+        let api = self.api.clone();
+        let store = DbQueryable(api.db().clone());
+        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move || {
+            api.inner
+                .engine
+                .range(&store, &r.query, r.start_ms, r.end_ms, r.step_ms)
+        })
+        .await
+        .map_err(status)?
+        .map_err(|e| status(ApiError::from_promql(e)))?;
+        let items: Vec<Result<v1::QueryResponse, Status>> =
+            response(v).into_iter().map(Ok).collect();
+        Ok(Response::new(tokio_stream::iter(items)))
+    }
+
+    type SeriesStream = Stream<v1::SeriesResponse>;
+
+    async fn series(
+        &self,
+        request: Request<v1::SeriesRequest>,
+    ) -> Result<Response<Self::SeriesStream>, Status> {
+        let r = request.into_inner();
+        let sets = matchers(&r.selectors)?;
+        if sets.is_empty() {
+            return Err(Status::invalid_argument("no selectors given"));
+        }
+        let (start, end) = bounds(r.start_ms, r.end_ms);
+        let db = self.api.db().clone();
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let all = crate::run_query(&self.api, None, move || {
+            let mut seen = std::collections::BTreeSet::new();
+            for m in &sets {
+                seen.extend(db.series(m, start, end));
+            }
+            seen.into_iter().take(limit).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(status)?;
+        let items: Vec<Result<v1::SeriesResponse, Status>> = all
+            .chunks(CHUNK_SERIES)
+            .map(|c| {
+                Ok(v1::SeriesResponse {
+                    series: c.iter().map(|l| series_pb(l, &[])).collect(),
+                    partial: Vec::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(tokio_stream::iter(items)))
+    }
+
+    async fn label_names(
+        &self,
+        request: Request<v1::LabelNamesRequest>,
+    ) -> Result<Response<v1::LabelNamesResponse>, Status> {
+        let r = request.into_inner();
+        let sets = matchers(&r.selectors)?;
+        let (start, end) = bounds(r.start_ms, r.end_ms);
+        let db = self.api.db().clone();
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let names = crate::run_query(&self.api, None, move || {
+            let mut names = std::collections::BTreeSet::new();
+            if sets.is_empty() {
+                names.extend(db.label_names(&[], start, end));
+            }
+            for m in &sets {
+                names.extend(db.label_names(m, start, end));
+            }
+            names.into_iter().take(limit).collect()
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(v1::LabelNamesResponse {
+            names,
+            partial: Vec::new(),
+        }))
+    }
+
+    async fn label_values(
+        &self,
+        request: Request<v1::LabelValuesRequest>,
+    ) -> Result<Response<v1::LabelValuesResponse>, Status> {
+        let r = request.into_inner();
+        let sets = matchers(&r.selectors)?;
+        let (start, end) = bounds(r.start_ms, r.end_ms);
+        let db = self.api.db().clone();
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
+        let values = crate::run_query(&self.api, None, move || {
+            let mut values = std::collections::BTreeSet::new();
+            if sets.is_empty() {
+                values.extend(db.label_values(&r.name, &[], start, end));
+            }
+            for m in &sets {
+                values.extend(db.label_values(&r.name, m, start, end));
+            }
+            values.into_iter().take(limit).collect()
+        })
+        .await
+        .map_err(status)?;
+        Ok(Response::new(v1::LabelValuesResponse {
+            values,
+            partial: Vec::new(),
+        }))
+    }
+
+    async fn alerts(
+        &self,
+        _: Request<v1::AlertsRequest>,
+    ) -> Result<Response<v1::AlertsResponse>, Status> {
+        Err(Status::unimplemented(
+            "this tier evaluates no rules yet (rules and alerting arrive with the rules issue)",
+        ))
+    }
+
+    async fn targets(
+        &self,
+        _: Request<v1::TargetsRequest>,
+    ) -> Result<Response<v1::TargetsResponse>, Status> {
+        Err(Status::unimplemented(
+            "this tier scrapes no targets yet (the scrape engine arrives with the secondary issue)",
+        ))
+    }
+}
