@@ -46,12 +46,12 @@ rm -f "$work/data.om"
 prom_bytes=$(du -sb "$work/prom" | cut -f1)
 prom_chunks=$(du -cb "$work"/prom/*/chunks | tail -1 | cut -f1)
 
-echo "== VictoriaMetrics $(victoria-metrics -version 2>&1 | head -1)" >&2
+echo "== VictoriaMetrics $(victoria-metrics -version 2>&1 | head -1 || true)" >&2
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 victoria-metrics -storageDataPath "$work/vm" -httpListenAddr "127.0.0.1:$port" \
   -retentionPeriod 100y -loggerLevel ERROR >"$work/vm.log" 2>&1 &
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
-curl -fsS -X POST --data-binary @"$work/data.prom" "http://127.0.0.1:$port/api/v1/import/prometheus"
+curl -fsS -X POST -T "$work/data.prom" "http://127.0.0.1:$port/api/v1/import/prometheus"
 curl -fsS "http://127.0.0.1:$port/internal/force_flush"
 curl -fsS "http://127.0.0.1:$port/internal/force_merge?partition_prefix=" || true
 sleep 5

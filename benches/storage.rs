@@ -109,6 +109,16 @@ fn series_labels(i: usize) -> Labels {
     ])
 }
 
+fn exposition_series(l: &Labels) -> String {
+    let name = l.metric_name().unwrap_or_default();
+    let rest: Vec<String> = l
+        .iter()
+        .filter(|x| &*x.name != "__name__")
+        .map(|x| format!("{}=\"{}\"", x.name, x.value))
+        .collect();
+    format!("{name}{{{}}}", rest.join(","))
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing
     // useful to a harness. Run only under cargo bench.
@@ -166,14 +176,13 @@ fn footprint(n: usize) {
     let mut export = std::env::var_os("TIERMON_BENCH_EXPORT").map(|path| {
         let f = std::fs::File::create(&path).expect("creating the export file");
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        for (i, l) in all_labels.iter().enumerate() {
+        // `name{a="b",c="d"}`, without spaces: one field for awk.
+        let names: Vec<String> = all_labels.iter().map(exposition_series).collect();
+        for (i, name) in names.iter().enumerate() {
             let v0 = start_value(kinds[i]);
-            writeln!(w, "{l} {v0} 0").expect("writing the export file");
+            writeln!(w, "{name} {v0} 0").expect("writing the export file");
         }
-        (
-            w,
-            all_labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
-        )
+        (w, names)
     });
     let steps = DAY_MS / STEP_MS;
     let mut append_time = Duration::ZERO;
