@@ -17,10 +17,21 @@ impl BitWriter {
         }
     }
 
+    /// Adds a zero byte, growing the buffer in small steps: head chunks
+    /// stay open in memory for every series, so doubling's slack (up to
+    /// half the buffer) would cost more than the copies it saves.
+    #[inline]
+    fn push_byte(&mut self) {
+        if self.bytes.len() == self.bytes.capacity() {
+            self.bytes.reserve_exact(32);
+        }
+        self.bytes.push(0);
+    }
+
     #[inline]
     pub(crate) fn write_bit(&mut self, bit: bool) {
         if self.used == 0 {
-            self.bytes.push(0);
+            self.push_byte();
         }
         if bit {
             let last = self.bytes.len() - 1;
@@ -34,7 +45,7 @@ impl BitWriter {
     pub(crate) fn write_bits(&mut self, v: u64, mut n: u32) {
         while n > 0 {
             if self.used == 0 {
-                self.bytes.push(0);
+                self.push_byte();
             }
             let free = 8 - self.used as u32;
             let take = free.min(n);

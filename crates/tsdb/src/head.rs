@@ -226,7 +226,11 @@ impl Head {
         let last = s.chunk.last_timestamp();
         if last.is_none_or(|l| t > l) {
             let p = partition_of(t, width);
-            if !s.chunk.is_empty() && (p != s.chunk_partition || s.chunk.len() >= max_samples) {
+            if !s.chunk.is_empty()
+                && (p != s.chunk_partition
+                    || s.chunk.len() >= max_samples
+                    || s.chunk.encoded_len() >= opts.chunk_bytes)
+            {
                 let sealed = s.seal_chunk(r);
                 self.pending.push(sealed);
             }

@@ -45,6 +45,10 @@ pub struct Options {
     pub partition: Duration,
     /// Samples per head chunk before it is sealed.
     pub chunk_samples: usize,
+    /// Encoded bytes of an open head chunk before it is sealed and written
+    /// out: with thousands of series per host fleet, the open chunks are
+    /// most of the head's memory.
+    pub chunk_bytes: usize,
     /// How far behind a series' newest sample a sample may arrive and still
     /// be accepted (out of order, or rewriting a timestamp).
     pub ooo_window: Duration,
@@ -81,6 +85,7 @@ impl Default for Options {
         Self {
             partition: Duration::from_secs(24 * 3600),
             chunk_samples: 120,
+            chunk_bytes: 128,
             ooo_window: Duration::from_secs(3600),
             wal_segment_bytes: 64 << 20,
             wal_fsync: false,
