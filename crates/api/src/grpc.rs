@@ -162,8 +162,8 @@ impl v1::query_server::Query for QueryService {
         } else {
             r.time_ms
         };
-        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move || {
-            api.inner.engine.instant(&store, &r.query, t)
+        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move |c| {
+            api.inner.engine.with_cancel(c).instant(&store, &r.query, t)
         })
         .await
         .map_err(status)?
@@ -182,9 +182,10 @@ impl v1::query_server::Query for QueryService {
         let r = request.into_inner();
         let api = self.api.clone();
         let store = DbQueryable(api.db().clone());
-        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move || {
+        let v = crate::run_query(&self.api, timeout(r.timeout_ms), move |c| {
             api.inner
                 .engine
+                .with_cancel(c)
                 .range(&store, &r.query, r.start_ms, r.end_ms, r.step_ms)
         })
         .await
@@ -213,7 +214,7 @@ impl v1::query_server::Query for QueryService {
         } else {
             r.limit as usize
         };
-        let all = crate::run_query(&self.api, None, move || {
+        let all = crate::run_query(&self.api, None, move |_| {
             let mut seen = std::collections::BTreeSet::new();
             for m in &sets {
                 seen.extend(db.series(m, start, end));
@@ -247,7 +248,7 @@ impl v1::query_server::Query for QueryService {
         } else {
             r.limit as usize
         };
-        let names = crate::run_query(&self.api, None, move || {
+        let names = crate::run_query(&self.api, None, move |_| {
             let mut names = std::collections::BTreeSet::new();
             if sets.is_empty() {
                 names.extend(db.label_names(&[], start, end));
@@ -278,7 +279,7 @@ impl v1::query_server::Query for QueryService {
         } else {
             r.limit as usize
         };
-        let values = crate::run_query(&self.api, None, move || {
+        let values = crate::run_query(&self.api, None, move |_| {
             let mut values = std::collections::BTreeSet::new();
             if sets.is_empty() {
                 values.extend(db.label_values(&r.name, &[], start, end));

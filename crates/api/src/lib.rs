@@ -16,6 +16,7 @@ mod write;
 pub use grpc::QueryService;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -251,11 +252,13 @@ fn result_json(v: Value) -> Json {
     }
 }
 
-/// Runs `f` on the blocking pool under the query limits.
+/// Runs `f` on the blocking pool under the query limits. `f` gets a flag
+/// that is set when the query times out or its client goes away, so that
+/// the evaluation stops and frees its slot instead of running on unseen.
 async fn run_query<T: Send + 'static>(
     api: &Api,
     timeout: Option<Duration>,
-    f: impl FnOnce() -> T + Send + 'static,
+    f: impl FnOnce(Arc<AtomicBool>) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     let permit = api
         .inner
@@ -273,11 +276,14 @@ async fn run_query<T: Send + 'static>(
     let limit = timeout
         .unwrap_or(api.inner.limits.query_timeout)
         .min(api.inner.limits.query_timeout);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let r = f();
+        let r = f(flag);
         drop(permit);
         r
     });
+    let _cancel_on_drop = CancelOnDrop(cancel);
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ApiError {
@@ -290,6 +296,16 @@ async fn run_query<T: Send + 'static>(
             kind: "timeout",
             message: format!("query timed out in expression evaluation (limit {limit:?})"),
         }),
+    }
+}
+
+/// Sets the flag when dropped: at a timeout, or when the request's future
+/// is dropped because the client went away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -309,8 +325,8 @@ async fn query(
     let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
     let a = api.clone();
     let store = DbQueryable(api.inner.db.clone());
-    let v = run_query(&api, timeout, move || {
-        a.inner.engine.instant(&store, &query, t)
+    let v = run_query(&api, timeout, move |c| {
+        a.inner.engine.with_cancel(c).instant(&store, &query, t)
     })
     .await?;
     Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
@@ -332,8 +348,11 @@ async fn query_range(
     let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
     let a = api.clone();
     let store = DbQueryable(api.inner.db.clone());
-    let v = run_query(&api, timeout, move || {
-        a.inner.engine.range(&store, &query, start, end, step_ms)
+    let v = run_query(&api, timeout, move |c| {
+        a.inner
+            .engine
+            .with_cancel(c)
+            .range(&store, &query, start, end, step_ms)
     })
     .await?;
     Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
@@ -377,7 +396,7 @@ async fn series(
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
     let db = api.inner.db.clone();
-    let out = run_query(&api, None, move || {
+    let out = run_query(&api, None, move |_| {
         let mut seen = std::collections::BTreeSet::new();
         for m in &sets {
             for l in db.series(m, start, end) {
@@ -400,7 +419,7 @@ async fn labels(
     let p = Params::new(&method, &headers, q.as_deref(), &body)?;
     let (sets, start, end) = selection(&p)?;
     let db = api.inner.db.clone();
-    let out = run_query(&api, None, move || {
+    let out = run_query(&api, None, move |_| {
         let mut names = std::collections::BTreeSet::new();
         if sets.is_empty() {
             names.extend(db.label_names(&[], start, end));
@@ -424,7 +443,7 @@ async fn label_values(
     let p = Params::new(&method, &headers, q.as_deref(), &[])?;
     let (sets, start, end) = selection(&p)?;
     let db = api.inner.db.clone();
-    let out = run_query(&api, None, move || {
+    let out = run_query(&api, None, move |_| {
         let mut values = std::collections::BTreeSet::new();
         if sets.is_empty() {
             values.extend(db.label_values(&name, &[], start, end));
@@ -456,7 +475,7 @@ async fn buildinfo(State(api): State<Api>) -> Response {
 
 async fn tsdb_status(State(api): State<Api>) -> Result<Response, ApiError> {
     let db = api.inner.db.clone();
-    let stats = run_query(&api, None, move || db.stats(10)).await?;
+    let stats = run_query(&api, None, move |_| db.stats(10)).await?;
     let pairs = |v: &[(String, usize)]| {
         v.iter()
             .map(|(n, c)| json!({"name": n, "value": c}))

@@ -1,6 +1,8 @@
 //! The evaluator: every node is evaluated once for all steps of a query.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::MatchOp as PMatchOp;
@@ -17,6 +19,7 @@ use crate::{Error, Options, Queryable, Sample, Series, Value};
 #[derive(Debug, Clone)]
 pub struct Engine {
     opts: Options,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Engine {
@@ -67,6 +70,7 @@ pub(crate) enum Val {
 
 pub(crate) struct Ev<'a> {
     pub store: &'a dyn Queryable,
+    pub cancel: Option<&'a AtomicBool>,
     pub opts: &'a Options,
     /// Evaluation timestamps.
     pub ts: Vec<i64>,
@@ -123,7 +127,16 @@ impl Engine {
     /// An engine with these options.
     pub fn new(opts: Options) -> Self {
         register_functions();
-        Self { opts }
+        Self { opts, cancel: None }
+    }
+
+    /// This engine, stopping its queries with an error as soon as `flag`
+    /// is set (by a timeout or a client that went away).
+    pub fn with_cancel(&self, flag: Arc<AtomicBool>) -> Self {
+        Self {
+            opts: self.opts.clone(),
+            cancel: Some(flag),
+        }
     }
 
     /// The options.
@@ -142,6 +155,7 @@ impl Engine {
         let expr = Self::parse(query)?;
         let mut ev = Ev {
             store,
+            cancel: self.cancel.as_deref(),
             opts: &self.opts,
             ts: vec![t],
             start: t,
@@ -215,6 +229,7 @@ impl Engine {
         let ts: Vec<i64> = (0..points).map(|i| start + i * step).collect();
         let mut ev = Ev {
             store,
+            cancel: self.cancel.as_deref(),
             opts: &self.opts,
             ts,
             start,
@@ -302,6 +317,11 @@ impl Ev<'_> {
     }
 
     pub fn eval(&mut self, e: &Expr) -> Result<Val, Error> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Execution(
+                "query cancelled: it ran past its timeout".into(),
+            ));
+        }
         match e {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; self.n()])),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
@@ -473,6 +493,7 @@ impl Ev<'_> {
         let ts: Vec<i64> = (0..steps).map(|i| start + i * step).collect();
         let mut inner = Ev {
             store: self.store,
+            cancel: self.cancel,
             opts: self.opts,
             ts: ts.clone(),
             start: self.start,
@@ -945,4 +966,90 @@ pub(crate) fn labels_with(base: &Labels, set: &[(&str, &str)], del: &[&str]) -> 
         }
     }
     b.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Mem(Vec<Series>);
+
+    impl Queryable for Mem {
+        fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|s| {
+                    m.iter()
+                        .all(|m| m.matches(s.labels.get(m.name()).unwrap_or("")))
+                })
+                .map(|s| Series {
+                    labels: s.labels.clone(),
+                    samples: s
+                        .samples
+                        .iter()
+                        .copied()
+                        .filter(|&(t, _)| t >= mint && t <= maxt)
+                        .collect(),
+                })
+                .collect())
+        }
+    }
+
+    fn store() -> Mem {
+        let s = |job: &str, k: f64| Series {
+            labels: Labels::from_pairs([("__name__", "x"), ("job", job)]),
+            samples: (0..20).map(|i| (i * 15_000, k * i as f64)).collect(),
+        };
+        Mem(vec![s("a", 1.0), s("b", 2.0)])
+    }
+
+    #[test]
+    fn evaluates_over_a_store() {
+        let e = Engine::default();
+        let Value::Vector(v) = e.instant(&store(), "sum(rate(x[1m]))", 150_000).unwrap() else {
+            panic!("not a vector");
+        };
+        // 1/15 + 2/15 per second.
+        assert!((v[0].v - 0.2).abs() < 1e-12, "{v:?}");
+        let Value::Matrix(m) = e
+            .range(&store(), "x{job=\"b\"} * 2", 0, 60_000, 15_000)
+            .unwrap()
+        else {
+            panic!("not a matrix");
+        };
+        assert_eq!(
+            m[0].samples,
+            vec![
+                (0, 0.0),
+                (15_000, 4.0),
+                (30_000, 8.0),
+                (45_000, 12.0),
+                (60_000, 16.0)
+            ]
+        );
+        assert!(matches!(
+            e.instant(&store(), "sum(", 0),
+            Err(Error::BadData(_))
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_query_stops_with_an_error() {
+        let flag = Arc::new(AtomicBool::new(true));
+        let e = Engine::default().with_cancel(flag);
+        let err = e.instant(&store(), "sum(x)", 0).unwrap_err();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+    }
+
+    #[test]
+    fn sample_limit_names_the_limit() {
+        let e = Engine::new(Options {
+            max_samples: 10,
+            ..Options::default()
+        });
+        let err = e.instant(&store(), "x", 300_000).unwrap_err();
+        assert!(matches!(err, Error::Limit(_)), "{err}");
+        assert!(err.to_string().contains("limit 10"), "{err}");
+    }
 }
