@@ -207,6 +207,21 @@ fn prometheus_remote_writes_and_both_answer_alike() {
     let (_, body) = http("GET", &format!("{base}/api/v1/status/buildinfo"), &[], None);
     assert!(body.contains("\"version\""), "{body}");
 
+    // Cardinality, for finding an explosion.
+    let (status, body) = http("GET", &format!("{base}/api/v1/status/tsdb"), &[], None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["data"]["headStats"]["numSeries"].as_u64().unwrap() > 10,
+        "{body}"
+    );
+    let by_metric = v["data"]["seriesCountByMetricName"].as_array().unwrap();
+    assert!(
+        !by_metric.is_empty() && by_metric[0]["value"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
+    assert!(body.contains("labelValueCountByLabelName"), "{body}");
+
     // The operators' CLI, over gRPC on the same port.
     let cli = |args: &[&str]| {
         let out = Command::new(crate::util::bin())

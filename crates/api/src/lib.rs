@@ -484,12 +484,9 @@ async fn tsdb_status(State(api): State<Api>) -> Result<Response, ApiError> {
     Ok(success(json!({
         "headStats": {
             "numSeries": stats.series,
-            "chunkCount": 0,
-            "minTime": 0,
-            "maxTime": 0,
         },
         "seriesCountByMetricName": pairs(&stats.top_metrics),
-        "labelValueCountByLabelName": [],
+        "labelValueCountByLabelName": pairs(&stats.top_label_names_by_values),
         "memoryInBytesByLabelName": [],
         "seriesCountByLabelValuePair": pairs(&stats.top_label_pairs),
     })))

@@ -381,6 +381,13 @@ impl Ev<'_> {
             .store
             .select(&matchers, mint, maxt)
             .map_err(Error::Storage)?;
+        if series.len() > self.opts.max_series {
+            return Err(Error::Limit(format!(
+                "selector {vs} matches {} series, over the limit of {} per selector",
+                series.len(),
+                self.opts.max_series
+            )));
+        }
         let n: usize = series.iter().map(|s| s.samples.len()).sum();
         self.charge(n)?;
         for s in &mut series {
@@ -1040,6 +1047,16 @@ mod tests {
         let e = Engine::default().with_cancel(flag);
         let err = e.instant(&store(), "sum(x)", 0).unwrap_err();
         assert!(err.to_string().contains("cancelled"), "{err}");
+    }
+
+    #[test]
+    fn series_limit_names_the_selector() {
+        let e = Engine::new(Options {
+            max_series: 1,
+            ..Options::default()
+        });
+        let err = e.instant(&store(), "sum(x)", 300_000).unwrap_err();
+        assert!(err.to_string().contains("matches 2 series"), "{err}");
     }
 
     #[test]

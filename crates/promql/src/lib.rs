@@ -63,6 +63,8 @@ pub struct Options {
     pub default_subquery_step_ms: i64,
     /// Most samples a query may hold in memory at once.
     pub max_samples: usize,
+    /// Most series one selector may select.
+    pub max_series: usize,
     /// Most points a range query may return per series.
     pub max_points_per_series: usize,
 }
@@ -73,6 +75,7 @@ impl Default for Options {
             lookback_ms: 5 * 60_000,
             default_subquery_step_ms: 60_000,
             max_samples: 50_000_000,
+            max_series: 1_000_000,
             max_points_per_series: 11_000,
         }
     }

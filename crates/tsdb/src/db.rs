@@ -89,6 +89,8 @@ pub struct Stats {
     pub top_metrics: Vec<(String, usize)>,
     /// Label pairs holding the most series.
     pub top_label_pairs: Vec<(String, usize)>,
+    /// Label names with the most distinct values.
+    pub top_label_names_by_values: Vec<(String, usize)>,
 }
 
 /// What [`Db::maintain`] did.
@@ -667,6 +669,7 @@ impl Db {
             blob_bytes,
             top_metrics: head.top_values(tiermon_model::METRIC_NAME, top),
             top_label_pairs: head.top_pairs(top),
+            top_label_names_by_values: head.top_names_by_values(top),
         }
     }
 

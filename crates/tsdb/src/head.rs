@@ -519,6 +519,18 @@ impl Head {
         v
     }
 
+    /// Label names with the most distinct values.
+    pub(crate) fn top_names_by_values(&self, n: usize) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .values
+            .iter()
+            .map(|(&k, vals)| (self.symbols.get(k).to_string(), vals.len()))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
     /// Approximate heap bytes of the head, for the memory-per-series figure.
     pub(crate) fn heap_size(&self) -> usize {
         let series: usize = self
