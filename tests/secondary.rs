@@ -282,3 +282,43 @@ fn prometheus_remote_writes_and_both_answer_alike() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_bad_secondary_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "[secondary.storage.blob]\nlocation = \"/tmp/x\"\nafter = \"1h\"\n",
+    )
+    .unwrap();
+    let out = Command::new(crate::util::bin())
+        .args(["secondary", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("secondary.storage.blob.after"), "{err}");
+    // An S3 option the store does not know is named too.
+    std::fs::write(
+        &cfg,
+        "[secondary.storage.blob]\nlocation = \"s3://b\"\noptions = { colour = \"blue\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(crate::util::bin())
+        .args(["secondary", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("secondary.storage.blob") && err.contains("colour"),
+        "{err}"
+    );
+}

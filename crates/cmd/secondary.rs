@@ -1,50 +1,92 @@
 //! `tiermon secondary`: stores what it receives (remote_write today; the
 //! scrape engine comes with the secondary issue) and answers the Prometheus
-//! HTTP API over it.
+//! HTTP API and the gRPC query service over it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tiermon_tsdb::{Db, Options};
+use tiermon_config::{SecondaryConfig, StorageConfig};
+use tiermon_tsdb::{BlobOptions, Db, Options};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Address of the HTTP API and remote_write intake.
-    #[arg(long, default_value = "127.0.0.1:9191")]
-    listen: SocketAddr,
-    /// Data folder (WAL and RocksDB).
-    #[arg(long, default_value = "tiermon-data/secondary")]
-    data: PathBuf,
-    /// How often closed partitions are compacted, downsampled, tiered and
-    /// expired.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    maintain_every: Duration,
-    /// How often the head is checkpointed (bounds WAL replay at restart).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    checkpoint_every: Duration,
+    /// Configuration file (TOML or YAML); environment variables
+    /// TIERMON_SECONDARY__<KEY> override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API, remote_write intake and gRPC, overriding
+    /// the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data folder, overriding the file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// The storage engine's options from the `storage` section.
+pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Options> {
+    let blob = if s.blob.location.is_empty() {
+        None
+    } else {
+        let store = tiermon_tsdb::open_store(&s.blob.location, s.blob.options.clone())
+            .with_context(|| format!("config key `{key}.blob.location`"))?;
+        Some(BlobOptions {
+            after: s.blob.after,
+            cache_bytes: s.blob.cache_bytes,
+            upload_attempts: s.blob.upload_attempts,
+            ..BlobOptions::new(store)
+        })
+    };
+    Ok(Options {
+        partition: s.partition,
+        ooo_window: s.out_of_order_window,
+        retention_raw: s.retention_raw,
+        retention_1m: s.retention_1m,
+        retention_1h: s.retention_1h,
+        max_bytes: (s.max_bytes > 0).then_some(s.max_bytes),
+        wal_fsync: s.wal_fsync,
+        max_series: s.max_series,
+        blob,
+        ..Options::default()
+    })
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let data = args.data.clone();
-    let db = tokio::task::spawn_blocking(move || Db::open(&data, Options::default()))
+    let cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?;
+    let SecondaryConfig {
+        listen,
+        data,
+        storage,
+        query,
+    } = cfg.secondary;
+    let listen = args.listen.unwrap_or(listen);
+    let data = args.data.unwrap_or(data);
+    let opts = storage_options(&storage, "secondary.storage")?;
+    let dir = data.clone();
+    let db = tokio::task::spawn_blocking(move || Db::open(&dir, opts))
         .await?
-        .with_context(|| format!("opening storage in {}", args.data.display()))?;
-    let api = tiermon_api::Api::new(
-        db.clone(),
-        tiermon_promql::Engine::default(),
-        tiermon_api::Limits::default(),
-        env!("CARGO_PKG_VERSION"),
-    );
-    let listener = tokio::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("opening storage in {}", data.display()))?;
+    let engine = tiermon_promql::Engine::new(tiermon_promql::Options {
+        max_samples: query.max_samples,
+        max_series: query.max_series,
+        ..tiermon_promql::Options::default()
+    });
+    let limits = tiermon_api::Limits {
+        max_concurrent_queries: query.max_concurrent,
+        query_timeout: query.timeout,
+        ..tiermon_api::Limits::default()
+    };
+    let api = tiermon_api::Api::new(db.clone(), engine, limits, env!("CARGO_PKG_VERSION"));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let background = tokio::spawn(housekeeping(
         db.clone(),
-        args.maintain_every,
-        args.checkpoint_every,
+        storage.maintain_every,
+        storage.checkpoint_every,
     ));
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, api.router())
@@ -60,12 +102,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn housekeeping(db: Db, maintain_every: Duration, checkpoint_every: Duration) {
-    let mut maintain =
-        tokio::time::interval_at(tokio::time::Instant::now() + maintain_every, maintain_every);
-    let mut checkpoint = tokio::time::interval_at(
-        tokio::time::Instant::now() + checkpoint_every,
-        checkpoint_every,
-    );
+    let start = tokio::time::Instant::now();
+    let mut maintain = tokio::time::interval_at(start + maintain_every, maintain_every);
+    let mut checkpoint = tokio::time::interval_at(start + checkpoint_every, checkpoint_every);
     loop {
         let db = db.clone();
         let job: Box<dyn FnOnce() -> Result<(), tiermon_tsdb::Error> + Send> = tokio::select! {
@@ -73,7 +112,12 @@ async fn housekeeping(db: Db, maintain_every: Duration, checkpoint_every: Durati
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as i64);
-                db.maintain(now).map(|r| tracing::debug!(?r, "maintenance done"))
+                db.maintain(now).map(|r| {
+                    for (res, p, e) in &r.tier_failed {
+                        tracing::warn!(resolution = ?res, partition = p, error = %e, "blob upload failed; retrying at the next run");
+                    }
+                    tracing::debug!(?r, "maintenance done");
+                })
             }),
             _ = checkpoint.tick() => Box::new(move || db.checkpoint()),
         };

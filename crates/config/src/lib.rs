@@ -1,15 +1,17 @@
 //! Typed configuration for every tiermon tier.
 //!
 //! One file (TOML or YAML, chosen by extension) holds a section per tier —
-//! `[agent]` today — and environment variables override any key:
+//! `[agent]`, `[secondary]` — and environment variables override any key:
 //! `TIERMON_AGENT__LISTEN=0.0.0.0:9190` sets `agent.listen`. [`load`] reads,
 //! merges and deserialises (unknown keys are errors), then [`Config::validate`]
 //! checks what types cannot (regular expressions compile, paths make
 //! sense). Every error names the key it is about.
 
 mod agent;
+mod secondary;
 
 pub use agent::{AgentConfig, LogFormat, LogSource, ProcessWatch, SmartConfig};
+pub use secondary::{BlobConfig, QueryConfig, SecondaryConfig, StorageConfig};
 
 use std::path::{Path, PathBuf};
 
@@ -57,12 +59,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     /// `tiermon agent`.
     pub agent: AgentConfig,
+    /// `tiermon secondary`.
+    pub secondary: SecondaryConfig,
 }
 
 impl Config {
     /// Checks what deserialisation cannot, naming the key at fault.
     pub fn validate(&self) -> Result<()> {
-        self.agent.validate("agent")
+        self.agent.validate("agent")?;
+        self.secondary.validate("secondary")
     }
 }
 
@@ -153,6 +158,29 @@ mod tests {
             assert_eq!(c.agent.processes.len(), 2, "{f}");
             assert_eq!(c.agent.logs.len(), 1, "{f}");
         }
+    }
+
+    #[test]
+    fn secondary_section_loads_with_blob_and_query_settings() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/secondary.good.toml");
+        let c = load(
+            Some(&path),
+            [(
+                "TIERMON_SECONDARY__STORAGE__BLOB__OPTIONS__ACCESS_KEY_ID".to_string(),
+                "AKIA".to_string(),
+            )],
+        )
+        .unwrap();
+        let s = &c.secondary;
+        assert_eq!(s.storage.retention_raw.as_secs(), 30 * 24 * 3600);
+        assert_eq!(s.storage.blob.location, "s3://tiermon-blocks/dc1");
+        assert_eq!(s.storage.blob.options["region"], "eu-west-1");
+        assert_eq!(s.storage.blob.options["access_key_id"], "AKIA");
+        assert_eq!(s.query.max_concurrent, 8);
+        assert_eq!(
+            s.storage.retention_1h,
+            StorageConfig::default().retention_1h
+        );
     }
 
     #[test]

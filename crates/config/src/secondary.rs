@@ -1,0 +1,216 @@
+//! `[secondary]`: where a secondary listens, and its storage and query
+//! limits. `[secondary.storage]` is the storage engine's configuration,
+//! `[secondary.storage.blob]` its tiering to a local folder or S3.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Configuration of `tiermon secondary`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecondaryConfig {
+    /// Address of the HTTP API, remote_write intake and gRPC.
+    pub listen: SocketAddr,
+    /// Data folder (WAL and RocksDB).
+    pub data: PathBuf,
+    /// Storage engine settings.
+    pub storage: StorageConfig,
+    /// Query limits.
+    pub query: QueryConfig,
+}
+
+impl Default for SecondaryConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            data: PathBuf::from("tiermon-data/secondary"),
+            storage: StorageConfig::default(),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+/// Storage engine settings of a tier.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Width of a time partition.
+    #[serde(with = "humantime_serde")]
+    pub partition: Duration,
+    /// How late a sample may arrive behind its series' newest one.
+    #[serde(with = "humantime_serde")]
+    pub out_of_order_window: Duration,
+    /// Raw samples are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub retention_raw: Duration,
+    /// 1-minute aggregates are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub retention_1m: Duration,
+    /// 1-hour aggregates are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub retention_1h: Duration,
+    /// Upper bound of the local data in bytes (0: none).
+    pub max_bytes: u64,
+    /// Sync the WAL before acknowledging (survives power loss).
+    pub wal_fsync: bool,
+    /// Most series held.
+    pub max_series: usize,
+    /// How often closed partitions are compacted, downsampled, tiered and
+    /// expired.
+    #[serde(with = "humantime_serde")]
+    pub maintain_every: Duration,
+    /// How often the head is checkpointed (bounds WAL replay at restart).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_every: Duration,
+    /// Tiering of old partitions to blob storage.
+    pub blob: BlobConfig,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let day = 24 * 3600;
+        Self {
+            partition: Duration::from_secs(day),
+            out_of_order_window: Duration::from_secs(3600),
+            retention_raw: Duration::from_secs(15 * day),
+            retention_1m: Duration::from_secs(90 * day),
+            retention_1h: Duration::from_secs(730 * day),
+            max_bytes: 0,
+            wal_fsync: false,
+            max_series: 20_000_000,
+            maintain_every: Duration::from_secs(300),
+            checkpoint_every: Duration::from_secs(300),
+            blob: BlobConfig::default(),
+        }
+    }
+}
+
+/// `[….storage.blob]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobConfig {
+    /// Where blocks go: a folder, `file:///path` or `s3://bucket/prefix`.
+    /// Empty: no tiering.
+    pub location: String,
+    /// Store options (S3: `endpoint`, `region`, `access_key_id`,
+    /// `secret_access_key`, `allow_http`, …); credentials may also come from
+    /// the usual `AWS_*` variables.
+    pub options: BTreeMap<String, String>,
+    /// Age after which a partition moves to the store.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
+    /// Bytes of block indexes and series data cached for reads.
+    pub cache_bytes: usize,
+    /// Upload attempts per maintenance run.
+    pub upload_attempts: u32,
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        Self {
+            location: String::new(),
+            options: BTreeMap::new(),
+            after: Duration::from_secs(3 * 24 * 3600),
+            cache_bytes: 256 << 20,
+            upload_attempts: 5,
+        }
+    }
+}
+
+/// `[….query]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Queries evaluated at once; more get 503.
+    pub max_concurrent: usize,
+    /// Longest a query may run.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most samples one query may load.
+    pub max_samples: usize,
+    /// Most series one selector may select.
+    pub max_series: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 20,
+            timeout: Duration::from_secs(120),
+            max_samples: 50_000_000,
+            max_series: 1_000_000,
+        }
+    }
+}
+
+fn positive(key: String, d: Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+impl StorageConfig {
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        for (name, d) in [
+            ("partition", self.partition),
+            ("retention_raw", self.retention_raw),
+            ("retention_1m", self.retention_1m),
+            ("retention_1h", self.retention_1h),
+            ("maintain_every", self.maintain_every),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            positive(format!("{key}.{name}"), d)?;
+        }
+        if self.partition < Duration::from_secs(3600) {
+            return Err(Error::invalid(
+                format!("{key}.partition"),
+                "must be at least 1h (aggregates are per hour)",
+            ));
+        }
+        if !self.blob.location.is_empty() {
+            let need = self.partition + self.out_of_order_window;
+            if self.blob.after < need {
+                return Err(Error::invalid(
+                    format!("{key}.blob.after"),
+                    format!(
+                        "{} is shorter than partition + out_of_order_window ({}): a partition must be closed before it moves",
+                        humantime_serde::re::humantime::format_duration(self.blob.after),
+                        humantime_serde::re::humantime::format_duration(need)
+                    ),
+                ));
+            }
+            if self.blob.upload_attempts == 0 {
+                return Err(Error::invalid(
+                    format!("{key}.blob.upload_attempts"),
+                    "must be at least 1",
+                ));
+            }
+        } else if !self.blob.options.is_empty() {
+            return Err(Error::invalid(
+                format!("{key}.blob.options"),
+                "given without blob.location",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SecondaryConfig {
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        self.storage.validate(&format!("{key}.storage"))?;
+        if self.query.max_concurrent == 0 {
+            return Err(Error::invalid(
+                format!("{key}.query.max_concurrent"),
+                "must be at least 1",
+            ));
+        }
+        positive(format!("{key}.query.timeout"), self.query.timeout)
+    }
+}
