@@ -2,7 +2,8 @@
 # Installs the system packages tiermon needs, if they are missing.
 #   scripts/install-deps.sh build   what building needs
 #   scripts/install-deps.sh test    that, plus the real peers the tests run
-#                                   against (promtool, node_exporter, moto)
+#                                   against (promtool, Prometheus,
+#                                   node_exporter, moto's S3 server)
 # Works on Debian and Ubuntu as root or with sudo; prints what it does.
 set -euo pipefail
 
@@ -22,44 +23,43 @@ if [ "$want" = test ]; then
   need python3 python3
 fi
 
+apt_install() { # apt_install <package>...
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-deps: missing $* and no apt-get here; install them by hand" >&2
+    exit 1
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      echo "install-deps: missing $*; run as root or install sudo" >&2
+      exit 1
+    fi
+  fi
+  echo "install-deps: installing $*" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # Packaged services must not start inside containers and CI machines.
+  local made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  [ "$made_policy" = 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+}
+
+[ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+
 # moto (an S3-compatible server, for the blob tiering test) comes from PyPI
 # into a virtualenv of our own; Debian's python3 needs python3-venv for it.
 venv="$HOME/.cache/tiermon/venv"
 if [ "$want" = test ] && [ ! -x "$venv/bin/moto_server" ]; then
-  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || pkgs+=(python3-venv)
-fi
-
-install_moto() {
-  [ "$want" = test ] && [ ! -x "$venv/bin/moto_server" ] || return 0
-  echo "install-deps: installing moto[server] into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6"
-}
-
-if [ ${#pkgs[@]} -eq 0 ]; then
-  install_moto
-  exit 0
-fi
-
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-deps: missing ${pkgs[*]} and no apt-get here; install them by hand" >&2
-  exit 1
-fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
-    echo "install-deps: missing ${pkgs[*]}; run as root or install sudo" >&2
-    exit 1
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    python3 -m venv "$venv"
   fi
+  echo "install-deps: installing moto[server] into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6"
 fi
-echo "install-deps: installing ${pkgs[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-# Packaged services must not start inside containers and CI machines.
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-  $sudo chmod +x /usr/sbin/policy-rc.d
-  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
-fi
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-install_moto
