@@ -37,14 +37,13 @@ else
   echo "== exposition conformance: $conformance not found, skipped" >&2
 fi
 if [ -d "$conformance/promql" ]; then
-  echo "== PromQL conformance ($conformance, informational)" >&2
-  # Reported, not yet required: the pass rate is tracked in the query issue.
+  echo "== PromQL conformance ($conformance)" >&2
+  # Every v2.42 case passes with --range-check; a regression fails the run.
   bin="$CARGO_TARGET_DIR/debug/tiermon"
   out="$CARGO_TARGET_DIR/conformance"
   mkdir -p "$out"
   (cd "$conformance/promql" && \
     PROMQL_SUT_START="exec '$bin' secondary --listen \"\$SUT_LISTEN_ADDR\" --data \"\$SUT_DATA_DIR\"" \
-    python3 run_promql.py --range-check --json "$out/promql-results.json" | tail -15) \
-    || echo "== PromQL conformance: some cases fail (report: $out/promql-results.json)" >&2
+    python3 run_promql.py --range-check --json "$out/promql-results.json" | tail -12)
 fi
 echo "== all tests passed" >&2
