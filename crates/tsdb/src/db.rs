@@ -21,6 +21,9 @@ const ENC_XOR: u8 = 0;
 const ENC_SEALED: u8 = 1;
 const ENC_AGG: u8 = 2;
 
+/// Sealed chunks collected before they are written to RocksDB together.
+const PENDING_BATCH: usize = 256;
+
 /// An open database. Cheap to clone; all methods are thread-safe.
 #[derive(Clone)]
 pub struct Db {
@@ -362,7 +365,12 @@ impl Db {
                 self.inner.wal.lock().log(&[Record::Samples(accepted)])?;
             }
         }
-        self.write_pending()?;
+        // Sealed chunks stay readable in the head and their samples are in
+        // the WAL, so they go to RocksDB in batches rather than one write
+        // per commit (checkpoint and maintenance flush the rest).
+        if self.inner.head.read().pending.len() >= PENDING_BATCH {
+            self.write_pending()?;
+        }
         Ok(res)
     }
 
