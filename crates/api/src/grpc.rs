@@ -94,6 +94,11 @@ fn bounds(start: i64, end: i64) -> (i64, i64) {
     )
 }
 
+/// A request's result limit; 0 means none.
+fn limit(n: u64) -> usize {
+    if n == 0 { usize::MAX } else { n as usize }
+}
+
 fn timeout(ms: i64) -> Option<std::time::Duration> {
     (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
 }
@@ -209,17 +214,11 @@ impl v1::query_server::Query for QueryService {
         }
         let (start, end) = bounds(r.start_ms, r.end_ms);
         let db = self.api.db().clone();
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
+        let limit = limit(r.limit);
         let all = crate::run_query(&self.api, None, move |_| {
-            let mut seen = std::collections::BTreeSet::new();
-            for m in &sets {
-                seen.extend(db.series(m, start, end));
-            }
-            seen.into_iter().take(limit).collect::<Vec<_>>()
+            let mut all = crate::union(&sets, |m| db.series(m, start, end));
+            all.truncate(limit);
+            all
         })
         .await
         .map_err(status)?;
@@ -243,20 +242,11 @@ impl v1::query_server::Query for QueryService {
         let sets = matchers(&r.selectors)?;
         let (start, end) = bounds(r.start_ms, r.end_ms);
         let db = self.api.db().clone();
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
+        let limit = limit(r.limit);
         let names = crate::run_query(&self.api, None, move |_| {
-            let mut names = std::collections::BTreeSet::new();
-            if sets.is_empty() {
-                names.extend(db.label_names(&[], start, end));
-            }
-            for m in &sets {
-                names.extend(db.label_names(m, start, end));
-            }
-            names.into_iter().take(limit).collect()
+            let mut names = crate::union(&sets, |m| db.label_names(m, start, end));
+            names.truncate(limit);
+            names
         })
         .await
         .map_err(status)?;
@@ -274,20 +264,11 @@ impl v1::query_server::Query for QueryService {
         let sets = matchers(&r.selectors)?;
         let (start, end) = bounds(r.start_ms, r.end_ms);
         let db = self.api.db().clone();
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
+        let limit = limit(r.limit);
         let values = crate::run_query(&self.api, None, move |_| {
-            let mut values = std::collections::BTreeSet::new();
-            if sets.is_empty() {
-                values.extend(db.label_values(&r.name, &[], start, end));
-            }
-            for m in &sets {
-                values.extend(db.label_values(&r.name, m, start, end));
-            }
-            values.into_iter().take(limit).collect()
+            let mut values = crate::union(&sets, |m| db.label_values(&r.name, m, start, end));
+            values.truncate(limit);
+            values
         })
         .await
         .map_err(status)?;

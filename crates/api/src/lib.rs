@@ -207,20 +207,6 @@ fn ts_json(t: i64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
 }
 
-fn value_str(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        format!("{v}")
-    }
-}
-
 fn metric_json(l: &tiermon_model::Labels) -> Json {
     let mut m = serde_json::Map::new();
     for x in l {
@@ -232,21 +218,21 @@ fn metric_json(l: &tiermon_model::Labels) -> Json {
 fn result_json(v: Value) -> Json {
     match v {
         Value::Scalar(t, v) => {
-            json!({"resultType": "scalar", "result": [ts_json(t), value_str(v)]})
+            json!({"resultType": "scalar", "result": [ts_json(t), tiermon_promql::format_float(v)]})
         }
         Value::String(t, s) => json!({"resultType": "string", "result": [ts_json(t), s]}),
         Value::Vector(samples) => json!({
             "resultType": "vector",
             "result": samples.into_iter().map(|s| json!({
                 "metric": metric_json(&s.labels),
-                "value": [ts_json(s.t), value_str(s.v)],
+                "value": [ts_json(s.t), tiermon_promql::format_float(s.v)],
             })).collect::<Vec<_>>(),
         }),
         Value::Matrix(series) => json!({
             "resultType": "matrix",
             "result": series.into_iter().map(|s| json!({
                 "metric": metric_json(&s.labels),
-                "values": s.samples.iter().map(|&(t, v)| json!([ts_json(t), value_str(v)])).collect::<Vec<_>>(),
+                "values": s.samples.iter().map(|&(t, v)| json!([ts_json(t), tiermon_promql::format_float(v)])).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
     }
@@ -358,6 +344,19 @@ async fn query_range(
     Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
 }
 
+/// The sorted, de-duplicated union of `f` over each selector (over all
+/// series when there is none).
+pub(crate) fn union<T: Ord>(sets: &[Vec<Matcher>], f: impl Fn(&[Matcher]) -> Vec<T>) -> Vec<T> {
+    let mut all = std::collections::BTreeSet::new();
+    if sets.is_empty() {
+        all.extend(f(&[]));
+    }
+    for m in sets {
+        all.extend(f(m));
+    }
+    all.into_iter().collect()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -397,13 +396,10 @@ async fn series(
     }
     let db = api.inner.db.clone();
     let out = run_query(&api, None, move |_| {
-        let mut seen = std::collections::BTreeSet::new();
-        for m in &sets {
-            for l in db.series(m, start, end) {
-                seen.insert(l);
-            }
-        }
-        seen.iter().map(metric_json).collect::<Vec<_>>()
+        union(&sets, |m| db.series(m, start, end))
+            .iter()
+            .map(metric_json)
+            .collect::<Vec<_>>()
     })
     .await?;
     Ok(success(Json::Array(out)))
@@ -420,14 +416,7 @@ async fn labels(
     let (sets, start, end) = selection(&p)?;
     let db = api.inner.db.clone();
     let out = run_query(&api, None, move |_| {
-        let mut names = std::collections::BTreeSet::new();
-        if sets.is_empty() {
-            names.extend(db.label_names(&[], start, end));
-        }
-        for m in &sets {
-            names.extend(db.label_names(m, start, end));
-        }
-        names.into_iter().collect::<Vec<_>>()
+        union(&sets, |m| db.label_names(m, start, end))
     })
     .await?;
     Ok(success(json!(out)))
@@ -444,14 +433,7 @@ async fn label_values(
     let (sets, start, end) = selection(&p)?;
     let db = api.inner.db.clone();
     let out = run_query(&api, None, move |_| {
-        let mut values = std::collections::BTreeSet::new();
-        if sets.is_empty() {
-            values.extend(db.label_values(&name, &[], start, end));
-        }
-        for m in &sets {
-            values.extend(db.label_values(&name, m, start, end));
-        }
-        values.into_iter().collect::<Vec<_>>()
+        union(&sets, |m| db.label_values(&name, m, start, end))
     })
     .await?;
     Ok(success(json!(out)))
@@ -507,8 +489,8 @@ mod tests {
         assert_eq!(ts_json(1_435_781_451_781).to_string(), "1435781451.781");
         assert_eq!(ts_json(0).to_string(), "0.0");
         assert_eq!(ts_json(-1500).to_string(), "-1.5");
-        assert_eq!(value_str(f64::INFINITY), "+Inf");
-        assert_eq!(value_str(1e21), "1000000000000000000000");
-        assert_eq!(value_str(0.1), "0.1");
+        assert_eq!(tiermon_promql::format_float(f64::INFINITY), "+Inf");
+        assert_eq!(tiermon_promql::format_float(1e21), "1000000000000000000000");
+        assert_eq!(tiermon_promql::format_float(0.1), "0.1");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, header};
 use promql_duration::parse_prom_duration;
-use tiermon_model::{METRIC_NAME, MatchOp, Matcher};
+use tiermon_model::Matcher;
 
 use crate::ApiError;
 
@@ -94,26 +94,7 @@ pub(crate) fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
             "invalid match[] {s:?}: not a series selector"
         )));
     };
-    let mut out = Vec::new();
-    if let Some(n) = &vs.name {
-        out.push(
-            Matcher::new(MatchOp::Equal, METRIC_NAME, n)
-                .map_err(|e| ApiError::bad_data(e.to_string()))?,
-        );
-    }
-    for m in &vs.matchers.matchers {
-        use promql_parser::label::MatchOp as P;
-        let op = match m.op {
-            P::Equal => MatchOp::Equal,
-            P::NotEqual => MatchOp::NotEqual,
-            P::Re(_) => MatchOp::Regex,
-            P::NotRe(_) => MatchOp::NotRegex,
-        };
-        out.push(
-            Matcher::new(op, &m.name, &m.value).map_err(|e| ApiError::bad_data(e.to_string()))?,
-        );
-    }
-    Ok(out)
+    tiermon_promql::selector_matchers(&vs).map_err(|e| ApiError::bad_data(e.to_string()))
 }
 
 mod promql_duration {

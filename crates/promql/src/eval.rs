@@ -39,13 +39,14 @@ pub(crate) struct VSeries {
 }
 
 /// A range vector: per series, raw samples; per step, the window
-/// `[end - range, end]` and the evaluation time.
+/// `[end - range, end]`. (Functions that need "now", like
+/// `predict_linear`, use the step's time, even under `@`, as Prometheus
+/// does.)
 #[derive(Debug, Clone)]
 pub(crate) struct Mat {
     pub series: Vec<Series>,
     pub range: i64,
     pub ends: Vec<i64>,
-    pub evals: Vec<i64>,
 }
 
 impl Mat {
@@ -99,6 +100,28 @@ fn system_ms(t: &SystemTime) -> i64 {
     }
 }
 
+/// The matchers of a parsed selector (its metric name included).
+pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Error> {
+    let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
+    if let Some(name) = &vs.name {
+        matchers.push(
+            Matcher::new(MatchOp::Equal, METRIC_NAME, name)
+                .map_err(|e| Error::BadData(e.to_string()))?,
+        );
+    }
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            PMatchOp::Equal => MatchOp::Equal,
+            PMatchOp::NotEqual => MatchOp::NotEqual,
+            PMatchOp::Re(_) => MatchOp::Regex,
+            PMatchOp::NotRe(_) => MatchOp::NotRegex,
+        };
+        matchers
+            .push(Matcher::new(op, &m.name, &m.value).map_err(|e| Error::BadData(e.to_string()))?);
+    }
+    Ok(matchers)
+}
+
 pub(crate) fn drop_name(l: &Labels) -> Labels {
     if l.get(METRIC_NAME).is_none() {
         return l.clone();
@@ -108,8 +131,9 @@ pub(crate) fn drop_name(l: &Labels) -> Labels {
     b.build()
 }
 
-/// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)`.
-pub(crate) fn format_float(v: f64) -> String {
+/// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)`, the
+/// way Prometheus prints sample values (and `count_values` labels).
+pub fn format_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
@@ -359,24 +383,7 @@ impl Ev<'_> {
                 "\"or\" inside a selector is not supported".into(),
             ));
         }
-        let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
-        if let Some(name) = &vs.name {
-            matchers.push(
-                Matcher::new(MatchOp::Equal, METRIC_NAME, name)
-                    .map_err(|e| Error::BadData(e.to_string()))?,
-            );
-        }
-        for m in &vs.matchers.matchers {
-            let op = match m.op {
-                PMatchOp::Equal => MatchOp::Equal,
-                PMatchOp::NotEqual => MatchOp::NotEqual,
-                PMatchOp::Re(_) => MatchOp::Regex,
-                PMatchOp::NotRe(_) => MatchOp::NotRegex,
-            };
-            matchers.push(
-                Matcher::new(op, &m.name, &m.value).map_err(|e| Error::BadData(e.to_string()))?,
-            );
-        }
+        let matchers = selector_matchers(vs)?;
         let mut series = self
             .store
             .select(&matchers, mint, maxt)
@@ -440,15 +447,11 @@ impl Ev<'_> {
         let vs = &ms.vs;
         let range = millis(&ms.range);
         let ends = self.read_times(&vs.at, &vs.offset);
-        // Functions that need "now" (predict_linear) use the step, even
-        // under `@`, as Prometheus does.
-        let evals = self.ts.clone();
         let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
             return Ok(Mat {
                 series: Vec::new(),
                 range,
                 ends,
-                evals,
             });
         };
         let mut series = self.select(vs, lo - range, hi)?;
@@ -461,7 +464,6 @@ impl Ev<'_> {
             series,
             range,
             ends,
-            evals,
         })
     }
 
@@ -474,13 +476,11 @@ impl Ev<'_> {
             .filter(|&s| s > 0)
             .unwrap_or(self.opts.default_subquery_step_ms);
         let ends = self.read_times(&sq.at, &sq.offset);
-        let evals = self.ts.clone();
         let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
             return Ok(Mat {
                 series: Vec::new(),
                 range,
                 ends,
-                evals,
             });
         };
         // The first step-aligned time at or after the earliest window start.
@@ -538,7 +538,6 @@ impl Ev<'_> {
             series,
             range,
             ends,
-            evals,
         })
     }
 

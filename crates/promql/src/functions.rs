@@ -299,6 +299,20 @@ fn absent_labels(e: &Expr) -> Labels {
     Labels::from_pairs(seen.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))))
 }
 
+/// `absent()` and `absent_over_time()`: 1 at the steps where `present`
+/// is false, labelled from the selector's equality matchers.
+fn absent(e: &Expr, n: usize, present: impl Fn(usize) -> bool) -> Val {
+    let v: Vec<Option<f64>> = (0..n).map(|i| (!present(i)).then_some(1.0)).collect();
+    if v.iter().all(Option::is_none) {
+        return Val::Vector(Vec::new());
+    }
+    Val::Vector(vec![VSeries {
+        labels: absent_labels(e),
+        v,
+        ts: None,
+    }])
+}
+
 fn date_fn(ev: &mut Ev<'_>, c: &Call, f: fn(DateTime<chrono::Utc>) -> f64) -> Result<Val, Error> {
     let conv = move |x: f64| {
         if !x.is_finite() {
@@ -538,33 +552,13 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
         "absent" => {
             let e = arg(c, 0)?;
             let vs = ev.eval_vector(e)?;
-            let v: Vec<Option<f64>> = (0..n)
-                .map(|i| (!vs.iter().any(|s| s.v[i].is_some())).then_some(1.0))
-                .collect();
-            Ok(Val::Vector(if v.iter().any(Option::is_some) {
-                vec![VSeries {
-                    labels: absent_labels(e),
-                    v,
-                    ts: None,
-                }]
-            } else {
-                Vec::new()
-            }))
+            Ok(absent(e, n, |i| vs.iter().any(|s| s.v[i].is_some())))
         }
         "absent_over_time" => {
             let e = arg(c, 0)?;
             let m = ev.eval_matrix(e)?;
-            let v: Vec<Option<f64>> = (0..n)
-                .map(|i| (!(0..m.series.len()).any(|s| !m.window(s, i).is_empty())).then_some(1.0))
-                .collect();
-            Ok(Val::Vector(if v.iter().any(Option::is_some) {
-                vec![VSeries {
-                    labels: absent_labels(e),
-                    v,
-                    ts: None,
-                }]
-            } else {
-                Vec::new()
+            Ok(absent(e, n, |i| {
+                (0..m.series.len()).any(|s| !m.window(s, i).is_empty())
             }))
         }
         "rate" | "increase" | "delta" => {
@@ -593,7 +587,7 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
         "predict_linear" => {
             let m = ev.eval_matrix(arg(c, 0)?)?;
             let d = ev.eval_scalar(arg(c, 1)?)?;
-            let evals = m.evals.clone();
+            let evals = ev.ts.clone();
             map_matrix(
                 &m,
                 |w, i| {

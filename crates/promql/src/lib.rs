@@ -10,7 +10,7 @@
 mod eval;
 mod functions;
 
-pub use eval::Engine;
+pub use eval::{Engine, format_float, selector_matchers};
 
 use tiermon_model::{Labels, Matcher};
 

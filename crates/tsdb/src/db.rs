@@ -1119,6 +1119,18 @@ impl Db {
 
     fn head_snapshots(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<HeadSnapshot> {
         let head = self.inner.head.read();
+        // Sealed chunks not yet written, by series: one pass, not one per
+        // selected series.
+        let mut pending: std::collections::HashMap<SeriesRef, Vec<(u64, Vec<u8>)>> =
+            std::collections::HashMap::new();
+        for c in &head.pending {
+            if c.min_t <= maxt && c.max_t >= mint {
+                pending
+                    .entry(c.r)
+                    .or_default()
+                    .push((c.seq, c.bytes.clone()));
+            }
+        }
         head.select(matchers)
             .into_iter()
             .filter_map(|r| {
@@ -1140,12 +1152,7 @@ impl Db {
                             .collect()
                     })
                     .unwrap_or_default();
-                let pending = head
-                    .pending
-                    .iter()
-                    .filter(|c| c.r == r)
-                    .map(|c| (c.seq, c.bytes.clone()))
-                    .collect();
+                let pending = pending.remove(&r).unwrap_or_default();
                 Some(HeadSnapshot {
                     r,
                     labels: head.labels(r),
