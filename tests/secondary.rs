@@ -10,7 +10,12 @@ use serde_json::Value;
 
 use crate::util::{Guard, Tiermon, eventually, free_port, peer};
 
-fn http(method: &str, url: &str, form: &[(&str, &str)], body: Option<Vec<u8>>) -> (u16, String) {
+pub(crate) fn http(
+    method: &str,
+    url: &str,
+    form: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -52,7 +57,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// An instant query's result as sorted (labels, value) pairs.
-fn instant(base: &str, query: &str, t: f64) -> Vec<(String, f64)> {
+pub(crate) fn instant(base: &str, query: &str, t: f64) -> Vec<(String, f64)> {
     let (status, body) = http(
         "POST",
         &format!("{base}/api/v1/query"),

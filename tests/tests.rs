@@ -6,6 +6,7 @@ mod agent;
 mod blob;
 mod check;
 mod node_exporter;
+mod scrape;
 mod secondary;
 mod storage;
 mod util;

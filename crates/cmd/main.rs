@@ -5,6 +5,7 @@ mod agent;
 mod check;
 mod debug;
 mod query;
+mod scraping;
 mod secondary;
 mod up;
 

@@ -1,6 +1,7 @@
-//! `tiermon secondary`: stores what it receives (remote_write today; the
-//! scrape engine comes with the secondary issue) and answers the Prometheus
-//! HTTP API and the gRPC query service over it.
+//! `tiermon secondary`: scrapes its share of the datacenter's targets (the
+//! Prometheus `scrape_configs` file named by `secondary.scrape_config`),
+//! takes remote_write pushes, stores both, and answers the Prometheus HTTP
+//! API and the gRPC query service over what it holds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,7 +61,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         data,
         storage,
         query,
+        scrape_config,
+        shard,
     } = cfg.secondary;
+    let member = if shard.member.is_empty() {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        shard.member.clone()
+    };
+    let shard = tiermon_scrape::Shard::new(&shard.name, &shard.shards, &member)
+        .map_err(|e| anyhow::anyhow!("config key `secondary.shard`: {e}"))?;
     let listen = args.listen.unwrap_or(listen);
     let data = args.data.unwrap_or(data);
     let opts = storage_options(&storage, "secondary.storage")?;
@@ -79,6 +92,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ..tiermon_api::Limits::default()
     };
     let api = tiermon_api::Api::new(db.clone(), engine, limits, env!("CARGO_PKG_VERSION"));
+    let scraping = crate::scraping::Scraping::start(
+        tiermon_scrape::Manager::start(db.clone(), shard),
+        scrape_config,
+    )
+    .context("config key `secondary.scrape_config`")?;
+    scraping.reload_on_sighup();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -89,10 +108,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         storage.checkpoint_every,
     ));
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
-    axum::serve(listener, api.router())
+    axum::serve(listener, api.router().merge(scraping.router()))
         .with_graceful_shutdown(crate::shutdown_signal())
         .await
         .context("serving")?;
+    // Scrapes in flight finish and are stored before the last checkpoint.
+    scraping.manager().shutdown().await;
     background.abort();
     // A clean stop leaves a checkpoint, so the next start replays nothing.
     tokio::task::spawn_blocking(move || db.checkpoint())

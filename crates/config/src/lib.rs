@@ -11,7 +11,7 @@ mod agent;
 mod secondary;
 
 pub use agent::{AgentConfig, LogFormat, LogSource, ProcessWatch, SmartConfig};
-pub use secondary::{BlobConfig, QueryConfig, SecondaryConfig, StorageConfig};
+pub use secondary::{BlobConfig, QueryConfig, SecondaryConfig, ShardConfig, StorageConfig};
 
 use std::path::{Path, PathBuf};
 

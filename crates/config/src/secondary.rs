@@ -23,6 +23,11 @@ pub struct SecondaryConfig {
     pub storage: StorageConfig,
     /// Query limits.
     pub query: QueryConfig,
+    /// What to scrape: a Prometheus-style YAML file with `global` and
+    /// `scrape_configs`. Unset: nothing is scraped (remote_write only).
+    pub scrape_config: Option<PathBuf>,
+    /// This secondary's share of the datacenter's targets.
+    pub shard: ShardConfig,
 }
 
 impl Default for SecondaryConfig {
@@ -32,8 +37,23 @@ impl Default for SecondaryConfig {
             data: PathBuf::from("tiermon-data/secondary"),
             storage: StorageConfig::default(),
             query: QueryConfig::default(),
+            scrape_config: None,
+            shard: ShardConfig::default(),
         }
     }
+}
+
+/// Sharding of targets across secondaries (rendezvous hashing).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardConfig {
+    /// This secondary's shard; both members of an HA pair name the same.
+    pub name: String,
+    /// Every shard of the datacenter. Empty: no sharding, scrape all.
+    pub shards: Vec<String>,
+    /// Tells the two members of a pair apart (spreads their scrapes in
+    /// time); defaults to the host name.
+    pub member: String,
 }
 
 /// Storage engine settings of a tier.
@@ -205,6 +225,20 @@ impl StorageConfig {
 impl SecondaryConfig {
     pub(crate) fn validate(&self, key: &str) -> Result<()> {
         self.storage.validate(&format!("{key}.storage"))?;
+        if !self.shard.shards.is_empty() && !self.shard.shards.contains(&self.shard.name) {
+            return Err(Error::invalid(
+                format!("{key}.shard.name"),
+                format!(
+                    "{:?} is not one of shard.shards {:?}",
+                    self.shard.name, self.shard.shards
+                ),
+            ));
+        }
+        if let Some(p) = &self.scrape_config
+            && p.as_os_str().is_empty()
+        {
+            return Err(Error::invalid(format!("{key}.scrape_config"), "empty path"));
+        }
         if self.query.max_concurrent == 0 {
             return Err(Error::invalid(
                 format!("{key}.query.max_concurrent"),

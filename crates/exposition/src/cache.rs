@@ -74,6 +74,13 @@ impl<T> SeriesCache<T> {
             .collect()
     }
 
+    /// Removes and returns every entry (a failed scrape: all its series
+    /// become stale) and starts a new scrape.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.scrape += 1;
+        self.map.drain().map(|(_, s)| s.value).collect()
+    }
+
     /// Number of cached series.
     pub fn len(&self) -> usize {
         self.map.len()

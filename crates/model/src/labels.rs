@@ -219,6 +219,27 @@ impl LabelsBuilder {
             .map(|l| &*l.value)
     }
 
+    /// The labels as (name, value), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels.iter().map(|l| (&*l.name, &*l.value))
+    }
+
+    /// Keeps only the labels for which `keep(name, value)` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) -> &mut Self {
+        self.labels.retain(|l| keep(&l.name, &l.value));
+        self
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no labels.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
     /// The finished, sorted set.
     pub fn build(&self) -> Labels {
         let mut v = self.labels.clone();

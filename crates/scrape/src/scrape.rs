@@ -1,0 +1,610 @@
+//! One scrape loop per target: fetch on a fixed, spread-out schedule, parse,
+//! relabel, append, and write the report series and staleness markers as
+//! Prometheus does.
+//!
+//! The schedule: every target scrapes at `interval`, at an offset within the
+//! interval derived from its identity (and the scraper's seed), so 5,000
+//! targets spread evenly instead of firing together. A scrape's timestamp is
+//! its scheduled time when it started within a few milliseconds of it — exact
+//! intervals compress to almost nothing — and the actual time otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tiermon_exposition::{Entry, Format, Parser, SeriesCache};
+use tiermon_model::{Labels, LabelsBuilder, STALE_NAN};
+use tiermon_tsdb::{Db, SeriesRef};
+use tokio::sync::watch;
+
+use crate::config::{Job, Limits};
+use crate::relabel;
+use crate::target::Target;
+
+/// A job's settings and HTTP client, shared by its loops; replaced on reload.
+#[derive(Debug)]
+pub(crate) struct JobRuntime {
+    pub job: Job,
+    pub client: reqwest::Client,
+}
+
+/// What the manager tells a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmd {
+    Run,
+    /// The target is gone: mark its series stale and stop.
+    Gone,
+    /// The process stops: stop without staleness markers (the series did
+    /// not end; the next start continues them).
+    Shutdown,
+}
+
+/// Health of a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// Not scraped yet.
+    #[default]
+    Unknown,
+    /// The last scrape succeeded.
+    Up,
+    /// The last scrape failed.
+    Down,
+}
+
+impl Health {
+    /// Prometheus' name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// A target's last scrape, for the targets view.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Health after the last scrape.
+    pub health: Health,
+    /// Why the last scrape failed; empty when it did not.
+    pub last_error: String,
+    /// Start of the last scrape, ms since the epoch (0: never).
+    pub last_scrape_ms: i64,
+    /// How long it took.
+    pub last_duration: Duration,
+    /// Samples stored by the last scrape.
+    pub samples: u64,
+    /// Samples the store refused (too old, series limit) in the last scrape.
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cached {
+    /// Stored under this reference; `track` when it gets staleness markers
+    /// (not for series with their own timestamps).
+    Keep { r: SeriesRef, track: bool },
+    /// Dropped by metric relabelling.
+    Drop,
+}
+
+/// What a loop keeps between scrapes.
+#[derive(Debug)]
+struct LoopState {
+    cache: SeriesCache<Cached>,
+    report: Option<[SeriesRef; 5]>,
+}
+
+const REPORT_NAMES: [&str; 5] = [
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+];
+
+/// How close to its scheduled time a scrape must start to be stamped with it.
+const TIMESTAMP_TOLERANCE_MS: i64 = 25;
+
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The first scheduled time after `now` for a target: the target's slot
+/// within the interval, the same in every interval.
+pub(crate) fn first_slot(now: i64, interval_ms: i64, key: u64, seed: u64) -> i64 {
+    let iv = interval_ms.max(1);
+    let offset = ((key ^ seed) % iv as u64) as i64;
+    let mut next = now - now.rem_euclid(iv) + offset;
+    if next <= now {
+        next += iv;
+    }
+    next
+}
+
+pub(crate) async fn run(
+    target: Arc<Target>,
+    mut rt: watch::Receiver<Arc<JobRuntime>>,
+    db: Db,
+    status: Arc<Mutex<Status>>,
+    mut cmd: watch::Receiver<Cmd>,
+    seed: u64,
+) {
+    let iv = target.interval.as_millis() as i64;
+    let mut state = Some(LoopState {
+        cache: SeriesCache::new(),
+        report: None,
+    });
+    let mut runtime = rt.borrow_and_update().clone();
+    let mut next = first_slot(wall_ms(), iv, target.key, seed);
+    loop {
+        let wait = Duration::from_millis((next - wall_ms()).max(0) as u64);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = cmd.changed() => {}
+        }
+        match *cmd.borrow() {
+            Cmd::Run => {}
+            Cmd::Shutdown => return,
+            Cmd::Gone => break,
+        }
+        if rt.has_changed().unwrap_or(false) {
+            runtime = rt.borrow_and_update().clone();
+            // Limits or metric relabelling may have changed: decide every
+            // series afresh (the store still knows their references).
+            if let Some(s) = state.as_mut() {
+                s.cache = SeriesCache::new();
+            }
+        }
+        let now = wall_ms();
+        if now < next {
+            continue;
+        }
+        let t = if now - next <= TIMESTAMP_TOLERANCE_MS {
+            next
+        } else {
+            now
+        };
+        let started = Instant::now();
+        let fetched = tokio::select! {
+            r = fetch(&runtime, &target) => r,
+            _ = cmd.changed() => match *cmd.borrow() {
+                Cmd::Shutdown => return,
+                // Gone mid-scrape: discard it and go stale.
+                _ => break,
+            },
+        };
+        let duration = started.elapsed();
+        let mut st = state.take().expect("state is returned after every scrape");
+        let (db2, rt2, tg) = (db.clone(), runtime.clone(), target.clone());
+        let joined = tokio::task::spawn_blocking(move || {
+            let report = ingest(&mut st, &db2, &rt2.job, &tg, fetched, t, duration);
+            (st, report)
+        })
+        .await;
+        let (st, report) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(target = %target.url, error = %e, "scrape ingestion failed");
+                return;
+            }
+        };
+        state = Some(st);
+        {
+            let mut s = status.lock();
+            s.health = if report.error.is_none() {
+                Health::Up
+            } else {
+                Health::Down
+            };
+            s.last_error = report.error.clone().unwrap_or_default();
+            s.last_scrape_ms = t;
+            s.last_duration = duration;
+            s.samples = report.stored;
+            s.rejected = report.rejected;
+        }
+        if let Some(e) = &report.error {
+            tracing::debug!(target = %target.url, error = %e, "scrape failed");
+        }
+        next += iv;
+        let now = wall_ms();
+        if next <= now {
+            // Fell behind (a long stall): skip the missed slots.
+            next += ((now - next) / iv + 1) * iv;
+        }
+    }
+    // The target is gone: its series and its report series end now.
+    if let Some(mut st) = state {
+        let t = wall_ms();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut app = db.appender();
+            for c in st.cache.drain() {
+                if let Cached::Keep { r, track: true } = c {
+                    app.append_ref(r, t, STALE_NAN);
+                }
+            }
+            for r in st.report.into_iter().flatten() {
+                app.append_ref(r, t, STALE_NAN);
+            }
+            if let Err(e) = app.commit() {
+                tracing::warn!(error = %e, "writing staleness markers of a removed target");
+            }
+        })
+        .await;
+    }
+}
+
+/// A scrape's body and its format, or why there is none.
+type Fetched = Result<(Vec<u8>, Format), String>;
+
+async fn fetch(rt: &JobRuntime, target: &Target) -> Fetched {
+    let job = &rt.job;
+    let timeout = target.timeout;
+    let fut = async {
+        let mut req = rt
+            .client
+            .get(target.url.clone())
+            .header(reqwest::header::ACCEPT, job.accept.as_str())
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", timeout.as_secs_f64()),
+            );
+        if let Some(b) = &job.config.basic_auth {
+            let password = match &b.password_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("reading basic_auth.password_file {}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+                None => b.password.clone(),
+            };
+            req = req.basic_auth(&b.username, Some(password));
+        }
+        if let Some(a) = &job.config.authorization {
+            let cred = match &a.credentials_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        format!(
+                            "reading authorization.credentials_file {}: {e}",
+                            f.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+                None => a.credentials.clone(),
+            };
+            req = req.header(reqwest::header::AUTHORIZATION, format!("{} {cred}", a.kind));
+        }
+        let mut resp = req.send().await.map_err(describe)?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::OK {
+            return Err(format!("server returned HTTP status {status}"));
+        }
+        let format = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(Format::from_content_type)
+            .unwrap_or_default();
+        let limit = job.limits.body_size;
+        let mut body = Vec::with_capacity(
+            resp.content_length()
+                .map_or(64 << 10, |n| n.min(16 << 20) as usize),
+        );
+        while let Some(chunk) = resp.chunk().await.map_err(describe)? {
+            body.extend_from_slice(&chunk);
+            if limit > 0 && body.len() as u64 > limit {
+                return Err(format!(
+                    "body size limit exceeded: more than {limit} bytes (body_size_limit)"
+                ));
+            }
+        }
+        Ok((body, format))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "context deadline exceeded: no complete answer within the scrape timeout of {}",
+            crate::config::PromDuration(timeout)
+        )),
+    }
+}
+
+/// The error of a request with its causes (reqwest's own message is terse).
+fn describe(e: reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// What one scrape did.
+#[derive(Debug, Default)]
+struct Report {
+    error: Option<String>,
+    stored: u64,
+    rejected: u64,
+}
+
+struct Counts {
+    scraped: u64,
+    post_relabel: u64,
+    added: u64,
+}
+
+fn ingest(
+    st: &mut LoopState,
+    db: &Db,
+    job: &Job,
+    target: &Target,
+    fetched: Fetched,
+    t: i64,
+    duration: Duration,
+) -> Report {
+    let mut app = db.appender();
+    let mut rejected = 0u64;
+    let mut first_rejection = None;
+    let result = fetched.and_then(|(body, format)| {
+        append_samples(
+            st,
+            db,
+            &mut app,
+            job,
+            target,
+            &body,
+            format,
+            t,
+            &mut rejected,
+            &mut first_rejection,
+        )
+    });
+    let (up, counts, error) = match result {
+        Ok(c) => {
+            for gone in st.cache.end_scrape() {
+                if let Cached::Keep { r, track: true } = gone {
+                    app.append_ref(r, t, STALE_NAN);
+                }
+            }
+            (1.0, c, None)
+        }
+        Err(e) => {
+            // Nothing of a failed scrape is kept, and everything the last
+            // good scrape had goes stale (as in Prometheus).
+            app = db.appender();
+            for c in st.cache.drain() {
+                if let Cached::Keep { r, track: true } = c {
+                    app.append_ref(r, t, STALE_NAN);
+                }
+            }
+            let zero = Counts {
+                scraped: 0,
+                post_relabel: 0,
+                added: 0,
+            };
+            (0.0, zero, Some(e))
+        }
+    };
+    let refs = match st.report {
+        Some(r) => Some(r),
+        None => report_refs(db, &target.labels).ok(),
+    };
+    st.report = refs;
+    if let Some(r) = refs {
+        let values = [
+            up,
+            duration.as_secs_f64(),
+            counts.scraped as f64,
+            counts.post_relabel as f64,
+            counts.added as f64,
+        ];
+        for (r, v) in r.iter().zip(values) {
+            app.append_ref(*r, t, v);
+        }
+    }
+    let stored = app.len() as u64;
+    match app.commit() {
+        Ok(res) => {
+            rejected += res.rejected.len() as u64;
+            if first_rejection.is_none() {
+                first_rejection = res.rejected.into_iter().next().map(|(_, e)| e.to_string());
+            }
+        }
+        Err(e) => {
+            return Report {
+                error: Some(format!("storing the scrape: {e}")),
+                stored: 0,
+                rejected: stored,
+            };
+        }
+    }
+    if rejected > 0 {
+        tracing::warn!(
+            target = %target.url,
+            rejected,
+            first = first_rejection.as_deref().unwrap_or(""),
+            "samples refused by the store"
+        );
+    }
+    Report {
+        error,
+        stored: stored.saturating_sub(rejected),
+        rejected,
+    }
+}
+
+fn report_refs(db: &Db, target: &Labels) -> Result<[SeriesRef; 5], tiermon_tsdb::Error> {
+    let mut out = [0; 5];
+    for (i, name) in REPORT_NAMES.iter().enumerate() {
+        let mut lb = target.to_builder();
+        lb.set(tiermon_model::METRIC_NAME, *name);
+        out[i] = db.series_ref(&lb.build())?;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append_samples(
+    st: &mut LoopState,
+    db: &Db,
+    app: &mut tiermon_tsdb::Appender<'_>,
+    job: &Job,
+    target: &Target,
+    body: &[u8],
+    format: Format,
+    t: i64,
+    rejected: &mut u64,
+    first_rejection: &mut Option<String>,
+) -> Result<Counts, String> {
+    let mut parser = Parser::from_bytes(body, format).map_err(|e| format!("parse error: {e}"))?;
+    let mut c = Counts {
+        scraped: 0,
+        post_relabel: 0,
+        added: 0,
+    };
+    let limit = job.limits.samples;
+    while let Some(entry) = parser
+        .next_entry()
+        .map_err(|e| format!("parse error: {e}"))?
+    {
+        let Entry::Sample(s) = entry else { continue };
+        c.scraped += 1;
+        let cached = match st.cache.get(s.series) {
+            Some(c) => *c,
+            None => {
+                let Some(labels) = series_labels(&s, target, job)? else {
+                    st.cache.insert(s.series, Cached::Drop);
+                    continue;
+                };
+                match db.series_ref(&labels) {
+                    Ok(r) => {
+                        c.added += 1;
+                        let track = !(job.honor_timestamps && s.timestamp.is_some());
+                        *st.cache.insert(s.series, Cached::Keep { r, track })
+                    }
+                    Err(e) => {
+                        *rejected += 1;
+                        first_rejection.get_or_insert_with(|| e.to_string());
+                        continue;
+                    }
+                }
+            }
+        };
+        let Cached::Keep { r, .. } = cached else {
+            continue;
+        };
+        c.post_relabel += 1;
+        if limit > 0 && c.post_relabel > limit {
+            return Err(format!(
+                "sample_limit exceeded: more than {limit} samples after metric relabelling"
+            ));
+        }
+        let ts = match (job.honor_timestamps, s.timestamp) {
+            (true, Some(ts)) => ts,
+            _ => t,
+        };
+        app.append_ref(r, ts, s.value);
+    }
+    Ok(c)
+}
+
+/// The stored labels of a scraped sample: its own, merged with the
+/// target's (honor_labels decides clashes), then metric relabelling.
+/// `None` when relabelling drops it.
+fn series_labels(
+    s: &tiermon_exposition::SampleRef<'_>,
+    target: &Target,
+    job: &Job,
+) -> Result<Option<Labels>, String> {
+    let mut lb = LabelsBuilder::with_capacity(8 + target.labels.len());
+    lb.set(tiermon_model::METRIC_NAME, s.name);
+    for (n, v) in s.labels() {
+        lb.set(n, v.as_ref());
+    }
+    if job.config.honor_labels {
+        for l in target.labels.iter() {
+            if lb.get(&l.name).is_none() {
+                lb.set(l.name.clone(), l.value.clone());
+            }
+        }
+    } else {
+        let mut clashes = Vec::new();
+        for l in target.labels.iter() {
+            if let Some(v) = lb.get(&l.name) {
+                clashes.push((l.name.to_string(), v.to_owned()));
+            }
+            lb.set(l.name.clone(), l.value.clone());
+        }
+        for (name, value) in clashes {
+            let mut new = format!("exported_{name}");
+            while lb.get(&new).is_some() {
+                new = format!("exported_{new}");
+            }
+            lb.set(new, value);
+        }
+    }
+    if !relabel::relabel(&job.config.metric_relabel_configs, &mut lb) {
+        return Ok(None);
+    }
+    if lb.get(tiermon_model::METRIC_NAME).is_none() {
+        return Ok(None);
+    }
+    check_limits(&lb, &job.limits)?;
+    Ok(Some(lb.build()))
+}
+
+fn check_limits(lb: &LabelsBuilder, l: &Limits) -> Result<(), String> {
+    if l.labels > 0 && lb.len() as u64 > l.labels {
+        return Err(format!(
+            "label_limit exceeded: a series has {} labels, the limit is {}",
+            lb.len(),
+            l.labels
+        ));
+    }
+    for (n, v) in lb.iter() {
+        if l.label_name_length > 0 && n.len() as u64 > l.label_name_length {
+            return Err(format!(
+                "label_name_length_limit exceeded: label name {n:?} is longer than {}",
+                l.label_name_length
+            ));
+        }
+        if l.label_value_length > 0 && v.len() as u64 > l.label_value_length {
+            return Err(format!(
+                "label_value_length_limit exceeded: value of label {n:?} is longer than {}",
+                l.label_value_length
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_spread_targets_across_the_interval() {
+        let iv = 15_000;
+        let now = 1_700_000_000_123;
+        let mut buckets = [0u32; 15];
+        for key in 0..5000u64 {
+            let k = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+            let s = first_slot(now, iv, k, 7);
+            assert!(s > now && s <= now + iv, "{s}");
+            buckets[((s % iv) / 1000) as usize] += 1;
+        }
+        // Each second of the interval gets about 5000/15 = 333 targets.
+        for b in buckets {
+            assert!((250..420).contains(&b), "{buckets:?}");
+        }
+        // The slot is stable from interval to interval.
+        let k = 12345;
+        let a = first_slot(now, iv, k, 0);
+        let b = first_slot(now + iv, iv, k, 0);
+        assert_eq!(b - a, iv);
+    }
+}
