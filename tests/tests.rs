@@ -9,4 +9,5 @@ mod node_exporter;
 mod scrape;
 mod secondary;
 mod storage;
+mod up;
 mod util;

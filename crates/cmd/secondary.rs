@@ -55,15 +55,33 @@ pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Op
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?;
+    let mut cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?.secondary;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data {
+        cfg.data = d;
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    serve(cfg, listener, crate::shutdown_signal()).await
+}
+
+/// Runs a secondary on `listener` until `shutdown` completes.
+pub(crate) async fn serve(
+    cfg: SecondaryConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let SecondaryConfig {
-        listen,
+        listen: _,
         data,
         storage,
         query,
         scrape_config,
         shard,
-    } = cfg.secondary;
+    } = cfg;
     let member = if shard.member.is_empty() {
         rustix::system::uname()
             .nodename()
@@ -74,8 +92,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     };
     let shard = tiermon_scrape::Shard::new(&shard.name, &shard.shards, &member)
         .map_err(|e| anyhow::anyhow!("config key `secondary.shard`: {e}"))?;
-    let listen = args.listen.unwrap_or(listen);
-    let data = args.data.unwrap_or(data);
     let opts = storage_options(&storage, "secondary.storage")?;
     let dir = data.clone();
     let db = tokio::task::spawn_blocking(move || Db::open(&dir, opts))
@@ -98,9 +114,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("config key `secondary.scrape_config`")?;
     scraping.reload_on_sighup();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let background = tokio::spawn(housekeeping(
         db.clone(),
@@ -109,7 +122,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     ));
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, api.router().merge(scraping.router()))
-        .with_graceful_shutdown(crate::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("serving")?;
     // Scrapes in flight finish and are stored before the last checkpoint.

@@ -1,0 +1,87 @@
+//! `tiermon up`: the README's first command starts the tiers wired
+//! together, monitoring this machine, and stops cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::secondary::instant;
+use crate::util::{Guard, eventually};
+
+#[test]
+fn up_scrapes_this_machine_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(crate::util::bin())
+        .args([
+            "up",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--secondary-listen",
+            "127.0.0.1:0",
+            "--scrape-interval",
+            "1s",
+            "--data",
+        ])
+        .arg(dir.path())
+        .env("TIERMON_AGENT__SMART__ENABLED", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("[up] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let guard = Guard(child);
+    let mut secondary = None;
+    while secondary.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("tiermon up printed its URLs");
+        if let Some(rest) = line.trim().strip_prefix("secondary") {
+            let url = rest.split_whitespace().next().unwrap();
+            secondary = Some(url.trim_end_matches("/targets").to_owned());
+        }
+    }
+    let base = secondary.unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    // The agent's host metrics arrive through the secondary's scrapes.
+    eventually("the agent scraped", Duration::from_secs(30), || {
+        let up = instant(&base, "up{job=\"node\"}", now());
+        (up.first().is_some_and(|(_, v)| *v == 1.0)).then_some(())
+    });
+    let cpus = instant(&base, "count(node_cpu_seconds_total{mode=\"idle\"})", now());
+    assert!(cpus[0].1 >= 1.0, "{cpus:?}");
+    eventually(
+        "the secondary scraped itself",
+        Duration::from_secs(30),
+        || (!instant(&base, "up{job=\"tiermon\"}", now()).is_empty()).then_some(()),
+    );
+    assert!(dir.path().join("scrape.yml").is_file());
+
+    // SIGTERM (as Ctrl-C): a clean stop.
+    let mut child = guard;
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = eventually("tiermon up stopped", Duration::from_secs(30), || {
+        child.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+        rest.push(l);
+    }
+    assert!(
+        rest.iter().any(|l| l.contains("tiermon stopped")),
+        "{rest:?}"
+    );
+}
