@@ -148,7 +148,8 @@ fn main() {
     std::fs::write(
         &scrape_file,
         format!(
-            "global:\n  scrape_interval: {interval}s\n  scrape_timeout: 10s\nscrape_configs:\n  - job_name: node\n    file_sd_configs:\n      - files: ['{}']\n",
+            "global:\n  scrape_interval: {interval}s\n  scrape_timeout: {}s\nscrape_configs:\n  - job_name: node\n    file_sd_configs:\n      - files: ['{}']\n",
+            interval.min(10),
             sd.display()
         ),
     )
@@ -183,6 +184,10 @@ fn main() {
         let scrapes1: u64 = fleet.hosts.iter().map(|h| h.scrapes()).sum();
         let elapsed = t0.elapsed().as_secs_f64();
         let rss = proc_rss(pid);
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("{scraper} exited early ({status}); run it by hand to see why");
+            continue;
+        }
         let limit = interval * 1100;
         let late = fleet
             .hosts

@@ -589,6 +589,8 @@ fn explain_unknown(key: String, message: String) -> Error {
     {
         let full = if key == "<root>" {
             field.to_owned()
+        } else if key == field || key.ends_with(&format!(".{field}")) {
+            key.clone()
         } else {
             format!("{key}.{field}")
         };
@@ -836,7 +838,7 @@ scrape_configs:
             ),
             (
                 "scrape_configs: [{job_name: a, relabel_configs: [{action: replace, regex: '('}]}]",
-                "scrape_configs[0].relabel_configs[0]",
+                "scrape_configs[0].relabel_configs[0].regex",
                 "regex",
             ),
             (

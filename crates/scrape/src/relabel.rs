@@ -349,7 +349,7 @@ mod tests {
 
     #[test]
     fn replace_joins_sources_and_is_anchored() {
-        let yaml = "  - source_labels: [a, b]\n    regex: 'f(.*);(.*)r'\n    target_label: a\n    replacement: '${1}${2}'\n  - source_labels: [c, a]\n    regex: '(b).*b(.*)ba(.*)'\n    target_label: d\n    replacement: '$1$2$2$3'\n";
+        let yaml = "  - source_labels: [a, b]\n    regex: 'f(.*);(.*)r'\n    target_label: a\n    replacement: 'b${1}${2}m'\n  - source_labels: [c, a]\n    regex: '(b).*b(.*)ba(.*)'\n    target_label: d\n    replacement: '$1$2$2$3'\n";
         let got = run(yaml, &[("a", "foo"), ("b", "bar"), ("c", "baz")]);
         assert_eq!(
             got,
