@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, header};
-use promql_duration::parse_prom_duration;
 use tiermon_model::Matcher;
 
 use crate::ApiError;
@@ -82,7 +81,8 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, ApiError> {
         }
         return Err(ApiError::bad_data(format!("invalid duration {s:?}")));
     }
-    parse_prom_duration(s).map_err(|e| ApiError::bad_data(format!("invalid duration {s:?}: {e}")))
+    tiermon_model::parse_duration(s)
+        .map_err(|e| ApiError::bad_data(format!("invalid duration {s:?}: {e}")))
 }
 
 /// A series selector (`name{a="b"}`) to matchers.
@@ -95,77 +95,4 @@ pub(crate) fn parse_selector(s: &str) -> Result<Vec<Matcher>, ApiError> {
         )));
     };
     tiermon_promql::selector_matchers(&vs).map_err(|e| ApiError::bad_data(e.to_string()))
-}
-
-mod promql_duration {
-    use std::time::Duration;
-
-    /// `1y2w3d4h5m6s7ms`, each unit at most once and in that order.
-    pub fn parse_prom_duration(s: &str) -> Result<Duration, String> {
-        if s.is_empty() {
-            return Err("empty duration".into());
-        }
-        let units: [(&str, u64); 7] = [
-            ("y", 365 * 24 * 3600 * 1000),
-            ("w", 7 * 24 * 3600 * 1000),
-            ("d", 24 * 3600 * 1000),
-            ("h", 3600 * 1000),
-            ("m", 60 * 1000),
-            ("s", 1000),
-            ("ms", 1),
-        ];
-        let mut rest = s;
-        let mut total: u64 = 0;
-        let mut last = 0usize;
-        while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            if digits == 0 {
-                return Err("expected a number".into());
-            }
-            let n: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| "number too large".to_owned())?;
-            rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            let unit = &rest[..unit_len];
-            rest = &rest[unit_len..];
-            let Some(pos) = units.iter().position(|(u, _)| *u == unit) else {
-                return Err(format!("unknown unit {unit:?}"));
-            };
-            if pos < last || (total > 0 && pos == last) {
-                return Err("units out of order".into());
-            }
-            last = pos;
-            total = n
-                .checked_mul(units[pos].1)
-                .and_then(|x| total.checked_add(x))
-                .ok_or_else(|| "duration too large".to_owned())?;
-        }
-        Ok(Duration::from_millis(total))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn durations_parse_like_prometheus() {
-            assert_eq!(parse_prom_duration("5m").unwrap(), Duration::from_secs(300));
-            assert_eq!(
-                parse_prom_duration("1h30m").unwrap(),
-                Duration::from_secs(5400)
-            );
-            assert_eq!(
-                parse_prom_duration("100ms").unwrap(),
-                Duration::from_millis(100)
-            );
-            assert!(parse_prom_duration("5x").is_err());
-            assert!(parse_prom_duration("m").is_err());
-            assert!(parse_prom_duration("1m1h").is_err());
-        }
-    }
 }

@@ -612,47 +612,11 @@ pub struct PromDuration(pub Duration);
 impl PromDuration {
     /// Parses a Prometheus duration.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("{s:?} is not a duration (write it like 15s, 1m30s or 500ms)");
-        if s == "0" {
-            return Ok(PromDuration(Duration::ZERO));
-        }
-        if s.is_empty() {
-            return Err(bad());
-        }
-        const UNITS: [(&str, u64); 7] = [
-            ("y", 365 * 24 * 3600 * 1000),
-            ("w", 7 * 24 * 3600 * 1000),
-            ("d", 24 * 3600 * 1000),
-            ("h", 3600 * 1000),
-            ("m", 60 * 1000),
-            ("s", 1000),
-            ("ms", 1),
-        ];
-        let mut rest = s;
-        let mut total: u64 = 0;
-        let mut next_unit = 0;
-        while !rest.is_empty() {
-            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-            rest = &rest[digits..];
-            let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-            let unit = &rest[..letters];
-            rest = &rest[letters..];
-            let idx = UNITS[next_unit..]
-                .iter()
-                .position(|(u, _)| *u == unit)
-                .ok_or_else(bad)?;
-            let (_, ms) = UNITS[next_unit + idx];
-            next_unit += idx + 1;
-            total = n
-                .checked_mul(ms)
-                .and_then(|x| total.checked_add(x))
-                .ok_or_else(bad)?;
-        }
-        Ok(PromDuration(Duration::from_millis(total)))
+        tiermon_model::parse_duration(s)
+            .map(PromDuration)
+            .map_err(|e| {
+                format!("{s:?} is not a duration ({e}; write it like 15s, 1m30s or 500ms)")
+            })
     }
 }
 
