@@ -113,7 +113,15 @@ pub fn load(
         },
         None => Error::invalid("<environment>", e.to_string()),
     })?;
-    let cfg: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+    let cfg: Config = deserialize(raw)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Deserialises what the `config` crate read into `T`; an error names the
+/// dotted path of the key at fault (`<root>` for the whole document).
+pub fn deserialize<T: serde::de::DeserializeOwned>(raw: config::Config) -> Result<T> {
+    serde_path_to_error::deserialize(raw).map_err(|e| {
         let key = e.path().to_string();
         let message = e.into_inner().to_string();
         // The config crate appends its own location; the path says it better.
@@ -123,9 +131,7 @@ pub fn load(
             .unwrap_or(&message)
             .to_owned();
         Error::invalid(if key == "." { "<root>".to_owned() } else { key }, message)
-    })?;
-    cfg.validate()?;
-    Ok(cfg)
+    })
 }
 
 #[cfg(test)]

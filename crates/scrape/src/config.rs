@@ -388,15 +388,9 @@ impl ScrapeFile {
                 key: "<file>".into(),
                 message: e.to_string(),
             })?;
-        let file: ScrapeFile = serde_path_to_error::deserialize(raw).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.into_inner().to_string();
-            let message = message
-                .split(" for key `")
-                .next()
-                .unwrap_or(&message)
-                .to_owned();
-            explain_unknown(if key == "." { "<root>".into() } else { key }, message)
+        let file: ScrapeFile = tiermon_config::deserialize(raw).map_err(|e| match e {
+            tiermon_config::Error::Invalid { key, message } => explain_unknown(key, message),
+            other => Error::config("<file>", other.to_string()),
         })?;
         file.validate()?;
         Ok(file)
