@@ -235,11 +235,7 @@ pub(crate) async fn run(
         let t = wall_ms();
         let _ = tokio::task::spawn_blocking(move || {
             let mut app = db.appender();
-            for c in st.cache.drain() {
-                if let Cached::Keep { r, track: true } = c {
-                    app.append_ref(r, t, STALE_NAN);
-                }
-            }
+            mark_stale(&mut app, st.cache.drain(), t);
             for r in st.report.into_iter().flatten() {
                 app.append_ref(r, t, STALE_NAN);
             }
@@ -380,22 +376,14 @@ fn ingest(
     });
     let (up, counts, error) = match result {
         Ok(c) => {
-            for gone in st.cache.end_scrape() {
-                if let Cached::Keep { r, track: true } = gone {
-                    app.append_ref(r, t, STALE_NAN);
-                }
-            }
+            mark_stale(&mut app, st.cache.end_scrape(), t);
             (1.0, c, None)
         }
         Err(e) => {
             // Nothing of a failed scrape is kept, and everything the last
             // good scrape had goes stale (as in Prometheus).
             app = db.appender();
-            for c in st.cache.drain() {
-                if let Cached::Keep { r, track: true } = c {
-                    app.append_ref(r, t, STALE_NAN);
-                }
-            }
+            mark_stale(&mut app, st.cache.drain(), t);
             let zero = Counts {
                 scraped: 0,
                 post_relabel: 0,
@@ -449,6 +437,16 @@ fn ingest(
         error,
         stored: stored.saturating_sub(rejected),
         rejected,
+    }
+}
+
+/// Appends staleness markers at `t` for the `ended` series that track
+/// staleness.
+fn mark_stale(app: &mut tiermon_tsdb::Appender<'_>, ended: Vec<Cached>, t: i64) {
+    for c in ended {
+        if let Cached::Keep { r, track: true } = c {
+            app.append_ref(r, t, STALE_NAN);
+        }
     }
 }
 
