@@ -16,7 +16,8 @@ need() { # need <command> <package>
 need cc gcc
 need c++ g++
 # The rocksdb crate generates its bindings with libclang at build time.
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang*.so*" >/dev/null || pkgs+=(libclang-dev)
+# (libclang-cpp, which some toolchains bring, is not what it loads.)
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null || compgen -G "/usr/lib/*/libclang.so*" >/dev/null || pkgs+=(libclang-dev)
 if [ "$want" = test ]; then
   need promtool prometheus
   need prometheus-node-exporter prometheus-node-exporter

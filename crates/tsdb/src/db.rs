@@ -51,6 +51,11 @@ struct Inner {
     chunk_writes: Mutex<()>,
     /// Blob storage for old partitions, when configured.
     tier: Option<Tier>,
+    /// WAL positions that readers still need, by reader name: checkpoints
+    /// keep the segments from the oldest of them on.
+    wal_holds: Mutex<std::collections::HashMap<String, u64>>,
+    /// Identity of this database's WAL; a new data folder gets a new one.
+    wal_epoch: u64,
 }
 
 /// A series and its samples in the asked range, oldest first.
@@ -60,6 +65,21 @@ pub struct SeriesData {
     pub labels: Labels,
     /// Its samples; staleness markers included.
     pub samples: Vec<Sample>,
+}
+
+/// Samples read back from the WAL by [`Db::wal_read`].
+#[derive(Debug, Clone, Default)]
+pub struct WalBatch {
+    /// Position after the last record read: where the next read starts.
+    pub end: u64,
+    /// Series and their samples, in commit order within each series.
+    pub series: Vec<(Labels, Vec<(i64, f64)>)>,
+    /// Samples read.
+    pub samples: usize,
+    /// Bytes that could not be read back (a damaged sealed segment).
+    pub skipped_bytes: u64,
+    /// Whether segments after `from` had been deleted before this read.
+    pub truncated: bool,
 }
 
 /// What a commit did.
@@ -230,6 +250,16 @@ impl Db {
         })?;
         stats.repair()?;
         let wal = Wal::open(&wal_dir, opts.wal_segment_bytes, opts.wal_fsync)?;
+        let wal_epoch = match get_u64(&rocks, meta, keys::META_WAL_EPOCH)? {
+            Some(e) => e,
+            None => {
+                let e = rand::random::<u64>() | 1;
+                rocks
+                    .put_cf(meta, keys::META_WAL_EPOCH, e.to_be_bytes())
+                    .map_err(Error::rocks("writing the WAL epoch"))?;
+                e
+            }
+        };
         let db = Db {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -240,6 +270,8 @@ impl Db {
                 maintenance: Mutex::new(()),
                 chunk_writes: Mutex::new(()),
                 tier,
+                wal_holds: Mutex::new(std::collections::HashMap::new()),
+                wal_epoch,
             }),
         };
         db.write_pending()?;
@@ -453,13 +485,88 @@ impl Db {
         rocks
             .flush_wal(true)
             .map_err(Error::rocks("syncing RocksDB"))?;
-        self.inner.wal.lock().truncate_before(segment)?;
+        let keep = self
+            .inner
+            .wal_holds
+            .lock()
+            .values()
+            .map(|&p| wal::unpack(p).0)
+            .fold(segment, u64::min);
+        self.inner.wal.lock().truncate_before(keep)?;
         tracing::debug!(
             series = total,
             took_ms = start.elapsed().as_millis() as u64,
             "checkpoint written"
         );
         Ok(())
+    }
+
+    /// Identity of this database's write-ahead log: positions from
+    /// [`Self::wal_read`] compare only within one epoch.
+    pub fn wal_epoch(&self) -> u64 {
+        self.inner.wal_epoch
+    }
+
+    /// Reads what was committed after WAL position `from` (0: from the
+    /// oldest segment kept), about `max_samples` samples at most, grouped by
+    /// series. Positions grow with every record, so the returned
+    /// [`WalBatch::end`] orders batches; a commit still being written is
+    /// left for the next call.
+    pub fn wal_read(&self, from: u64, max_samples: usize) -> Result<WalBatch> {
+        let mut by_ref: std::collections::HashMap<SeriesRef, usize> =
+            std::collections::HashMap::new();
+        let mut grouped: Vec<(SeriesRef, Vec<(i64, f64)>)> = Vec::new();
+        let mut samples = 0usize;
+        let tail = wal::read_from(
+            &self.inner.dir.join("wal"),
+            from,
+            max_samples.max(1),
+            |rec| {
+                if let Record::Samples(s) = rec {
+                    samples += s.len();
+                    for (r, t, v) in s {
+                        let i = *by_ref.entry(r).or_insert_with(|| {
+                            grouped.push((r, Vec::new()));
+                            grouped.len() - 1
+                        });
+                        grouped[i].1.push((t, v));
+                    }
+                }
+            },
+        )?;
+        let head = self.inner.head.read();
+        let n = head.series.len();
+        let series = grouped
+            .into_iter()
+            .filter(|(r, _)| (*r as usize) < n && !head.series[*r as usize].labels.is_empty())
+            .map(|(r, s)| (head.labels(r), s))
+            .collect();
+        Ok(WalBatch {
+            end: tail.end,
+            series,
+            samples,
+            skipped_bytes: tail.skipped_bytes,
+            truncated: tail.truncated,
+        })
+    }
+
+    /// Keeps the WAL from position `pos` on through checkpoints, on behalf
+    /// of reader `name`; `None` releases it.
+    pub fn wal_hold(&self, name: &str, pos: Option<u64>) {
+        let mut holds = self.inner.wal_holds.lock();
+        match pos {
+            Some(p) => {
+                holds.insert(name.to_owned(), p);
+            }
+            None => {
+                holds.remove(name);
+            }
+        }
+    }
+
+    /// The WAL's segments: position of their start, bytes, last change.
+    pub fn wal_segments(&self) -> Vec<(u64, u64, std::time::SystemTime)> {
+        wal::segment_list(&self.inner.dir.join("wal"))
     }
 
     /// Series matching all `matchers` with their samples in

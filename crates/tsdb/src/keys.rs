@@ -17,6 +17,7 @@ pub(crate) const CF_HEAD: &str = "head";
 pub(crate) const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_segment";
 pub(crate) const META_SERIES_PERSISTED: &[u8] = b"series_persisted";
+pub(crate) const META_WAL_EPOCH: &[u8] = b"wal_epoch";
 
 /// Prefix of the blob manifest in `meta`: `"tier/" | resolution (1) |
 /// partition (8, sign-flipped BE) | generation (4, BE)`.

@@ -29,8 +29,15 @@ mod keys;
 mod tier;
 mod wal;
 
-pub use db::{Appender, CommitResult, Db, MaintainReport, SeriesData, Stats};
+pub use db::{Appender, CommitResult, Db, MaintainReport, SeriesData, Stats, WalBatch};
 pub use downsample::{Aggregate, Resolution};
+
+/// Aggregates time-ordered samples into windows of `window_ms`, as the
+/// storage's own downsampling does (staleness markers skipped, counter
+/// resets compensated within the samples given).
+pub fn downsample(samples: &[(i64, f64)], window_ms: i64) -> Vec<Aggregate> {
+    downsample::aggregate(samples, window_ms.max(1), &mut (0.0, None))
+}
 pub use head::{SampleError, SeriesRef};
 pub use tier::{BlobOptions, open_store};
 

@@ -260,6 +260,130 @@ pub(crate) fn replay(
     Ok(stats)
 }
 
+/// A reader's place in the log: `segment << 32 | byte offset`. Positions
+/// only grow, so a position doubles as a sequence number of what was read.
+pub(crate) fn pack(segment: u64, offset: u64) -> u64 {
+    (segment << 32) | (offset & 0xffff_ffff)
+}
+
+/// The segment and offset of a packed position.
+pub(crate) fn unpack(pos: u64) -> (u64, u64) {
+    (pos >> 32, pos & 0xffff_ffff)
+}
+
+/// What [`read_from`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    /// Where the next read starts.
+    pub end: u64,
+    /// Bytes that could not be read: segments deleted before the reader got
+    /// to them, or a damaged end of a sealed segment.
+    pub skipped_bytes: u64,
+    /// Whether the segments were deleted before the reader got to them.
+    pub truncated: bool,
+}
+
+/// Reads records after position `from` (0: the oldest segment) until about
+/// `max_samples` samples were read or the log's end, calling `f`. A record
+/// still being written to the live segment is left for the next call.
+pub(crate) fn read_from(
+    dir: &Path,
+    from: u64,
+    max_samples: usize,
+    mut f: impl FnMut(Record),
+) -> Result<Tail> {
+    let segs = segments(dir)?;
+    let mut tail = Tail {
+        end: from,
+        ..Tail::default()
+    };
+    let Some(&(oldest, _)) = segs.first() else {
+        return Ok(tail);
+    };
+    let (mut seg, mut off) = unpack(from);
+    if seg < oldest {
+        if from != 0 {
+            tail.truncated = true;
+        }
+        seg = oldest;
+        off = 0;
+    }
+    let mut samples = 0usize;
+    loop {
+        let path = segment_path(dir, seg);
+        // Looked at before reading: a segment with a successor is complete.
+        // One without may still grow, so the reader never moves past it.
+        let sealed = segment_path(dir, seg + 1).exists();
+        let mut data = Vec::new();
+        match File::open(&path) {
+            Ok(mut file) => {
+                use std::io::Seek;
+                file.seek(std::io::SeekFrom::Start(off))
+                    .and_then(|_| file.read_to_end(&mut data))
+                    .map_err(|e| Error::io("reading the WAL", &path, e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && sealed => {
+                seg += 1;
+                off = 0;
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => return Err(Error::io("opening a WAL segment", &path, e)),
+        }
+        let (o, n, stop, bad) = read_records(&data, max_samples.saturating_sub(samples), &mut f);
+        samples += n;
+        tail.end = pack(seg, off + o as u64);
+        if stop || !sealed {
+            break;
+        }
+        if bad {
+            tracing::error!(segment = %path.display(), offset = off + o as u64, "WAL segment damaged; skipping its rest");
+            tail.skipped_bytes += (data.len() - o) as u64;
+        }
+        seg += 1;
+        off = 0;
+        tail.end = pack(seg, 0);
+    }
+    Ok(tail)
+}
+
+/// Decodes the records of `data`; returns the offset after the last
+/// whole record, the samples read, whether the sample budget stopped it,
+/// and whether it stopped at damage (or a record still being written).
+fn read_records(
+    data: &[u8],
+    budget: usize,
+    f: &mut impl FnMut(Record),
+) -> (usize, usize, bool, bool) {
+    let mut n = 0usize;
+    let mut off = 0usize;
+    while off < data.len() {
+        if n >= budget {
+            return (off, n, true, false);
+        }
+        let Some(head) = data.get(off..off + 8) else {
+            return (off, n, false, true);
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let Some(payload) = data.get(off + 8..off + 8 + len) else {
+            return (off, n, false, true);
+        };
+        if crc32fast::hash(payload) != crc {
+            return (off, n, false, true);
+        }
+        let Some(rec) = Record::decode(payload) else {
+            return (off, n, false, true);
+        };
+        if let Record::Samples(s) = &rec {
+            n += s.len();
+        }
+        f(rec);
+        off += 8 + len;
+    }
+    (off, n, false, false)
+}
+
 /// What a replay read.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ReplayStats {
@@ -295,6 +419,18 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// Segments with the position of their start, size and modification time.
+pub(crate) fn segment_list(dir: &Path) -> Vec<(u64, u64, std::time::SystemTime)> {
+    segments(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, p)| {
+            let m = fs::metadata(p).ok()?;
+            Some((pack(n, 0), m.len(), m.modified().ok()?))
+        })
+        .collect()
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
