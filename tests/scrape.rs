@@ -17,14 +17,14 @@ use crate::util::{Guard, Tiermon, eventually, free_port, get, peer};
 
 /// A target whose exposition the test sets; it records the request headers
 /// it was sent and answers gzip when asked.
-struct FakeTarget {
-    addr: String,
+pub(crate) struct FakeTarget {
+    pub(crate) addr: String,
     body: Arc<Mutex<(String, &'static str)>>,
     headers: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeTarget {
-    fn start(body: &str, content_type: &'static str) -> Self {
+    pub(crate) fn start(body: &str, content_type: &'static str) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let state = Arc::new(Mutex::new((body.to_owned(), content_type)));
@@ -74,7 +74,7 @@ impl FakeTarget {
         }
     }
 
-    fn set(&self, body: &str) {
+    pub(crate) fn set(&self, body: &str) {
         self.body.lock().unwrap().0 = body.to_owned();
     }
 }

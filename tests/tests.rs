@@ -5,6 +5,7 @@
 mod agent;
 mod blob;
 mod check;
+mod hierarchy;
 mod node_exporter;
 mod scrape;
 mod secondary;

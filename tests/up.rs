@@ -18,6 +18,12 @@ fn up_scrapes_this_machine_and_stops_cleanly() {
             "127.0.0.1:0",
             "--secondary-listen",
             "127.0.0.1:0",
+            "--secondary-b-listen",
+            "127.0.0.1:0",
+            "--primary-listen",
+            "127.0.0.1:0",
+            "--global-listen",
+            "127.0.0.1:0",
             "--scrape-interval",
             "1s",
             "--data",
@@ -37,17 +43,20 @@ fn up_scrapes_this_machine_and_stops_cleanly() {
         }
     });
     let guard = Guard(child);
-    let mut secondary = None;
-    while secondary.is_none() {
+    let mut urls = std::collections::HashMap::new();
+    while urls.len() < 3 {
         let line = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("tiermon up printed its URLs");
-        if let Some(rest) = line.trim().strip_prefix("secondary") {
-            let url = rest.split_whitespace().next().unwrap();
-            secondary = Some(url.trim_end_matches("/targets").to_owned());
+        let mut words = line.split_whitespace();
+        if let (Some(tier @ ("secondary" | "primary" | "global")), Some(url)) =
+            (words.next(), words.next())
+        {
+            let url = url.trim_end_matches("/targets").trim_end_matches('/');
+            urls.insert(tier.to_owned(), url.to_owned());
         }
     }
-    let base = secondary.unwrap();
+    let base = urls["secondary"].clone();
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -67,6 +76,42 @@ fn up_scrapes_this_machine_and_stops_cleanly() {
         || (!instant(&base, "up{job=\"tiermon\"}", now()).is_empty()).then_some(()),
     );
     assert!(dir.path().join("scrape.yml").is_file());
+
+    // The pair pushes to the primary, which keeps one copy of each series,
+    // and the primary reports to the global tier.
+    let primary = &urls["primary"];
+    eventually(
+        "the primary to hold the agent's series",
+        Duration::from_secs(30),
+        || {
+            let up = instant(primary, "up{job=\"node\"}", now());
+            (up.len() == 1 && up[0].1 == 1.0).then_some(())
+        },
+    );
+    eventually(
+        "both replicas reporting to the primary",
+        Duration::from_secs(30),
+        || {
+            let r = instant(
+                primary,
+                "tiermon_child_up{instance=\"primary/local\",tier=\"secondary\"}",
+                now(),
+            );
+            (r.len() == 2 && r.iter().all(|(_, v)| *v == 1.0)).then_some(())
+        },
+    );
+    eventually(
+        "the primary reporting to the global tier",
+        Duration::from_secs(30),
+        || {
+            let r = instant(
+                &urls["global"],
+                "tiermon_child_up{instance=\"global\",child=\"primary/local\"}",
+                now(),
+            );
+            (r.first().is_some_and(|(_, v)| *v == 1.0)).then_some(())
+        },
+    );
 
     // SIGTERM (as Ctrl-C): a clean stop.
     let mut child = guard;

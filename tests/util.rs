@@ -24,11 +24,15 @@ impl Tiermon {
     /// Starts `tiermon <subcommand> --listen 127.0.0.1:0 [--config FILE]
     /// <extra>` and waits for its "listening" log line.
     pub fn start(subcommand: &str, config: Option<&str>, extra: &[&str]) -> Self {
+        Self::start_at(subcommand, "127.0.0.1:0", config, extra)
+    }
+
+    /// As [`Self::start`], listening on `listen` (to restart a server on
+    /// its address).
+    pub fn start_at(subcommand: &str, listen: &str, config: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin());
-        cmd.arg(subcommand)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra);
+        cmd.arg(subcommand).args(["--listen", listen]).args(extra);
         if let Some(text) = config {
             let path = dir.path().join("tiermon.toml");
             std::fs::write(&path, text).unwrap();
@@ -41,10 +45,11 @@ impl Tiermon {
             .spawn()
             .unwrap();
         let stderr = child.stderr.take().unwrap();
+        let name = format!("{subcommand} {listen}");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[tiermon] {line}");
+                eprintln!("[{name}] {line}");
                 if let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("listen="))
@@ -64,6 +69,12 @@ impl Tiermon {
             addr,
             _dir: dir,
         }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -4,10 +4,14 @@
 mod agent;
 mod check;
 mod debug;
+mod global;
+mod primary;
 mod query;
 mod scraping;
 mod secondary;
+mod tier;
 mod up;
+mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,9 +48,18 @@ enum Command {
     /// Run a secondary: store what arrives (remote_write) and answer the
     /// Prometheus HTTP API.
     Secondary(secondary::Args),
+    /// Run a datacenter's primary: take the secondaries' pushes, answer
+    /// the datacenter's queries, push aggregates to the global tier.
+    Primary(primary::Args),
+    /// Run the global tier: every datacenter's aggregates in one view, and
+    /// which datacenters still report.
+    Global(global::Args),
     /// Query any tier over gRPC: instant and range queries, series, labels,
     /// alerts; as a table, JSON or a terminal chart.
     Query(query::Args),
+    /// Write known series into a secondary and read them back at the
+    /// primaries and the global tier: loss, duplication, delay.
+    Verify(verify::Args),
     /// Start a whole hierarchy on this machine, monitoring it.
     Up(up::Args),
     /// Check exposition text, configuration files.
@@ -65,6 +78,9 @@ fn main() -> ExitCode {
         Command::Agent(a) => runtime().and_then(|rt| rt.block_on(agent::run(a))),
         Command::Query(a) => runtime().and_then(|rt| rt.block_on(query::run(a))),
         Command::Secondary(a) => runtime().and_then(|rt| rt.block_on(secondary::run(a))),
+        Command::Primary(a) => runtime().and_then(|rt| rt.block_on(primary::run(a))),
+        Command::Global(a) => runtime().and_then(|rt| rt.block_on(global::run(a))),
+        Command::Verify(a) => runtime().and_then(|rt| rt.block_on(verify::run(a))),
         Command::Up(a) => runtime().and_then(|rt| rt.block_on(up::run(a))),
         Command::Debug(d) => debug::run(d),
     };

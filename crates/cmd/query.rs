@@ -18,6 +18,10 @@ pub(crate) struct Args {
     /// Longest the server may work on the query.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// At the global tier: read raw data from the datacenters' primaries
+    /// instead of the 1-minute aggregates.
+    #[arg(long)]
+    full_resolution: bool,
     #[command(subcommand)]
     what: What,
 }
@@ -295,7 +299,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 query,
                 time_ms: parse_time(&time)?,
                 timeout_ms,
-                full_resolution: false,
+                full_resolution: args.full_resolution,
             };
             let _p = Progress::start();
             let resp = client.instant(req).await.map_err(status)?.into_inner();
@@ -319,7 +323,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 end_ms: end,
                 step_ms,
                 timeout_ms,
-                full_resolution: false,
+                full_resolution: args.full_resolution,
             };
             let _p = Progress::start();
             let mut stream = client.range(req).await.map_err(status)?.into_inner();

@@ -26,6 +26,8 @@ struct Inner {
     manager: Manager,
     path: Option<PathBuf>,
     reload: Mutex<ReloadState>,
+    /// More of the tier's metrics for `/metrics` (the push path's).
+    extra: Mutex<Option<crate::tier::MetricsFn>>,
 }
 
 #[derive(Debug, Default)]
@@ -54,8 +56,14 @@ impl Scraping {
                     last_success_s: now_s(),
                     ..ReloadState::default()
                 }),
+                extra: Mutex::new(None),
             }),
         })
+    }
+
+    /// Adds `f`'s metrics to `/metrics`.
+    pub(crate) fn add_metrics(&self, f: crate::tier::MetricsFn) {
+        *self.inner.extra.lock() = Some(f);
     }
 
     pub(crate) fn manager(&self) -> &Manager {
@@ -264,6 +272,10 @@ async fn metrics(State(s): State<Scraping>) -> Response {
                 "tiermon_scrape_targets{{job=\"{job}\",state=\"{state}\"}} {n}"
             );
         }
+    }
+    let extra = s.inner.extra.lock().clone();
+    if let Some(f) = extra {
+        tiermon_federation::render(&f.get(), &mut out);
     }
     (
         [(

@@ -1,15 +1,18 @@
 //! `tiermon secondary`: scrapes its share of the datacenter's targets (the
 //! Prometheus `scrape_configs` file named by `secondary.scrape_config`),
 //! takes remote_write pushes, stores both, and answers the Prometheus HTTP
-//! API and the gRPC query service over what it holds.
+//! API and the gRPC query service over what it holds; pushes everything it
+//! stores to the datacenter's primaries (`secondary.push`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use tiermon_config::{SecondaryConfig, StorageConfig};
-use tiermon_tsdb::{BlobOptions, Db, Options};
+use tiermon_config::SecondaryConfig;
+use tiermon_federation::{Identity, WalSource, WalSourceOptions};
+
+use crate::tier;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -24,34 +27,6 @@ pub(crate) struct Args {
     /// Data folder, overriding the file.
     #[arg(long)]
     data: Option<PathBuf>,
-}
-
-/// The storage engine's options from the `storage` section.
-pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Options> {
-    let blob = if s.blob.location.is_empty() {
-        None
-    } else {
-        let store = tiermon_tsdb::open_store(&s.blob.location, s.blob.options.clone())
-            .with_context(|| format!("config key `{key}.blob.location`"))?;
-        Some(BlobOptions {
-            after: s.blob.after,
-            cache_bytes: s.blob.cache_bytes,
-            upload_attempts: s.blob.upload_attempts,
-            ..BlobOptions::new(store)
-        })
-    };
-    Ok(Options {
-        partition: s.partition,
-        ooo_window: s.out_of_order_window,
-        retention_raw: s.retention_raw,
-        retention_1m: s.retention_1m,
-        retention_1h: s.retention_1h,
-        max_bytes: (s.max_bytes > 0).then_some(s.max_bytes),
-        wal_fsync: s.wal_fsync,
-        max_series: s.max_series,
-        blob,
-        ..Options::default()
-    })
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
@@ -81,6 +56,8 @@ pub(crate) async fn serve(
         query,
         scrape_config,
         shard,
+        datacenter,
+        push,
     } = cfg;
     let member = if shard.member.is_empty() {
         rustix::system::uname()
@@ -90,36 +67,65 @@ pub(crate) async fn serve(
     } else {
         shard.member.clone()
     };
+    // Both members of an HA pair send as one child (the shard) and tell
+    // themselves apart by replica; without a shard, each is its own child.
+    let identity = Identity {
+        id: format!(
+            "secondary/{datacenter}/{}",
+            if shard.name.is_empty() {
+                &member
+            } else {
+                &shard.name
+            }
+        ),
+        tier: "secondary".into(),
+        datacenter: datacenter.clone(),
+        replica: if !push.replica.is_empty() {
+            push.replica.clone()
+        } else if shard.name.is_empty() {
+            String::new()
+        } else {
+            member.clone()
+        },
+    };
+    let instance = format!("secondary/{datacenter}/{member}");
     let shard = tiermon_scrape::Shard::new(&shard.name, &shard.shards, &member)
         .map_err(|e| anyhow::anyhow!("config key `secondary.shard`: {e}"))?;
-    let opts = storage_options(&storage, "secondary.storage")?;
-    let dir = data.clone();
-    let db = tokio::task::spawn_blocking(move || Db::open(&dir, opts))
-        .await?
-        .with_context(|| format!("opening storage in {}", data.display()))?;
-    let engine = tiermon_promql::Engine::new(tiermon_promql::Options {
-        max_samples: query.max_samples,
-        max_series: query.max_series,
-        ..tiermon_promql::Options::default()
-    });
-    let limits = tiermon_api::Limits {
-        max_concurrent_queries: query.max_concurrent,
-        query_timeout: query.timeout,
-        ..tiermon_api::Limits::default()
-    };
-    let api = tiermon_api::Api::new(db.clone(), engine, limits, env!("CARGO_PKG_VERSION"));
+    let db = tier::open_db(&data, &storage, "secondary.storage").await?;
+    let api = tier::api(&db, &query, tiermon_api::Primaries::default());
     let scraping = crate::scraping::Scraping::start(
         tiermon_scrape::Manager::start(db.clone(), shard),
         scrape_config,
     )
     .context("config key `secondary.scrape_config`")?;
     scraping.reload_on_sighup();
+    // Everything committed (scrapes, remote_write, the tier's own series)
+    // goes to every primary, read back from the WAL.
+    let state_dir = data.join("push");
+    let pushing = tier::Pushing::start(&push, "secondary.push", &identity, |url| {
+        WalSource::new(
+            db.clone(),
+            WalSourceOptions {
+                name: url.to_owned(),
+                state_dir: state_dir.clone(),
+                max_age: push.max_age,
+                max_bytes: if push.max_bytes == 0 {
+                    u64::MAX
+                } else {
+                    push.max_bytes
+                },
+            },
+        )
+        .context("starting the push buffer")
+    })?;
+    let own = {
+        let p = pushing.clone();
+        tier::MetricsFn::new(move || p.metrics())
+    };
+    scraping.add_metrics(own.clone());
+    let recorder = tier::record_own(&db, instance, Duration::from_secs(10), own);
     let addr = listener.local_addr()?;
-    let background = tokio::spawn(housekeeping(
-        db.clone(),
-        storage.maintain_every,
-        storage.checkpoint_every,
-    ));
+    let background = tier::housekeeping(&db, &storage);
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, api.router().merge(scraping.router()))
         .with_graceful_shutdown(shutdown)
@@ -127,40 +133,12 @@ pub(crate) async fn serve(
         .context("serving")?;
     // Scrapes in flight finish and are stored before the last checkpoint.
     scraping.manager().shutdown().await;
+    recorder.abort();
+    pushing.stop(Duration::from_secs(2)).await;
     background.abort();
     // A clean stop leaves a checkpoint, so the next start replays nothing.
     tokio::task::spawn_blocking(move || db.checkpoint())
         .await?
         .context("writing the final checkpoint")?;
     Ok(())
-}
-
-async fn housekeeping(db: Db, maintain_every: Duration, checkpoint_every: Duration) {
-    let start = tokio::time::Instant::now();
-    let mut maintain = tokio::time::interval_at(start + maintain_every, maintain_every);
-    let mut checkpoint = tokio::time::interval_at(start + checkpoint_every, checkpoint_every);
-    loop {
-        let db = db.clone();
-        let job: Box<dyn FnOnce() -> Result<(), tiermon_tsdb::Error> + Send> = tokio::select! {
-            _ = maintain.tick() => Box::new(move || {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                db.maintain(now).map(|r| {
-                    for (res, p, e) in &r.tier_failed {
-                        tracing::warn!(resolution = ?res, partition = p, error = %e, "blob upload failed; retrying at the next run");
-                    }
-                    tracing::debug!(?r, "maintenance done");
-                })
-            }),
-            _ = checkpoint.tick() => Box::new(move || db.checkpoint()),
-        };
-        match tokio::task::spawn_blocking(job).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "storage housekeeping failed; retrying at the next tick")
-            }
-            Err(e) => tracing::error!(error = %e, "storage housekeeping panicked"),
-        }
-    }
 }

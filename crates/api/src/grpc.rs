@@ -8,7 +8,7 @@ use tiermon_proto::v1;
 use tonic::codegen::tokio_stream;
 use tonic::{Request, Response, Status};
 
-use crate::{Api, ApiError, DbQueryable};
+use crate::{Api, ApiError};
 
 /// Series per streamed message.
 pub const CHUNK_SERIES: usize = 500;
@@ -87,6 +87,14 @@ fn matchers(sets: &[v1::SelectorSet]) -> Result<Vec<Vec<Matcher>>, Status> {
         .collect()
 }
 
+/// The warnings of a fanned-out query as the proto's partial failures.
+fn partial(warnings: Vec<(String, String)>) -> Vec<v1::PartialFailure> {
+    warnings
+        .into_iter()
+        .map(|(source, error)| v1::PartialFailure { source, error })
+        .collect()
+}
+
 fn bounds(start: i64, end: i64) -> (i64, i64) {
     (
         if start == 0 { i64::MIN / 2 } else { start },
@@ -161,21 +169,24 @@ impl v1::query_server::Query for QueryService {
     ) -> Result<Response<v1::QueryResponse>, Status> {
         let r = request.into_inner();
         let api = self.api.clone();
-        let store = DbQueryable(api.db().clone());
+        let (store, warnings) = api.store(r.full_resolution);
         let t = if r.time_ms == 0 {
             crate::now_ms()
         } else {
             r.time_ms
         };
         let v = crate::run_query(&self.api, timeout(r.timeout_ms), move |c| {
-            api.inner.engine.with_cancel(c).instant(&store, &r.query, t)
+            api.inner
+                .engine
+                .with_cancel(c)
+                .instant(&*store, &r.query, t)
         })
         .await
         .map_err(status)?
         .map_err(|e| status(ApiError::from_promql(e)))?;
-        Ok(Response::new(
-            response(v).into_iter().next().unwrap_or_default(),
-        ))
+        let mut resp = response(v).into_iter().next().unwrap_or_default();
+        resp.partial = partial(warnings.take());
+        Ok(Response::new(resp))
     }
 
     type RangeStream = Stream<v1::QueryResponse>;
@@ -186,18 +197,21 @@ impl v1::query_server::Query for QueryService {
     ) -> Result<Response<Self::RangeStream>, Status> {
         let r = request.into_inner();
         let api = self.api.clone();
-        let store = DbQueryable(api.db().clone());
+        let (store, warnings) = api.store(r.full_resolution);
         let v = crate::run_query(&self.api, timeout(r.timeout_ms), move |c| {
             api.inner
                 .engine
                 .with_cancel(c)
-                .range(&store, &r.query, r.start_ms, r.end_ms, r.step_ms)
+                .range(&*store, &r.query, r.start_ms, r.end_ms, r.step_ms)
         })
         .await
         .map_err(status)?
         .map_err(|e| status(ApiError::from_promql(e)))?;
-        let items: Vec<Result<v1::QueryResponse, Status>> =
-            response(v).into_iter().map(Ok).collect();
+        let mut out = response(v);
+        if let Some(first) = out.first_mut() {
+            first.partial = partial(warnings.take());
+        }
+        let items: Vec<Result<v1::QueryResponse, Status>> = out.into_iter().map(Ok).collect();
         Ok(Response::new(tokio_stream::iter(items)))
     }
 

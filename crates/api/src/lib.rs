@@ -9,10 +9,12 @@
 //! query gets 503 at once instead of queueing behind the others) and a
 //! timeout, so a heavy query cannot starve ingestion.
 
+mod fanout;
 mod grpc;
 mod params;
 mod write;
 
+pub use fanout::{DATACENTER, Primaries};
 pub use grpc::QueryService;
 
 use std::sync::Arc;
@@ -70,6 +72,8 @@ struct Inner {
     limits: Limits,
     queries: Arc<Semaphore>,
     version: &'static str,
+    /// Where full-resolution queries go (the global tier's primaries).
+    primaries: Primaries,
 }
 
 /// [`Queryable`] over a [`Db`].
@@ -93,8 +97,15 @@ impl Queryable for DbQueryable {
 }
 
 impl Api {
-    /// The API over `db`.
-    pub fn new(db: Db, engine: Engine, limits: Limits, version: &'static str) -> Self {
+    /// The API over `db`; queries asked at full resolution go to
+    /// `primaries` (empty below the global tier).
+    pub fn new(
+        db: Db,
+        engine: Engine,
+        limits: Limits,
+        version: &'static str,
+        primaries: Primaries,
+    ) -> Self {
         let queries = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1)));
         Self {
             inner: Arc::new(Inner {
@@ -103,12 +114,41 @@ impl Api {
                 limits,
                 queries,
                 version,
+                primaries,
             }),
         }
     }
 
+    /// The store a query reads: this tier's own, or — at full resolution,
+    /// where primaries are known — the primaries with this tier's store
+    /// for what they cannot answer. Warnings about parts of the hierarchy
+    /// that did not answer collect in the returned list.
+    pub(crate) fn store(&self, full_resolution: bool) -> (Box<dyn Queryable>, Warnings) {
+        let warnings = Warnings::default();
+        let local = DbQueryable(self.inner.db.clone());
+        if !full_resolution || self.inner.primaries.is_empty() {
+            return (Box::new(local), warnings);
+        }
+        let f = fanout::FanOut {
+            local,
+            primaries: self.inner.primaries.clone(),
+            warnings: warnings.0.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        (Box::new(f), warnings)
+    }
+
     /// The routes.
     pub fn router(&self) -> Router {
+        self.router_with(|r| r)
+    }
+
+    /// The routes, with more gRPC services (e.g. the push intake) added by
+    /// `grpc` beside the query service on the same port.
+    pub fn router_with(
+        &self,
+        grpc: impl FnOnce(tonic::service::Routes) -> tonic::service::Routes,
+    ) -> Router {
         let write_limit = self.inner.limits.max_write_bytes;
         Router::new()
             .route("/api/v1/query", get(query).post(query))
@@ -128,8 +168,10 @@ impl Api {
             .with_state(self.clone())
             // gRPC on the same port: HTTP/2 requests to /tiermon.v1.Query/*.
             .merge(
-                tonic::service::Routes::new(tiermon_proto::v1::query_server::QueryServer::new(
-                    QueryService::new(self.clone()),
+                grpc(tonic::service::Routes::new(
+                    tiermon_proto::v1::query_server::QueryServer::new(QueryService::new(
+                        self.clone(),
+                    )),
                 ))
                 .into_axum_router(),
             )
@@ -141,6 +183,34 @@ impl Api {
 
     pub(crate) fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+}
+
+/// Warnings collected while a query ran (parts of the hierarchy that did
+/// not answer).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Warnings(pub(crate) Arc<parking_lot::Mutex<Vec<(String, String)>>>);
+
+impl Warnings {
+    /// (source, message) pairs: the source names the part of the hierarchy.
+    pub(crate) fn take(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.0.lock())
+    }
+
+    /// The messages, for the HTTP API's `warnings`.
+    pub(crate) fn messages(&self) -> Vec<String> {
+        self.take().into_iter().map(|(_, m)| m).collect()
+    }
+}
+
+/// Whether the request asks for full resolution (`resolution=raw`).
+fn full_resolution(p: &Params) -> Result<bool, ApiError> {
+    match p.get("resolution") {
+        None | Some("" | "auto") => Ok(false),
+        Some("raw" | "full") => Ok(true),
+        Some(other) => Err(ApiError::bad_data(format!(
+            "invalid parameter \"resolution\": {other:?} (use \"raw\" or \"auto\")"
+        ))),
     }
 }
 
@@ -187,9 +257,19 @@ impl IntoResponse for ApiError {
 }
 
 fn success(data: Json) -> Response {
+    success_with(data, Vec::new())
+}
+
+/// A success with Prometheus' `warnings` (shown by Grafana) when any.
+fn success_with(data: Json, warnings: Vec<String>) -> Response {
+    let body = if warnings.is_empty() {
+        json!({"status": "success", "data": data})
+    } else {
+        json!({"status": "success", "data": data, "warnings": warnings})
+    };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"status": "success", "data": data}).to_string(),
+        body.to_string(),
     )
         .into_response()
 }
@@ -310,12 +390,15 @@ async fn query(
     };
     let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
     let a = api.clone();
-    let store = DbQueryable(api.inner.db.clone());
+    let (store, warnings) = api.store(full_resolution(&p)?);
     let v = run_query(&api, timeout, move |c| {
-        a.inner.engine.with_cancel(c).instant(&store, &query, t)
+        a.inner.engine.with_cancel(c).instant(&*store, &query, t)
     })
     .await?;
-    Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
+    Ok(success_with(
+        result_json(v.map_err(ApiError::from_promql)?),
+        warnings.messages(),
+    ))
 }
 
 async fn query_range(
@@ -333,15 +416,18 @@ async fn query_range(
     let step_ms = step.as_millis() as i64;
     let timeout = p.get("timeout").map(params::parse_duration).transpose()?;
     let a = api.clone();
-    let store = DbQueryable(api.inner.db.clone());
+    let (store, warnings) = api.store(full_resolution(&p)?);
     let v = run_query(&api, timeout, move |c| {
         a.inner
             .engine
             .with_cancel(c)
-            .range(&store, &query, start, end, step_ms)
+            .range(&*store, &query, start, end, step_ms)
     })
     .await?;
-    Ok(success(result_json(v.map_err(ApiError::from_promql)?)))
+    Ok(success_with(
+        result_json(v.map_err(ApiError::from_promql)?),
+        warnings.messages(),
+    ))
 }
 
 /// The sorted, de-duplicated union of `f` over each selector (over all

@@ -1,7 +1,7 @@
 //! Typed configuration for every tiermon tier.
 //!
 //! One file (TOML or YAML, chosen by extension) holds a section per tier —
-//! `[agent]`, `[secondary]` — and environment variables override any key:
+//! `[agent]`, `[secondary]`, `[primary]`, `[global]` — and environment variables override any key:
 //! `TIERMON_AGENT__LISTEN=0.0.0.0:9190` sets `agent.listen`. [`load`] reads,
 //! merges and deserialises (unknown keys are errors), then [`Config::validate`]
 //! checks what types cannot (regular expressions compile, paths make
@@ -9,9 +9,11 @@
 
 mod agent;
 mod secondary;
+mod tiers;
 
 pub use agent::{AgentConfig, LogFormat, LogSource, ProcessWatch, SmartConfig};
 pub use secondary::{BlobConfig, QueryConfig, SecondaryConfig, ShardConfig, StorageConfig};
+pub use tiers::{GlobalConfig, PrimaryConfig, PushConfig};
 
 use std::path::{Path, PathBuf};
 
@@ -61,13 +63,19 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `tiermon secondary`.
     pub secondary: SecondaryConfig,
+    /// `tiermon primary`.
+    pub primary: PrimaryConfig,
+    /// `tiermon global`.
+    pub global: GlobalConfig,
 }
 
 impl Config {
     /// Checks what deserialisation cannot, naming the key at fault.
     pub fn validate(&self) -> Result<()> {
         self.agent.validate("agent")?;
-        self.secondary.validate("secondary")
+        self.secondary.validate("secondary")?;
+        self.primary.validate("primary")?;
+        self.global.validate("global")
     }
 }
 
@@ -187,6 +195,24 @@ mod tests {
             s.storage.retention_1h,
             StorageConfig::default().retention_1h
         );
+    }
+
+    #[test]
+    fn hierarchy_sections_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/hierarchy.good.toml");
+        let c = load(
+            Some(&path),
+            [("TIERMON_PRIMARY__DATACENTER".to_string(), "dc9".to_string())],
+        )
+        .unwrap();
+        assert_eq!(c.secondary.push.destinations.len(), 2);
+        assert_eq!(c.secondary.push.max_age.as_secs(), 24 * 3600);
+        assert_eq!(c.secondary.datacenter, "dc1");
+        assert_eq!(c.primary.datacenter, "dc9", "the environment overrides");
+        assert_eq!(c.primary.child_timeout.as_secs(), 45);
+        assert_eq!(c.primary.push.destinations, ["http://global:9193"]);
+        assert_eq!(c.global.primaries["dc2"], "http://primary-a.dc2:9192");
+        assert_eq!(c.global.child_timeout.as_secs(), 180);
     }
 
     #[test]

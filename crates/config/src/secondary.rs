@@ -28,6 +28,10 @@ pub struct SecondaryConfig {
     pub scrape_config: Option<PathBuf>,
     /// This secondary's share of the datacenter's targets.
     pub shard: ShardConfig,
+    /// The datacenter this secondary belongs to.
+    pub datacenter: String,
+    /// Pushing everything stored to the datacenter's primaries.
+    pub push: crate::PushConfig,
 }
 
 impl Default for SecondaryConfig {
@@ -39,6 +43,8 @@ impl Default for SecondaryConfig {
             query: QueryConfig::default(),
             scrape_config: None,
             shard: ShardConfig::default(),
+            datacenter: "default".into(),
+            push: crate::PushConfig::default(),
         }
     }
 }
@@ -169,7 +175,7 @@ impl Default for QueryConfig {
     }
 }
 
-fn positive(key: String, d: Duration) -> Result<()> {
+pub(crate) fn positive(key: String, d: Duration) -> Result<()> {
     if d.is_zero() {
         return Err(Error::invalid(key, "must be greater than zero"));
     }
@@ -239,12 +245,22 @@ impl SecondaryConfig {
         {
             return Err(Error::invalid(format!("{key}.scrape_config"), "empty path"));
         }
-        if self.query.max_concurrent == 0 {
+        self.query.validate(&format!("{key}.query"))?;
+        if self.datacenter.is_empty() {
+            return Err(Error::invalid(format!("{key}.datacenter"), "empty"));
+        }
+        self.push.validate(&format!("{key}.push"))
+    }
+}
+
+impl QueryConfig {
+    pub(crate) fn validate(&self, key: &str) -> Result<()> {
+        if self.max_concurrent == 0 {
             return Err(Error::invalid(
-                format!("{key}.query.max_concurrent"),
+                format!("{key}.max_concurrent"),
                 "must be at least 1",
             ));
         }
-        positive(format!("{key}.query.timeout"), self.query.timeout)
+        positive(format!("{key}.timeout"), self.timeout)
     }
 }

@@ -34,6 +34,7 @@ mod tests {
                 tier: "secondary".into(),
                 datacenter: "dc1".into(),
                 replica: "a".into(),
+                epoch: 7,
             }),
             sequence: 42,
             series: vec![v1::Series {

@@ -1,0 +1,109 @@
+//! `tiermon primary`: one per datacenter. Takes the secondaries' pushes
+//! (de-duplicating HA pairs), stores the datacenter's data at full
+//! resolution, answers the Prometheus HTTP API and gRPC queries over it,
+//! and pushes one-minute aggregates with the `datacenter` label to the
+//! global tier (`primary.push`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tiermon_config::PrimaryConfig;
+use tiermon_federation::{DownsampleSource, Identity, Receiver, ReceiverOptions};
+use tiermon_tsdb::Resolution;
+
+use crate::tier;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Configuration file (TOML or YAML); environment variables
+    /// TIERMON_PRIMARY__<KEY> override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API and gRPC (queries, push intake), overriding
+    /// the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data folder, overriding the file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let mut cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?.primary;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data {
+        cfg.data = d;
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    serve(cfg, listener, crate::shutdown_signal()).await
+}
+
+/// Runs a primary on `listener` until `shutdown` completes.
+pub(crate) async fn serve(
+    cfg: PrimaryConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dc = cfg.datacenter.clone();
+    let id = format!("primary/{dc}");
+    let db = tier::open_db(&cfg.data, &cfg.storage, "primary.storage").await?;
+    let api = tier::api(&db, &cfg.query, tiermon_api::Primaries::default());
+    let receiver = Receiver::new(
+        db.clone(),
+        ReceiverOptions {
+            child_timeout: cfg.child_timeout,
+            ..ReceiverOptions::new(id.clone(), cfg.data.join("receiver"))
+        },
+    )
+    .context("starting the push intake")?;
+    let identity = Identity {
+        id: id.clone(),
+        tier: "primary".into(),
+        datacenter: dc.clone(),
+        replica: String::new(),
+    };
+    let children = Arc::new(receiver.clone());
+    let pushing = tier::Pushing::start(&cfg.push, "primary.push", &identity, |_| {
+        Ok(DownsampleSource::new(
+            db.clone(),
+            Resolution::OneMinute,
+            cfg.window_grace,
+            vec![("datacenter".to_owned(), dc.clone())],
+            children.clone(),
+        ))
+    })?;
+    let own = {
+        let (p, r) = (pushing.clone(), receiver.clone());
+        tier::MetricsFn::new(move || {
+            let mut m = r.metrics();
+            m.extend(p.metrics());
+            m
+        })
+    };
+    let recorder = tier::record_own(&db, id, Duration::from_secs(10), own.clone());
+    let background = tier::housekeeping(&db, &cfg.storage);
+    let push = receiver.service();
+    let router = api
+        .router_with(|r| r.add_service(push))
+        .merge(tier::metrics_route(own));
+    let addr = listener.local_addr()?;
+    tracing::info!(tier = "primary", datacenter = %dc, listen = %addr, url = %format!("http://{addr}/"), "listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving")?;
+    recorder.abort();
+    pushing.stop(Duration::from_secs(2)).await;
+    background.abort();
+    tokio::task::spawn_blocking(move || db.checkpoint())
+        .await?
+        .context("writing the final checkpoint")?;
+    Ok(())
+}

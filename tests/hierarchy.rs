@@ -1,0 +1,490 @@
+//! The hierarchy over the real protocols: secondaries push to a primary,
+//! the primary pushes one-minute aggregates to the global tier. Every tier
+//! is killed with SIGKILL under load and restarted on its address and data;
+//! what was acknowledged must then be held exactly once at every tier.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use serde_json::Value;
+use tiermon_proto::prometheus as pb;
+
+use crate::scrape::FakeTarget;
+use crate::secondary::http;
+use crate::util::{Tiermon, eventually, free_port};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+const SERIES: usize = 4;
+
+/// remote_write of one sample per series at `t`; whether it was
+/// acknowledged (2xx).
+fn write(base: &str, t: i64, v: f64) -> bool {
+    let req = pb::WriteRequest {
+        timeseries: (0..SERIES)
+            .map(|k| pb::TimeSeries {
+                labels: vec![
+                    pb::Label {
+                        name: "__name__".into(),
+                        value: "verify_value".into(),
+                    },
+                    pb::Label {
+                        name: "k".into(),
+                        value: k.to_string(),
+                    },
+                ],
+                samples: vec![pb::Sample {
+                    value: v + k as f64,
+                    timestamp: t,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/write"))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .timeout(Duration::from_secs(5))
+            .body(body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+}
+
+type Samples = BTreeMap<String, Vec<(i64, f64)>>;
+
+/// Every sample of the series `selector` selects within the last `range`,
+/// by their `key` label (or their whole label set).
+fn raw(base: &str, selector: &str, range: &str, key: &str) -> Samples {
+    raw_with(base, selector, range, key, &[]).0
+}
+
+/// As [`raw`] with more request parameters; also the response's warnings.
+fn raw_with(
+    base: &str,
+    selector: &str,
+    range: &str,
+    key: &str,
+    params: &[(&str, &str)],
+) -> (Samples, Vec<String>) {
+    let q = format!("{selector}[{range}]");
+    let t = format!("{:.3}", now_ms() as f64 / 1000.0 + 1.0);
+    let mut form = vec![("query", q.as_str()), ("time", t.as_str())];
+    form.extend_from_slice(params);
+    let (status, body) = http("POST", &format!("{base}/api/v1/query"), &form, None);
+    assert_eq!(status, 200, "{q}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let warnings = v["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .map(|x| x.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for r in v["data"]["result"].as_array().unwrap() {
+        let name = r["metric"][key]
+            .as_str()
+            .map_or_else(|| r["metric"].to_string(), str::to_owned);
+        let samples = r["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    (p[0].as_f64().unwrap() * 1000.0).round() as i64,
+                    p[1].as_str().unwrap().parse::<f64>().unwrap(),
+                )
+            })
+            .collect();
+        out.insert(name, samples);
+    }
+    (out, warnings)
+}
+
+/// The newest value of `query`'s first series, if any.
+fn latest(base: &str, query: &str) -> Option<f64> {
+    let t = format!("{:.3}", now_ms() as f64 / 1000.0);
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/query"),
+        &[("query", query), ("time", &t)],
+        None,
+    );
+    assert_eq!(status, 200, "{query}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+struct Tier {
+    sub: &'static str,
+    listen: String,
+    config: String,
+    data: std::path::PathBuf,
+}
+
+impl Tier {
+    fn new(sub: &'static str, dir: &Path, config: String) -> Self {
+        Self {
+            sub,
+            listen: format!("127.0.0.1:{}", free_port()),
+            config,
+            data: dir.join(sub),
+        }
+    }
+
+    fn start(&self) -> Tiermon {
+        Tiermon::start_at(
+            self.sub,
+            &self.listen,
+            Some(&self.config),
+            &["--data", self.data.to_str().unwrap()],
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+}
+
+#[test]
+fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_through_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut global = Tier::new("global", dir.path(), String::new());
+    let primary = Tier::new(
+        "primary",
+        dir.path(),
+        format!(
+            "[primary]\ndatacenter = \"dc1\"\nchild_timeout = \"4s\"\nwindow_grace = \"2s\"\n[primary.push]\ndestinations = [\"{}\"]\nmax_backoff = \"500ms\"\n",
+            global.url()
+        ),
+    );
+    let secondary = Tier::new(
+        "secondary",
+        dir.path(),
+        format!(
+            "[secondary]\ndatacenter = \"dc1\"\n[secondary.push]\ndestinations = [\"{}\"]\nmax_backoff = \"500ms\"\n",
+            primary.url()
+        ),
+    );
+    global.config = format!(
+        "[global]\nchild_timeout = \"4s\"\nprimaries = {{ dc1 = \"{}\" }}\n",
+        primary.url()
+    );
+    let mut g = Some(global.start());
+    let mut p = Some(primary.start());
+    let mut s = Some(secondary.start());
+
+    // Write every 200 ms until a minute boundary has passed (so that at
+    // least one whole window reaches the global tier) and every crash
+    // below has happened; keep what was acknowledged.
+    let start = now_ms();
+    let end = ((start / 60_000 + 1) * 60_000 + 6_000).max(start + 34_000);
+    let mut acked: Vec<(i64, f64)> = Vec::new();
+    let mut refused = 0;
+    let mut i = 0.0;
+    let mut events = vec![
+        (4_000, "kill primary"),
+        (11_000, "start primary"),
+        (14_000, "kill secondary"),
+        (15_000, "start secondary"),
+        (19_000, "kill global"),
+        (26_000, "start global"),
+    ];
+    events.reverse();
+    while now_ms() < end {
+        if let Some(&(at, what)) = events.last()
+            && now_ms() - start >= at
+        {
+            events.pop();
+            eprintln!("== {what}");
+            match what {
+                "kill primary" => p.take().unwrap().kill(),
+                "start primary" => p = Some(primary.start()),
+                "kill secondary" => s.take().unwrap().kill(),
+                "start secondary" => s = Some(secondary.start()),
+                "kill global" => g.take().unwrap().kill(),
+                "start global" => g = Some(global.start()),
+                _ => unreachable!(),
+            }
+        }
+        let t = now_ms();
+        if write(&secondary.url(), t, i) {
+            acked.push((t, i));
+        } else {
+            refused += 1;
+        }
+        i += 10.0;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    assert!(refused > 0, "the secondary was down for a while");
+    let expect =
+        |k: usize| -> Vec<(i64, f64)> { acked.iter().map(|&(t, v)| (t, v + k as f64)).collect() };
+
+    // The primary holds exactly what the secondary acknowledged: nothing
+    // lost across its own crash or the secondary's, nothing doubled.
+    let got = eventually(
+        "the primary to hold every acknowledged sample",
+        Duration::from_secs(30),
+        || {
+            let got = raw(&primary.url(), "verify_value", "10m", "k");
+            (got.len() == SERIES && got.values().all(|s| s.len() >= acked.len())).then_some(got)
+        },
+    );
+    for k in 0..SERIES {
+        assert_eq!(
+            got[&k.to_string()],
+            expect(k),
+            "series k={k} at the primary"
+        );
+    }
+
+    // The global tier holds one aggregate per series and closed window —
+    // the window's last sample — for every window since the primary
+    // started, across the crashes of all three tiers.
+    let last_window_end = (acked.last().unwrap().0 / 60_000) * 60_000;
+    let first_window = acked[0].0 / 60_000;
+    let want = |k: usize| -> Vec<(i64, f64)> {
+        let mut w: BTreeMap<i64, (i64, f64)> = BTreeMap::new();
+        for &(t, v) in &expect(k) {
+            if t < last_window_end {
+                w.insert(t / 60_000, (t, v));
+            }
+        }
+        w.into_values().collect()
+    };
+    assert!(!want(0).is_empty(), "a whole window was written");
+    let got = eventually(
+        "the global tier to hold every closed window",
+        Duration::from_secs(40),
+        || {
+            let got = raw(
+                &global.url(),
+                "verify_value{datacenter=\"dc1\"}",
+                "10m",
+                "k",
+            );
+            (got.len() == SERIES
+                && got.values().all(|s| {
+                    s.iter().filter(|x| x.0 / 60_000 >= first_window).count() >= want(0).len()
+                }))
+            .then_some(got)
+        },
+    );
+    for k in 0..SERIES {
+        let g: Vec<(i64, f64)> = got[&k.to_string()]
+            .iter()
+            .copied()
+            .filter(|x| x.0 / 60_000 >= first_window && x.0 < last_window_end)
+            .collect();
+        assert_eq!(g, want(k), "series k={k} at the global tier");
+    }
+
+    // Liveness: the global tier sees the datacenter reporting, and the
+    // secondary behind it; once the primary dies, the datacenter goes dark
+    // while its last reports (up, …) are unchanged.
+    let live = "tiermon_child_up{instance=\"global\",child=\"primary/dc1\"}";
+    eventually("the datacenter reporting", Duration::from_secs(30), || {
+        (latest(&global.url(), live) == Some(1.0)).then_some(())
+    });
+    eventually(
+        "the secondary seen through the primary",
+        Duration::from_secs(30),
+        || {
+            latest(
+                &global.url(),
+                "tiermon_child_last_report_timestamp_seconds{instance=\"global\",via=\"primary/dc1\",tier=\"secondary\"}",
+            )
+            .map(|_| ())
+        },
+    );
+    // Drill-down: at full resolution the global tier answers from the
+    // primary, with the datacenter label; without the primary it says so
+    // and answers from its aggregates.
+    let (drill, warnings) = raw_with(
+        &global.url(),
+        "verify_value{datacenter=\"dc1\"}",
+        "10m",
+        "k",
+        &[("resolution", "raw")],
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    for k in 0..SERIES {
+        assert_eq!(
+            drill[&k.to_string()],
+            expect(k),
+            "k={k} drilled down to the primary"
+        );
+    }
+    p.take().unwrap().kill();
+    let (fallback, warnings) = raw_with(
+        &global.url(),
+        "verify_value",
+        "10m",
+        "k",
+        &[("resolution", "raw")],
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("dc1") && w.contains("partial")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        fallback.len(),
+        SERIES,
+        "the aggregates stand in: {fallback:?}"
+    );
+    eventually("the datacenter gone dark", Duration::from_secs(40), || {
+        (latest(&global.url(), live) == Some(0.0)).then_some(())
+    });
+    drop((g, s));
+}
+
+#[test]
+fn an_ha_pair_yields_one_copy_and_no_gap_when_a_replica_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = FakeTarget::start(
+        "# TYPE ha_requests_total counter\nha_requests_total 5\n",
+        "text/plain; version=0.0.4",
+    );
+    let scrape = dir.path().join("scrape.yml");
+    std::fs::write(
+        &scrape,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: t\n    static_configs: [{{targets: ['{}']}}]\n",
+            target.addr
+        ),
+    )
+    .unwrap();
+    let primary = Tier::new(
+        "primary",
+        dir.path(),
+        "[primary]\ndatacenter = \"dc1\"\n".into(),
+    );
+    let p = primary.start();
+    let member = |m: &str| {
+        Tier::new(
+            "secondary",
+            &dir.path().join(m),
+            format!(
+                "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\n[secondary.shard]\nname = \"pair-1\"\nshards = [\"pair-1\"]\nmember = \"{m}\"\n[secondary.push]\ndestinations = [\"{}\"]\nmax_backoff = \"500ms\"\n",
+                scrape.display(),
+                primary.url()
+            ),
+        )
+    };
+    let (ta, tb) = (member("a"), member("b"));
+    let a = ta.start();
+    let b = tb.start();
+    std::thread::sleep(Duration::from_secs(8));
+    a.kill();
+    std::thread::sleep(Duration::from_secs(8));
+
+    // Both replicas scraped every second; the primary kept one sample per
+    // scrape interval, and none went missing when replica a died.
+    let got = raw(&primary.url(), "up{job=\"t\"}", "30s", "job");
+    let up = &got["t"];
+    assert!(up.len() >= 12, "{up:?}");
+    for w in up.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            (500..=1_600).contains(&gap),
+            "samples {gap} ms apart at the primary: {up:?}"
+        );
+    }
+    let at_b = raw(&tb.url(), "up{job=\"t\"}", "30s", "job");
+    assert!(
+        at_b["t"].len() >= up.len() - 1,
+        "b scraped all along: {at_b:?}"
+    );
+    let dedup = latest(
+        &primary.url(),
+        "sum(tiermon_push_deduplicated_samples_total{instance=\"primary/dc1\"})",
+    );
+    assert!(dedup.unwrap_or(0.0) > 0.0, "{dedup:?}");
+    drop((b, p));
+}
+
+#[test]
+fn verify_passes_across_tiers_and_fails_when_samples_are_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Tier::new(
+        "primary",
+        dir.path(),
+        "[primary]\ndatacenter = \"dc1\"\n".into(),
+    );
+    let secondary = Tier::new(
+        "secondary",
+        dir.path(),
+        format!(
+            "[secondary]\ndatacenter = \"dc1\"\n[secondary.push]\ndestinations = [\"{}\"]\n",
+            primary.url()
+        ),
+    );
+    let _p = primary.start();
+    let _s = secondary.start();
+    let verify = |read: &str| {
+        std::process::Command::new(crate::util::bin())
+            .args([
+                "verify",
+                "--once",
+                "--duration",
+                "3s",
+                "--interval",
+                "300ms",
+            ])
+            .args([
+                "--timeout",
+                "8s",
+                "--write",
+                &secondary.url(),
+                "--primary",
+                read,
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&primary.url());
+    let out = String::from_utf8_lossy(&ok.stdout);
+    eprintln!("{out}{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(ok.status.success(), "{out}");
+    assert!(out.contains("primary"), "{out}");
+
+    // A store that the written samples never reach: reported as lost.
+    let lone = Tier::new("secondary", &dir.path().join("lone"), String::new());
+    let _l = lone.start();
+    let bad = verify(&lone.url());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("primary"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // tier name (2 words), expected, seen, missing…
+    assert_eq!(cols[3], "0", "nothing seen: {row}");
+    assert_ne!(cols[4], "0", "everything missing: {row}");
+}
