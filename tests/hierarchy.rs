@@ -488,3 +488,226 @@ fn verify_passes_across_tiers_and_fails_when_samples_are_lost() {
     assert_eq!(cols[3], "0", "nothing seen: {row}");
     assert_ne!(cols[4], "0", "everything missing: {row}");
 }
+
+/// `query`'s result at now, as (labels, value) by the `by` label.
+fn by_label(base: &str, query: &str, by: &str) -> BTreeMap<String, f64> {
+    let t = format!("{:.3}", now_ms() as f64 / 1000.0);
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/api/v1/query"),
+        &[("query", query), ("time", &t)],
+        None,
+    );
+    assert_eq!(status, 200, "{query}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"][by].as_str().unwrap_or_default().to_owned(),
+                r["value"][1].as_str().unwrap().parse::<f64>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_datacenters_a_partition_goes_dark_then_backfills_and_down_hosts_stay_apart() {
+    use crate::fleetsim::{Fleet, Mode};
+    const HOSTS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let fleet = rt
+        .block_on(Fleet::start(2 * HOSTS, 40, port))
+        .expect("the fleet simulator binds 127.10.0.x");
+    let mut global = Tier::new("global", dir.path(), String::new());
+    let proxies: Vec<crate::util::Proxy> = (0..2)
+        .map(|_| crate::util::Proxy::start(global.listen.parse().unwrap()))
+        .collect();
+    let mut tiers = Vec::new();
+    let mut primaries = Vec::new();
+    for (d, proxy) in proxies.iter().enumerate() {
+        let dc = format!("dc{}", d + 1);
+        let ddir = dir.path().join(&dc);
+        std::fs::create_dir_all(&ddir).unwrap();
+        let hosts: Vec<String> = fleet.hosts[d * HOSTS..(d + 1) * HOSTS]
+            .iter()
+            .map(|h| format!("'{}'", h.addr))
+            .collect();
+        let scrape = ddir.join("scrape.yml");
+        std::fs::write(
+            &scrape,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
+                hosts.join(",")
+            ),
+        )
+        .unwrap();
+        let primary = Tier::new(
+            "primary",
+            &ddir,
+            format!(
+                "[primary]\ndatacenter = \"{dc}\"\nchild_timeout = \"4s\"\nwindow_grace = \"2s\"\n[primary.push]\ndestinations = [\"http://{}\"]\nmax_backoff = \"500ms\"\n",
+                proxy.addr
+            ),
+        );
+        for m in ["a", "b"] {
+            tiers.push(
+                Tier::new(
+                    "secondary",
+                    &ddir.join(m),
+                    format!(
+                        "[secondary]\ndatacenter = \"{dc}\"\nscrape_config = \"{}\"\n[secondary.shard]\nname = \"pair-1\"\nshards = [\"pair-1\"]\nmember = \"{m}\"\n[secondary.push]\ndestinations = [\"{}\"]\nmax_backoff = \"500ms\"\n",
+                        scrape.display(),
+                        primary.url()
+                    ),
+                )
+                .start(),
+            );
+        }
+        primaries.push(primary);
+    }
+    global.config = "[global]\nchild_timeout = \"4s\"\n".into();
+    let g = global.start();
+    let _p: Vec<Tiermon> = primaries.iter().map(Tier::start).collect();
+    let dark = "tiermon_child_up{instance=\"global\",tier=\"primary\"}";
+    eventually(
+        "both datacenters reporting",
+        Duration::from_secs(30),
+        || {
+            let up = by_label(&global.url(), dark, "child");
+            (up.len() == 2 && up.values().all(|v| *v == 1.0)).then_some(())
+        },
+    );
+    let cut_at = now_ms();
+
+    // dc1 is cut off from the global tier; a host of dc2 fails.
+    proxies[0].cut();
+    fleet.hosts[HOSTS].set_mode(Mode::Error5xx);
+    let failed = fleet.hosts[HOSTS].addr.to_string();
+    eventually(
+        "dc1 dark while dc2 reports",
+        Duration::from_secs(40),
+        || {
+            let up = by_label(&global.url(), dark, "child");
+            (up.get("primary/dc1") == Some(&0.0) && up.get("primary/dc2") == Some(&1.0))
+                .then_some(())
+        },
+    );
+    // The failed host is down at the global tier, and only it: a host
+    // that is down is not a datacenter gone dark.
+    eventually(
+        "the failed host down at the global tier",
+        Duration::from_secs(90),
+        || {
+            let up = by_label(
+                &global.url(),
+                "up{datacenter=\"dc2\",job=\"node\"}",
+                "instance",
+            );
+            (up.len() == HOSTS
+                && up[&failed] == 0.0
+                && up.iter().filter(|(_, v)| **v == 1.0).count() == HOSTS - 1)
+                .then_some(())
+        },
+    );
+
+    // The partition heals: dc1 backfills every window it missed.
+    proxies[0].restore();
+    eventually("dc1 reporting again", Duration::from_secs(40), || {
+        (by_label(&global.url(), dark, "child").get("primary/dc1") == Some(&1.0)).then_some(())
+    });
+    let healed = now_ms();
+    let windows = |s: &[(i64, f64)]| -> Vec<i64> { s.iter().map(|x| x.0 / 60_000).collect() };
+    let got = eventually(
+        "dc1's missed windows at the global tier",
+        Duration::from_secs(90),
+        || {
+            let got = raw(
+                &global.url(),
+                "up{datacenter=\"dc1\",job=\"node\"}",
+                "10m",
+                "instance",
+            );
+            let complete = got.len() == HOSTS
+                && got.values().all(|s| {
+                    let w = windows(s);
+                    w.contains(&(cut_at / 60_000)) && w.contains(&(healed / 60_000 - 1))
+                });
+            complete.then_some(got)
+        },
+    );
+    for (host, s) in &got {
+        let w = windows(s);
+        for pair in w.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "{host}: a window missing or doubled: {w:?}"
+            );
+        }
+        assert!(s.iter().all(|x| x.1 == 1.0), "{host}: {s:?}");
+    }
+    drop((g, tiers));
+}
+
+#[test]
+fn with_two_primaries_losing_one_loses_nothing_and_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = Tier::new(
+        "primary",
+        &dir.path().join("a"),
+        "[primary]\ndatacenter = \"dc1\"\n".into(),
+    );
+    let pb = Tier::new(
+        "primary",
+        &dir.path().join("b"),
+        "[primary]\ndatacenter = \"dc1\"\n".into(),
+    );
+    let secondary = Tier::new(
+        "secondary",
+        dir.path(),
+        format!(
+            "[secondary]\ndatacenter = \"dc1\"\n[secondary.push]\ndestinations = [\"{}\", \"{}\"]\nmax_backoff = \"500ms\"\n",
+            pa.url(),
+            pb.url()
+        ),
+    );
+    let a = pa.start();
+    let _b = pb.start();
+    let _s = secondary.start();
+    let mut a = Some(a);
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        if i == 10 {
+            a.take().unwrap().kill();
+        }
+        let t = now_ms();
+        if write(&secondary.url(), t, f64::from(i)) {
+            acked.push((t, f64::from(i)));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(acked.len(), 40, "the secondary acknowledged every write");
+    let complete = |base: &str| {
+        let got = raw(base, "verify_value{k=\"0\"}", "10m", "k");
+        (got.get("0") == Some(&acked)).then_some(())
+    };
+    eventually(
+        "primary b to hold everything",
+        Duration::from_secs(20),
+        || complete(&pb.url()),
+    );
+    // Primary a returns and gets what it missed from the secondary's WAL.
+    let _a = pa.start();
+    eventually("primary a to catch up", Duration::from_secs(30), || {
+        complete(&pa.url())
+    });
+}

@@ -5,6 +5,8 @@
 mod agent;
 mod blob;
 mod check;
+#[path = "../benches/fleetsim/mod.rs"]
+mod fleetsim;
 mod hierarchy;
 mod node_exporter;
 mod scrape;

@@ -68,7 +68,9 @@ pub fn host_addr(i: usize, port: u16) -> SocketAddr {
 /// node-exporter-like series for one host, about `n` of them.
 fn make_series(host: usize, n: usize) -> Vec<(String, u8, f64)> {
     let mut out = Vec::with_capacity(n);
-    let mut rng = host as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+    let mut rng = (host as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(1);
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;

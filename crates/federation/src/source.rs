@@ -310,7 +310,7 @@ pub struct DownsampleSource {
     children: Arc<dyn Children>,
     /// Series per batch; a window with more is sent in parts.
     part_series: usize,
-    cache: Mutex<Option<(i64, Arc<Vec<v1::Series>>, usize)>>,
+    cache: Mutex<Option<WindowCache>>,
     windows: AtomicU64,
 }
 
@@ -321,6 +321,9 @@ impl std::fmt::Debug for DownsampleSource {
             .finish_non_exhaustive()
     }
 }
+
+/// A computed window: its number, its series, the raw samples they stand for.
+type WindowCache = (i64, Arc<Vec<v1::Series>>, usize);
 
 /// Bits of a sequence that number the parts of a window.
 const PART_BITS: u32 = 16;
