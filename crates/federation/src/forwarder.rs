@@ -16,6 +16,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::codec::{Encoder, Entry};
 use crate::source::Source;
 use crate::{Error, Identity, Metric, now_ms};
 
@@ -316,6 +317,8 @@ async fn session(
     let mut budget = opts.batch_samples.max(1);
     let mut stopping = *stopped.borrow();
     let mut last_sent = std::time::Instant::now();
+    // The labels the receiver knows on this stream.
+    let mut encoder = Encoder::default();
     loop {
         // Fill the window.
         while !stopping && in_flight.len() < opts.max_in_flight.max(1) {
@@ -347,15 +350,17 @@ async fn session(
                 }
                 break;
             };
+            let (series, compact, defined) = compact_form(&encoder, batch.series, &batch.refs);
             let pb = v1::Batch {
                 sender: Some(sender.clone()),
                 sequence: batch.seq,
                 created_ms: now_ms(),
                 resolution: batch.resolution,
-                series: batch.series,
+                series,
                 alerts: Vec::new(),
                 children: batch.children,
                 complete_through_ms: batch.complete_through_ms,
+                compact,
             };
             let len = pb.encoded_len();
             if len > max_bytes && budget > 1 {
@@ -364,6 +369,7 @@ async fn session(
                 continue;
             }
             budget = opts.batch_samples.max(1);
+            encoder.commit(&defined);
             after = batch.seq;
             last_sent = std::time::Instant::now();
             in_flight.push_back((batch.seq, batch.samples, false));
@@ -408,4 +414,28 @@ async fn session(
             _ = stopped.changed(), if !stopping => { stopping = true; }
         }
     }
+}
+
+/// The batch's series in the compact form when their references are known
+/// (and the references it defines), or as they are.
+fn compact_form(
+    encoder: &Encoder,
+    series: Vec<v1::Series>,
+    refs: &[u32],
+) -> (Vec<v1::Series>, Option<v1::Compact>, Vec<u32>) {
+    if refs.len() != series.len() || series.is_empty() {
+        return (series, None, Vec::new());
+    }
+    let entries: Vec<Entry> = series
+        .into_iter()
+        .zip(refs)
+        .map(|(s, &r)| Entry {
+            r,
+            labels: s.labels,
+            samples: s.samples,
+            aggregates: s.aggregates,
+        })
+        .collect();
+    let (c, defined) = encoder.encode(&entries);
+    (Vec::new(), Some(c), defined)
 }

@@ -19,6 +19,7 @@
 //! batch, or the window number); the receiver remembers the last it applied
 //! per sender, replica and epoch, which makes retries idempotent.
 
+mod codec;
 mod forwarder;
 mod receiver;
 mod source;
@@ -78,6 +79,9 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A batch that cannot be decoded.
+    #[error("malformed batch: {0}")]
+    Protocol(String),
     /// A destination address is not a URL.
     #[error("destination `{url}`: {message}")]
     Destination {

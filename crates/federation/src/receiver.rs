@@ -16,6 +16,7 @@ use tiermon_tsdb::Db;
 use tonic::codegen::tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::codec::Decoder;
 use crate::forwarder::MAX_MESSAGE;
 use crate::source::Children;
 use crate::{Error, Identity, Metric, now_ms};
@@ -194,9 +195,24 @@ impl Receiver {
         v
     }
 
-    /// Applies one batch; the acknowledgement to send back.
+    /// Applies one batch (sent on its own, outside a stream); the
+    /// acknowledgement to send back.
     pub fn apply(&self, batch: v1::Batch) -> Result<v1::PushAck, Error> {
+        self.apply_stream(batch, &mut Decoder::default())
+    }
+
+    /// Applies one batch of a push stream whose dictionary is `dec`.
+    pub(crate) fn apply_stream(
+        &self,
+        mut batch: v1::Batch,
+        dec: &mut Decoder,
+    ) -> Result<v1::PushAck, Error> {
         let inner = &self.inner;
+        // The dictionary follows every batch, duplicates included.
+        let compact = match batch.compact.take() {
+            Some(c) => Some(dec.decode(&c, series_labels).map_err(Error::Protocol)?),
+            None => None,
+        };
         let sender = batch.sender.clone().unwrap_or_default();
         let seq = batch.sequence;
         let k = key(&sender);
@@ -211,6 +227,33 @@ impl Receiver {
                 accepted: 0,
             });
         }
+        // Raw samples, or one sample per aggregate: its last value at its
+        // last timestamp (see ARCHITECTURE.md).
+        let entries: Vec<Entry> = match compact {
+            Some(decoded) => decoded
+                .into_iter()
+                .map(|d| {
+                    let labels = dec
+                        .labels(d.r)
+                        .cloned()
+                        .unwrap_or_else(|| Err(format!("unknown reference {}", d.r)));
+                    (labels, d.points)
+                })
+                .collect(),
+            None => batch
+                .series
+                .iter()
+                .map(|s| {
+                    let points = s
+                        .samples
+                        .iter()
+                        .map(|x| (x.timestamp_ms, x.value))
+                        .chain(s.aggregates.iter().map(|a| (a.last_timestamp_ms, a.last)))
+                        .collect();
+                    (series_labels(s), points)
+                })
+                .collect(),
+        };
         let mut app = inner.db.appender();
         let mut errors: Vec<String> = Vec::new();
         let mut deduplicated = 0u64;
@@ -218,11 +261,11 @@ impl Receiver {
         {
             let mut dedup = inner.dedup.lock();
             let replica = (!sender.replica.is_empty()).then(|| replica_hash(&sender));
-            for s in &batch.series {
-                let labels = match series_labels(s) {
+            for (labels, points) in entries {
+                let labels = match labels {
                     Ok(l) => l,
                     Err(e) => {
-                        invalid += (s.samples.len() + s.aggregates.len()) as u64;
+                        invalid += points.len() as u64;
                         if errors.len() < 3 {
                             errors.push(e);
                         }
@@ -231,13 +274,6 @@ impl Receiver {
                 };
                 let id = labels.series_id().0;
                 let mut r = None;
-                // Raw samples, or one sample per aggregate: its last value
-                // at its last timestamp (see ARCHITECTURE.md).
-                let points = s
-                    .samples
-                    .iter()
-                    .map(|x| (x.timestamp_ms, x.value))
-                    .chain(s.aggregates.iter().map(|a| (a.last_timestamp_ms, a.last)));
                 for (t, v) in points {
                     if let Some(rep) = replica
                         && !dedup.admit(id, rep, t, is_stale_nan(v))
@@ -557,6 +593,9 @@ impl Dedup {
     }
 }
 
+/// A series to store: its labels (or why they are invalid) and points.
+type Entry = (Result<Labels, String>, Vec<(i64, f64)>);
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<v1::PushAck, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -598,6 +637,7 @@ impl v1::push_server::Push for Receiver {
         let mut batches = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let this = self.clone();
+        let dec = Arc::new(Mutex::new(Decoder::default()));
         tokio::spawn(async move {
             loop {
                 let batch = match batches.message().await {
@@ -614,9 +654,17 @@ impl v1::push_server::Push for Receiver {
                         .await;
                     return;
                 }
-                let r = this.clone();
-                let ack = match tokio::task::spawn_blocking(move || r.apply(batch)).await {
+                let (r, d) = (this.clone(), dec.clone());
+                let ack = match tokio::task::spawn_blocking(move || {
+                    r.apply_stream(batch, &mut d.lock())
+                })
+                .await
+                {
                     Ok(Ok(ack)) => Ok(ack),
+                    Ok(Err(Error::Protocol(e))) => {
+                        tracing::error!(error = %e, "malformed batch; ending the push stream (the sender reconnects and resends)");
+                        Err(Status::invalid_argument(e))
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "applying a pushed batch failed; the sender retries it");
                         Err(Status::unavailable(format!("storing the batch: {e}")))

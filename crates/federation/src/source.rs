@@ -21,6 +21,9 @@ pub struct Batch {
     pub resolution: i32,
     /// The series.
     pub series: Vec<v1::Series>,
+    /// The sender's storage reference of each of `series` (they name the
+    /// series on the wire after their first use on a stream).
+    pub refs: Vec<u32>,
     /// Raw samples the batch carries or represents.
     pub samples: usize,
     /// See `Batch.complete_through_ms` in push.proto.
@@ -207,6 +210,7 @@ impl Source for WalSource {
             samples: b.samples,
             complete_through_ms: if caught_up { started } else { 0 },
             children: Vec::new(),
+            refs: b.refs,
             series: b
                 .series
                 .iter()
@@ -322,8 +326,12 @@ impl std::fmt::Debug for DownsampleSource {
     }
 }
 
-/// A computed window: its number, its series, the raw samples they stand for.
-type WindowCache = (i64, Arc<Vec<v1::Series>>, usize);
+/// A window's series, with their references.
+type WindowSeries = Arc<Vec<(u32, v1::Series)>>;
+
+/// A computed window: its number, its series, the raw samples they stand
+/// for.
+type WindowCache = (i64, WindowSeries, usize);
 
 /// Bits of a sequence that number the parts of a window.
 const PART_BITS: u32 = 16;
@@ -350,7 +358,7 @@ impl DownsampleSource {
         })
     }
 
-    fn window(&self, w: i64) -> Result<(Arc<Vec<v1::Series>>, usize), Error> {
+    fn window(&self, w: i64) -> Result<(WindowSeries, usize), Error> {
         if let Some((cw, s, n)) = &*self.cache.lock()
             && *cw == w
         {
@@ -383,23 +391,27 @@ impl DownsampleSource {
                     labels.set(n.as_str(), v.as_str());
                 }
             }
+            let r = self.db.series_ref(&s.labels)?;
             let labels = labels.build();
-            out.push(v1::Series {
-                series_id: labels.series_id().0,
-                labels: labels_pb(&labels),
-                aggregates: vec![v1::Aggregate {
-                    start_ms: a.start,
-                    end_ms: a.start + self.window_ms,
-                    min: a.min,
-                    max: a.max,
-                    sum: a.sum,
-                    count: a.count,
-                    last: a.last,
-                    last_timestamp_ms: a.last_t,
-                    counter: a.counter,
-                }],
-                ..Default::default()
-            });
+            out.push((
+                r,
+                v1::Series {
+                    series_id: labels.series_id().0,
+                    labels: labels_pb(&labels),
+                    aggregates: vec![v1::Aggregate {
+                        start_ms: a.start,
+                        end_ms: a.start + self.window_ms,
+                        min: a.min,
+                        max: a.max,
+                        sum: a.sum,
+                        count: a.count,
+                        last: a.last,
+                        last_timestamp_ms: a.last_t,
+                        counter: a.counter,
+                    }],
+                    ..Default::default()
+                },
+            ));
         }
         let out = Arc::new(out);
         *self.cache.lock() = Some((w, out.clone(), raw));
@@ -438,12 +450,12 @@ impl Source for DownsampleSource {
             return Ok(None);
         }
         let (series, raw) = self.window(w)?;
-        let chunk: Vec<v1::Series> = series
+        let (refs, chunk): (Vec<u32>, Vec<v1::Series>) = series
             .iter()
             .skip(part * self.part_series)
             .take(self.part_series)
             .cloned()
-            .collect();
+            .unzip();
         let parts = series.len().div_ceil(self.part_series).max(1);
         if part + 1 == parts {
             self.windows.fetch_add(1, Ordering::Relaxed);
@@ -459,6 +471,7 @@ impl Source for DownsampleSource {
                 Vec::new()
             },
             series: chunk,
+            refs,
         }))
     }
 

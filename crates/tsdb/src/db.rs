@@ -74,6 +74,8 @@ pub struct WalBatch {
     pub end: u64,
     /// Series and their samples, in commit order within each series.
     pub series: Vec<(Labels, Vec<(i64, f64)>)>,
+    /// The storage reference of each of `series`.
+    pub refs: Vec<SeriesRef>,
     /// Samples read.
     pub samples: usize,
     /// Bytes that could not be read back (a damaged sealed segment).
@@ -536,14 +538,15 @@ impl Db {
         )?;
         let head = self.inner.head.read();
         let n = head.series.len();
-        let series = grouped
+        let (refs, series) = grouped
             .into_iter()
             .filter(|(r, _)| (*r as usize) < n && !head.series[*r as usize].labels.is_empty())
-            .map(|(r, s)| (head.labels(r), s))
-            .collect();
+            .map(|(r, s)| (r, (head.labels(r), s)))
+            .unzip();
         Ok(WalBatch {
             end: tail.end,
             series,
+            refs,
             samples,
             skipped_bytes: tail.skipped_bytes,
             truncated: tail.truncated,
