@@ -92,6 +92,28 @@ pub enum Error {
     },
 }
 
+/// Decodes `data` as a push stream of compact batches (each a
+/// length-delimited `Compact` message) through one stream dictionary, as a
+/// receiver would; returns the samples decoded or the first error. For the
+/// fuzz target: it must never panic.
+#[doc(hidden)]
+pub fn fuzz_compact_stream(mut data: &[u8]) -> Result<usize, String> {
+    use prost::Message;
+    let mut dec = codec::Decoder::default();
+    let mut n = 0;
+    while !data.is_empty() {
+        let c = tiermon_proto::v1::Compact::decode_length_delimited(&mut data)
+            .map_err(|e| e.to_string())?;
+        let got = dec.decode(&c, |s| {
+            Ok(tiermon_model::Labels::from_pairs(
+                s.labels.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+            ))
+        })?;
+        n += got.iter().map(|d| d.points.len()).sum::<usize>();
+    }
+    Ok(n)
+}
+
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
