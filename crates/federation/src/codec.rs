@@ -129,8 +129,19 @@ pub(crate) struct Decoded {
 /// The receiver's side of one stream: the labels of every reference.
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
-    /// The labels of each reference, or why they are invalid.
-    labels: HashMap<u32, Result<Labels, String>>,
+    /// What is known of each reference.
+    labels: HashMap<u32, Slot>,
+}
+
+/// A series of the stream, at the receiver.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// Its labels, or why they are invalid.
+    pub labels: Result<Labels, String>,
+    /// `labels.series_id()`, computed once.
+    pub id: u64,
+    /// The receiver's own storage reference, once it stored the series.
+    pub local: Option<u32>,
 }
 
 struct Reader<'a> {
@@ -168,8 +179,14 @@ impl Reader<'_> {
 impl Decoder {
     /// The labels of the sender's reference `r` (an error: why they are
     /// invalid).
+    #[cfg(test)]
     pub(crate) fn labels(&self, r: u32) -> Option<&Result<Labels, String>> {
-        self.labels.get(&r)
+        self.labels.get(&r).map(|s| &s.labels)
+    }
+
+    /// What is known of the sender's reference `r`.
+    pub(crate) fn slot_mut(&mut self, r: u32) -> Option<&mut Slot> {
+        self.labels.get_mut(&r)
     }
 
     /// Decodes `c`, learning the series it defines (`make` checks and
@@ -189,7 +206,16 @@ impl Decoder {
             ));
         }
         for (r, s) in c.new_refs.iter().zip(&c.new_series) {
-            self.labels.insert(*r, make(s));
+            let labels = make(s);
+            let id = labels.as_ref().map_or(0, |l| l.series_id().0);
+            self.labels.insert(
+                *r,
+                Slot {
+                    labels,
+                    id,
+                    local: None,
+                },
+            );
         }
         let mut refs = Reader {
             buf: &c.refs,

@@ -228,17 +228,13 @@ impl Receiver {
             });
         }
         // Raw samples, or one sample per aggregate: its last value at its
-        // last timestamp (see ARCHITECTURE.md).
-        let entries: Vec<Entry> = match compact {
+        // last timestamp (see ARCHITECTURE.md). A series of a compact batch
+        // is named by the stream's reference, whose labels, hash and local
+        // reference the stream's dictionary keeps.
+        let entries: Vec<(Entry, Vec<(i64, f64)>)> = match compact {
             Some(decoded) => decoded
                 .into_iter()
-                .map(|d| {
-                    let labels = dec
-                        .labels(d.r)
-                        .cloned()
-                        .unwrap_or_else(|| Err(format!("unknown reference {}", d.r)));
-                    (labels, d.points)
-                })
+                .map(|d| (Entry::Stream(d.r), d.points))
                 .collect(),
             None => batch
                 .series
@@ -250,7 +246,7 @@ impl Receiver {
                         .map(|x| (x.timestamp_ms, x.value))
                         .chain(s.aggregates.iter().map(|a| (a.last_timestamp_ms, a.last)))
                         .collect();
-                    (series_labels(s), points)
+                    (Entry::Plain(series_labels(s)), points)
                 })
                 .collect(),
         };
@@ -261,19 +257,43 @@ impl Receiver {
         {
             let mut dedup = inner.dedup.lock();
             let replica = (!sender.replica.is_empty()).then(|| replica_hash(&sender));
-            for (labels, points) in entries {
+            for (entry, points) in entries {
+                let (mut slot, mut plain) = (None, None);
+                let labels = match &entry {
+                    Entry::Plain(l) => l.as_ref().map(|l| {
+                        plain = Some(PlainSlot {
+                            id: l.series_id().0,
+                            local: None,
+                        });
+                        l
+                    }),
+                    Entry::Stream(r) => match dec.slot_mut(*r) {
+                        Some(s) => {
+                            let labels = s.labels.as_ref();
+                            slot = Some((&mut s.local, s.id));
+                            labels
+                        }
+                        None => {
+                            invalid += points.len() as u64;
+                            continue;
+                        }
+                    },
+                };
                 let labels = match labels {
                     Ok(l) => l,
                     Err(e) => {
                         invalid += points.len() as u64;
                         if errors.len() < 3 {
-                            errors.push(e);
+                            errors.push(e.clone());
                         }
                         continue;
                     }
                 };
-                let id = labels.series_id().0;
-                let mut r = None;
+                let (local, id) = match (&mut slot, &mut plain) {
+                    (Some((local, id)), _) => (&mut **local, *id),
+                    (None, Some(p)) => (&mut p.local, p.id),
+                    (None, None) => continue,
+                };
                 for (t, v) in points {
                     if let Some(rep) = replica
                         && !dedup.admit(id, rep, t, is_stale_nan(v))
@@ -281,10 +301,10 @@ impl Receiver {
                         deduplicated += 1;
                         continue;
                     }
-                    match r {
+                    match *local {
                         Some(r) => app.append_ref(r, t, v),
-                        None => match app.append(&labels, t, v) {
-                            Ok(x) => r = Some(x),
+                        None => match app.append(labels, t, v) {
+                            Ok(x) => *local = Some(x),
                             Err(e) => {
                                 invalid += 1;
                                 if errors.len() < 3 {
@@ -593,8 +613,18 @@ impl Dedup {
     }
 }
 
-/// A series to store: its labels (or why they are invalid) and points.
-type Entry = (Result<Labels, String>, Vec<(i64, f64)>);
+/// A series to store: with its labels (or why they are invalid), or by
+/// its reference on the stream.
+enum Entry {
+    Plain(Result<Labels, String>),
+    Stream(u32),
+}
+
+/// The hash and local reference of a series sent with its labels.
+struct PlainSlot {
+    id: u64,
+    local: Option<u32>,
+}
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<v1::PushAck, Status>> + Send>>;
 
