@@ -45,16 +45,6 @@ struct Measured {
     scrapes: u64,
 }
 
-fn proc_cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn proc_rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -177,10 +167,10 @@ fn main() {
             h.reset_gap();
         }
         let scrapes0: u64 = fleet.hosts.iter().map(|h| h.scrapes()).sum();
-        let cpu0 = proc_cpu_s(pid);
+        let cpu0 = fleetsim::proc_cpu_s(pid);
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_secs(measure));
-        let cpu1 = proc_cpu_s(pid);
+        let cpu1 = fleetsim::proc_cpu_s(pid);
         let scrapes1: u64 = fleet.hosts.iter().map(|h| h.scrapes()).sum();
         let elapsed = t0.elapsed().as_secs_f64();
         let rss = proc_rss(pid);

@@ -228,8 +228,8 @@ fn main() {
     let (g, p, s) = (free_addr(), free_addr(), free_addr());
     let (pg, pg_bytes) = rt.block_on(counting_proxy(g));
     let (sp, sp_bytes) = rt.block_on(counting_proxy(p));
-    let _g = tier("global", g, dir.path(), "[global]\n");
-    let _p = tier(
+    let g_proc = tier("global", g, dir.path(), "[global]\n");
+    let p_proc = tier(
         "primary",
         p,
         dir.path(),
@@ -237,7 +237,7 @@ fn main() {
             "[primary]\ndatacenter = \"sim\"\n[primary.push]\ndestinations = [\"http://{pg}\"]\n"
         ),
     );
-    let _s = tier(
+    let s_proc = tier(
         "secondary",
         s,
         dir.path(),
@@ -268,6 +268,12 @@ fn main() {
         pg_bytes.load(Ordering::Relaxed),
     );
     let rep0 = rt.block_on(counter(&c, p, "tiermon_forward_samples_total"));
+    let pids = [
+        ("secondary", s_proc.0.id()),
+        ("primary", p_proc.0.id()),
+        ("global", g_proc.0.id()),
+    ];
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| fleetsim::proc_cpu_s(*p)).collect();
     let until = Instant::now() + Duration::from_secs(measure);
     let ((mut at_primary, _), (mut at_global, mut after_window)) = rt.block_on(async {
         tokio::join!(
@@ -281,6 +287,7 @@ fn main() {
         pg_bytes.load(Ordering::Relaxed),
     );
     let rep1 = rt.block_on(counter(&c, p, "tiermon_forward_samples_total"));
+    let cpu1: Vec<f64> = pids.iter().map(|(_, p)| fleetsim::proc_cpu_s(*p)).collect();
     let raw = (scrapes1 - scrapes0) * (series as u64 + 5);
     let represented = rep1 - rep0;
     println!(
@@ -301,6 +308,12 @@ fn main() {
         represented,
         (pg1 - pg0) as f64 / represented.max(1.0)
     );
+    for (i, (name, _)) in pids.iter().enumerate() {
+        println!(
+            "CPU of the {name}: {:.2} s per million raw samples",
+            (cpu1[i] - cpu0[i]) / (raw.max(1) as f64 / 1e6)
+        );
+    }
     println!(
         "scrape -> queryable at the primary: p50 {:.2} s, p99 {:.2} s ({} samples)",
         quantile(&mut at_primary, 0.5),

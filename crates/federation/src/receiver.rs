@@ -16,7 +16,7 @@ use tiermon_tsdb::Db;
 use tonic::codegen::tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codec::Decoder;
+use crate::codec::{Decoder, Slot};
 use crate::forwarder::MAX_MESSAGE;
 use crate::source::Children;
 use crate::{Error, Identity, Metric, now_ms};
@@ -258,21 +258,15 @@ impl Receiver {
             let mut dedup = inner.dedup.lock();
             let replica = (!sender.replica.is_empty()).then(|| replica_hash(&sender));
             for (entry, points) in entries {
-                let (mut slot, mut plain) = (None, None);
-                let labels = match &entry {
-                    Entry::Plain(l) => l.as_ref().map(|l| {
-                        plain = Some(PlainSlot {
-                            id: l.series_id().0,
-                            local: None,
-                        });
-                        l
-                    }),
+                let mut plain_local = None;
+                let (labels, id, local) = match &entry {
+                    Entry::Plain(l) => (
+                        l,
+                        l.as_ref().map_or(0, |l| l.series_id().0),
+                        &mut plain_local,
+                    ),
                     Entry::Stream(r) => match dec.slot_mut(*r) {
-                        Some(s) => {
-                            let labels = s.labels.as_ref();
-                            slot = Some((&mut s.local, s.id));
-                            labels
-                        }
+                        Some(Slot { labels, id, local }) => (&*labels, *id, local),
                         None => {
                             invalid += points.len() as u64;
                             continue;
@@ -288,11 +282,6 @@ impl Receiver {
                         }
                         continue;
                     }
-                };
-                let (local, id) = match (&mut slot, &mut plain) {
-                    (Some((local, id)), _) => (&mut **local, *id),
-                    (None, Some(p)) => (&mut p.local, p.id),
-                    (None, None) => continue,
                 };
                 for (t, v) in points {
                     if let Some(rep) = replica
@@ -618,12 +607,6 @@ impl Dedup {
 enum Entry {
     Plain(Result<Labels, String>),
     Stream(u32),
-}
-
-/// The hash and local reference of a series sent with its labels.
-struct PlainSlot {
-    id: u64,
-    local: Option<u32>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<v1::PushAck, Status>> + Send>>;
