@@ -29,13 +29,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Measured {
     cpu_s: f64,
     samples: u64,
@@ -110,10 +103,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let hosts = env("TIERMON_FLEET_HOSTS", 1000) as usize;
-    let series = env("TIERMON_FLEET_SERIES", 500) as usize;
-    let interval = env("TIERMON_FLEET_INTERVAL", 15);
-    let measure = env("TIERMON_FLEET_MEASURE", 60);
+    let hosts = fleetsim::env("TIERMON_FLEET_HOSTS", 1000) as usize;
+    let series = fleetsim::env("TIERMON_FLEET_SERIES", 500) as usize;
+    let interval = fleetsim::env("TIERMON_FLEET_INTERVAL", 15);
+    let measure = fleetsim::env("TIERMON_FLEET_MEASURE", 60);
     let scrapers = std::env::var("TIERMON_FLEET_SCRAPERS").unwrap_or_else(|_| "tiermon".into());
     let base = std::env::var("TIERMON_BENCH_DIR")
         .unwrap_or_else(|_| std::env::temp_dir().display().to_string());

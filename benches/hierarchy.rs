@@ -25,13 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,10 +188,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let hosts = env("TIERMON_HIER_HOSTS", 200) as usize;
-    let series = env("TIERMON_HIER_SERIES", 200) as usize;
-    let interval = env("TIERMON_HIER_INTERVAL", 15);
-    let measure = env("TIERMON_HIER_MEASURE", 180);
+    let hosts = fleetsim::env("TIERMON_HIER_HOSTS", 200) as usize;
+    let series = fleetsim::env("TIERMON_HIER_SERIES", 200) as usize;
+    let interval = fleetsim::env("TIERMON_HIER_INTERVAL", 15);
+    let measure = fleetsim::env("TIERMON_HIER_MEASURE", 180);
     let base = std::env::var("TIERMON_BENCH_DIR")
         .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
     let dir = tempfile::Builder::new()

@@ -86,12 +86,7 @@ fn raw_with(
     params: &[(&str, &str)],
 ) -> (Samples, Vec<String>) {
     let q = format!("{selector}[{range}]");
-    let t = format!("{:.3}", now_ms() as f64 / 1000.0 + 1.0);
-    let mut form = vec![("query", q.as_str()), ("time", t.as_str())];
-    form.extend_from_slice(params);
-    let (status, body) = http("POST", &format!("{base}/api/v1/query"), &form, None);
-    assert_eq!(status, 200, "{q}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
+    let v = query_now(base, &q, 1.0, params);
     let warnings = v["warnings"]
         .as_array()
         .map(|w| {
@@ -121,18 +116,20 @@ fn raw_with(
     (out, warnings)
 }
 
+/// The answer of an instant query at now (plus `offset_s`), with more
+/// request parameters.
+fn query_now(base: &str, query: &str, offset_s: f64, params: &[(&str, &str)]) -> Value {
+    let t = format!("{:.3}", now_ms() as f64 / 1000.0 + offset_s);
+    let mut form = vec![("query", query), ("time", t.as_str())];
+    form.extend_from_slice(params);
+    let (status, body) = http("POST", &format!("{base}/api/v1/query"), &form, None);
+    assert_eq!(status, 200, "{query}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// The newest value of `query`'s first series, if any.
 fn latest(base: &str, query: &str) -> Option<f64> {
-    let t = format!("{:.3}", now_ms() as f64 / 1000.0);
-    let (status, body) = http(
-        "POST",
-        &format!("{base}/api/v1/query"),
-        &[("query", query), ("time", &t)],
-        None,
-    );
-    assert_eq!(status, 200, "{query}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["data"]["result"][0]["value"][1]
+    query_now(base, query, 0.0, &[])["data"]["result"][0]["value"][1]
         .as_str()
         .and_then(|s| s.parse().ok())
 }
@@ -491,16 +488,7 @@ fn verify_passes_across_tiers_and_fails_when_samples_are_lost() {
 
 /// `query`'s result at now, as (labels, value) by the `by` label.
 fn by_label(base: &str, query: &str, by: &str) -> BTreeMap<String, f64> {
-    let t = format!("{:.3}", now_ms() as f64 / 1000.0);
-    let (status, body) = http(
-        "POST",
-        &format!("{base}/api/v1/query"),
-        &[("query", query), ("time", &t)],
-        None,
-    );
-    assert_eq!(status, 200, "{query}: {body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["data"]["result"]
+    query_now(base, query, 0.0, &[])["data"]["result"]
         .as_array()
         .unwrap()
         .iter()

@@ -299,3 +299,11 @@ pub fn proc_cpu_s(pid: u32) -> f64 {
         + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
+
+/// The number in environment variable `name`, or `default`.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

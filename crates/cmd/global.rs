@@ -3,8 +3,6 @@
 //! each secondary) last reported, and answers the Prometheus HTTP API and
 //! gRPC queries over all of it.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,32 +11,10 @@ use tiermon_federation::{Receiver, ReceiverOptions};
 
 use crate::tier;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    /// Configuration file (TOML or YAML); environment variables
-    /// TIERMON_GLOBAL__<KEY> override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address of the HTTP API and gRPC (queries, push intake), overriding
-    /// the file.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Data folder, overriding the file.
-    #[arg(long)]
-    data: Option<PathBuf>,
-}
-
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let mut cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?.global;
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = args.data {
-        cfg.data = d;
-    }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+pub(crate) async fn run(args: tier::Args) -> anyhow::Result<()> {
+    let (cfg, listener) = args
+        .load(|c| c.global, |c| (&mut c.listen, &mut c.data))
+        .await?;
     serve(cfg, listener, crate::shutdown_signal()).await
 }
 

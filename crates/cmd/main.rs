@@ -47,13 +47,13 @@ enum Command {
     Agent(ServerArgs),
     /// Run a secondary: store what arrives (remote_write) and answer the
     /// Prometheus HTTP API.
-    Secondary(secondary::Args),
+    Secondary(tier::Args),
     /// Run a datacenter's primary: take the secondaries' pushes, answer
     /// the datacenter's queries, push aggregates to the global tier.
-    Primary(primary::Args),
+    Primary(tier::Args),
     /// Run the global tier: every datacenter's aggregates in one view, and
     /// which datacenters still report.
-    Global(global::Args),
+    Global(tier::Args),
     /// Query any tier over gRPC: instant and range queries, series, labels,
     /// alerts; as a table, JSON or a terminal chart.
     Query(query::Args),

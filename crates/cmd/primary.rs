@@ -4,8 +4,6 @@
 //! and pushes one-minute aggregates with the `datacenter` label to the
 //! global tier (`primary.push`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,32 +14,10 @@ use tiermon_tsdb::Resolution;
 
 use crate::tier;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    /// Configuration file (TOML or YAML); environment variables
-    /// TIERMON_PRIMARY__<KEY> override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address of the HTTP API and gRPC (queries, push intake), overriding
-    /// the file.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Data folder, overriding the file.
-    #[arg(long)]
-    data: Option<PathBuf>,
-}
-
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let mut cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?.primary;
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = args.data {
-        cfg.data = d;
-    }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+pub(crate) async fn run(args: tier::Args) -> anyhow::Result<()> {
+    let (cfg, listener) = args
+        .load(|c| c.primary, |c| (&mut c.listen, &mut c.data))
+        .await?;
     serve(cfg, listener, crate::shutdown_signal()).await
 }
 

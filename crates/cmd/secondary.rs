@@ -4,8 +4,6 @@
 //! API and the gRPC query service over what it holds; pushes everything it
 //! stores to the datacenter's primaries (`secondary.push`).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,32 +12,10 @@ use tiermon_federation::{Identity, WalSource, WalSourceOptions};
 
 use crate::tier;
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Args {
-    /// Configuration file (TOML or YAML); environment variables
-    /// TIERMON_SECONDARY__<KEY> override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Address of the HTTP API, remote_write intake and gRPC, overriding
-    /// the file.
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Data folder, overriding the file.
-    #[arg(long)]
-    data: Option<PathBuf>,
-}
-
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let mut cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?.secondary;
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = args.data {
-        cfg.data = d;
-    }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+pub(crate) async fn run(args: tier::Args) -> anyhow::Result<()> {
+    let (cfg, listener) = args
+        .load(|c| c.secondary, |c| (&mut c.listen, &mut c.data))
+        .await?;
     serve(cfg, listener, crate::shutdown_signal()).await
 }
 

@@ -2,7 +2,8 @@
 //! binary edge: opening storage, the query API, housekeeping, the push
 //! path's forwarders, and the tier's own series.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,49 @@ use parking_lot::Mutex;
 use tiermon_config::{PushConfig, QueryConfig, StorageConfig};
 use tiermon_federation::{Forwarder, ForwarderOptions, Identity, Metric, Source};
 use tiermon_tsdb::{BlobOptions, Db, Options};
+
+/// The flags of every storing tier.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Configuration file (TOML or YAML); environment variables
+    /// TIERMON_<SECTION>__<KEY> override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address of the HTTP API and gRPC (queries and intake), overriding
+    /// the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data folder, overriding the file.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+impl Args {
+    /// The tier's section of the configuration (`section`), with the flags
+    /// applied to its listen address and data folder (`fields`), and a
+    /// listener on that address.
+    pub(crate) async fn load<C>(
+        self,
+        section: impl FnOnce(tiermon_config::Config) -> C,
+        fields: impl FnOnce(&mut C) -> (&mut SocketAddr, &mut PathBuf),
+    ) -> anyhow::Result<(C, tokio::net::TcpListener)> {
+        let mut cfg = section(tiermon_config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+        )?);
+        let (listen, data) = fields(&mut cfg);
+        if let Some(l) = self.listen {
+            *listen = l;
+        }
+        if let Some(d) = self.data {
+            *data = d;
+        }
+        let listener = tokio::net::TcpListener::bind(*listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        Ok((cfg, listener))
+    }
+}
 
 /// The storage engine's options from a `storage` section at `key`.
 pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Options> {
