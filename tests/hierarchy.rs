@@ -576,8 +576,10 @@ fn two_datacenters_a_partition_goes_dark_then_backfills_and_down_hosts_stay_apar
     );
     let cut_at = now_ms();
 
-    // dc1 is cut off from the global tier; a host of dc2 fails.
+    // dc1 is cut off from the global tier; a host of dc2 fails, and so
+    // does one secondary of dc2's pair (SIGKILL).
     proxies[0].cut();
+    tiers.remove(2).kill();
     fleet.hosts[HOSTS].set_mode(Mode::Error5xx);
     let failed = fleet.hosts[HOSTS].addr.to_string();
     eventually(
@@ -642,6 +644,25 @@ fn two_datacenters_a_partition_goes_dark_then_backfills_and_down_hosts_stay_apar
             );
         }
         assert!(s.iter().all(|x| x.1 == 1.0), "{host}: {s:?}");
+    }
+    // dc2 lost a secondary: its partner kept every window coming.
+    let dc2 = raw(
+        &global.url(),
+        "up{datacenter=\"dc2\",job=\"node\"}",
+        "10m",
+        "instance",
+    );
+    assert_eq!(dc2.len(), HOSTS);
+    for (host, s) in &dc2 {
+        let w = windows(s);
+        assert!(w.contains(&(healed / 60_000 - 1)), "{host}: {w:?}");
+        for pair in w.windows(2) {
+            assert_eq!(
+                pair[1],
+                pair[0] + 1,
+                "{host}: a window missing or doubled: {w:?}"
+            );
+        }
     }
     drop((g, tiers));
 }
