@@ -45,8 +45,8 @@ struct ServerArgs {
 enum Command {
     /// Run the host agent: serve this host's health at /metrics.
     Agent(ServerArgs),
-    /// Run a secondary: store what arrives (remote_write) and answer the
-    /// Prometheus HTTP API.
+    /// Run a secondary: scrape its share of the targets, take
+    /// remote_write, answer the Prometheus HTTP API, push to the primaries.
     Secondary(tier::Args),
     /// Run a datacenter's primary: take the secondaries' pushes, answer
     /// the datacenter's queries, push aggregates to the global tier.

@@ -168,7 +168,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = &mut stop => break,
         }
     }
