@@ -9,13 +9,13 @@ use prost::encoding::{decode_varint, encode_varint};
 use tiermon_model::Labels;
 use tiermon_proto::v1;
 
-/// One series entry of a batch, as the sender has it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+/// One series of a batch, as the sender has it: named by the sender's
+/// storage reference (its labels come from [`crate::Source::labels`], and
+/// cross the wire only the first time on a stream).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Entry {
     /// The sender's reference of the series.
     pub r: u32,
-    /// Its labels (sent only the first time on a stream).
-    pub labels: Vec<v1::Label>,
     /// Raw samples, or empty.
     pub samples: Vec<v1::Sample>,
     /// Aggregates, or empty.
@@ -43,9 +43,15 @@ impl Encoder {
             .is_some_and(|w| w & (1 << (r % 64)) != 0)
     }
 
-    /// Encodes `entries`; the references it defines are remembered only by
-    /// [`Self::commit`], once the batch is sent.
-    pub(crate) fn encode(&self, entries: &[Entry]) -> (v1::Compact, Vec<u32>) {
+    /// Encodes `entries`, with the labels of references new to the stream
+    /// from `labels_of` (a reference without labels is left out); the
+    /// references it defines are remembered only by [`Self::commit`], once
+    /// the batch is sent.
+    pub(crate) fn encode(
+        &self,
+        entries: &[Entry],
+        mut labels_of: impl FnMut(u32) -> Option<Vec<v1::Label>>,
+    ) -> (v1::Compact, Vec<u32>) {
         let mut c = v1::Compact {
             base_ms: entries
                 .iter()
@@ -62,12 +68,20 @@ impl Encoder {
         };
         let mut new = Vec::new();
         let mut prev = 0i64;
+        let mut unnamed: Vec<u32> = Vec::new();
         for e in entries {
+            if unnamed.contains(&e.r) {
+                continue;
+            }
             if !self.known(e.r) && !new.contains(&e.r) {
+                let Some(labels) = labels_of(e.r) else {
+                    unnamed.push(e.r);
+                    continue;
+                };
                 new.push(e.r);
                 c.new_refs.push(e.r);
                 c.new_series.push(v1::Series {
-                    labels: e.labels.clone(),
+                    labels,
                     ..v1::Series::default()
                 });
             }
@@ -329,7 +343,6 @@ mod tests {
                     .iter()
                     .map(|(r, pts)| Entry {
                         r: *r,
-                        labels: label(*r),
                         samples: if aggregates { Vec::new() } else {
                             pts.iter().map(|&(t, v)| v1::Sample { timestamp_ms: t >> 2, value: v }).collect()
                         },
@@ -341,7 +354,7 @@ mod tests {
                         } else { Vec::new() },
                     })
                     .collect();
-                let (c, new) = enc.encode(&entries);
+                let (c, new) = enc.encode(&entries, |r| Some(label(r)));
                 sent_labels += c.new_series.len();
                 enc.commit(&new);
                 let got = dec.decode(&c, labels_of).unwrap();
@@ -398,15 +411,17 @@ mod tests {
     #[test]
     fn an_unknown_reference_is_named() {
         let mut dec = Decoder::default();
-        let (c, _) = Encoder::default().encode(&[Entry {
-            r: 7,
-            labels: label(7),
-            samples: vec![v1::Sample {
-                timestamp_ms: 1,
-                value: 1.0,
+        let (c, _) = Encoder::default().encode(
+            &[Entry {
+                r: 7,
+                samples: vec![v1::Sample {
+                    timestamp_ms: 1,
+                    value: 1.0,
+                }],
+                aggregates: Vec::new(),
             }],
-            aggregates: Vec::new(),
-        }]);
+            |r| Some(label(r)),
+        );
         let without = v1::Compact {
             new_refs: Vec::new(),
             new_series: Vec::new(),

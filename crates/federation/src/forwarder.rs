@@ -16,7 +16,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::codec::{Encoder, Entry};
+use crate::codec::Encoder;
 use crate::source::Source;
 use crate::{Error, Identity, Metric, now_ms};
 
@@ -350,17 +350,23 @@ async fn session(
                 }
                 break;
             };
-            let (series, compact, defined) = compact_form(&encoder, batch.series, &batch.refs);
+            let (compact, defined) = encoder.encode(&batch.series, |r| {
+                let l = source.labels(r);
+                if l.is_none() {
+                    tracing::error!(destination = %opts.url, series_ref = r, "a series to send has no labels; its samples in this batch are not sent");
+                }
+                l
+            });
             let pb = v1::Batch {
                 sender: Some(sender.clone()),
                 sequence: batch.seq,
                 created_ms: now_ms(),
                 resolution: batch.resolution,
-                series,
+                series: Vec::new(),
                 alerts: Vec::new(),
                 children: batch.children,
                 complete_through_ms: batch.complete_through_ms,
-                compact,
+                compact: Some(compact),
             };
             let len = pb.encoded_len();
             if len > max_bytes && budget > 1 {
@@ -414,28 +420,4 @@ async fn session(
             _ = stopped.changed(), if !stopping => { stopping = true; }
         }
     }
-}
-
-/// The batch's series in the compact form when their references are known
-/// (and the references it defines), or as they are.
-fn compact_form(
-    encoder: &Encoder,
-    series: Vec<v1::Series>,
-    refs: &[u32],
-) -> (Vec<v1::Series>, Option<v1::Compact>, Vec<u32>) {
-    if refs.len() != series.len() || series.is_empty() {
-        return (series, None, Vec::new());
-    }
-    let entries: Vec<Entry> = series
-        .into_iter()
-        .zip(refs)
-        .map(|(s, &r)| Entry {
-            r,
-            labels: s.labels,
-            samples: s.samples,
-            aggregates: s.aggregates,
-        })
-        .collect();
-    let (c, defined) = encoder.encode(&entries);
-    (Vec::new(), Some(c), defined)
 }

@@ -24,6 +24,7 @@ mod forwarder;
 mod receiver;
 mod source;
 
+pub use codec::Entry;
 pub use forwarder::{Forwarder, ForwarderOptions, ForwarderStatus};
 pub use receiver::{ChildStatus, Receiver, ReceiverOptions};
 pub use source::{Batch, Children, DownsampleSource, Source, WalSource, WalSourceOptions};

@@ -10,7 +10,7 @@ use tiermon_model::{Labels, MatchOp, Matcher};
 use tiermon_proto::v1;
 use tiermon_tsdb::{Db, Resolution};
 
-use crate::{Error, Metric, now_ms};
+use crate::{Entry, Error, Metric, now_ms};
 
 /// A batch ready to send.
 #[derive(Debug, Clone, Default)]
@@ -19,11 +19,8 @@ pub struct Batch {
     pub seq: u64,
     /// Resolution of the data.
     pub resolution: i32,
-    /// The series.
-    pub series: Vec<v1::Series>,
-    /// The sender's storage reference of each of `series` (they name the
-    /// series on the wire after their first use on a stream).
-    pub refs: Vec<u32>,
+    /// The series, by the sender's storage reference.
+    pub series: Vec<Entry>,
     /// Raw samples the batch carries or represents.
     pub samples: usize,
     /// See `Batch.complete_through_ms` in push.proto.
@@ -43,6 +40,8 @@ pub trait Source: Send + Sync + 'static {
     fn acked(&self, seq: u64);
     /// The source's own metrics, labelled with `destination`.
     fn metrics(&self, destination: &str) -> Vec<Metric>;
+    /// The labels of the series with reference `r`, as they are sent.
+    fn labels(&self, r: u32) -> Option<Vec<v1::Label>>;
     /// What a heartbeat says when nothing was ready at `checked_ms`: the
     /// time through which the data is complete (0: unknown) and the
     /// children's reports.
@@ -212,21 +211,19 @@ impl Source for WalSource {
             samples: b.samples,
             complete_through_ms: if caught_up { started } else { 0 },
             children: Vec::new(),
-            refs: b.refs,
             series: b
                 .series
-                .iter()
-                .map(|(l, s)| v1::Series {
-                    labels: labels_pb(l),
-                    series_id: l.series_id().0,
+                .into_iter()
+                .map(|(r, s)| Entry {
+                    r,
                     samples: s
-                        .iter()
-                        .map(|&(t, v)| v1::Sample {
+                        .into_iter()
+                        .map(|(t, v)| v1::Sample {
                             timestamp_ms: t,
                             value: v,
                         })
                         .collect(),
-                    ..Default::default()
+                    aggregates: Vec::new(),
                 })
                 .collect(),
         }))
@@ -250,6 +247,10 @@ impl Source for WalSource {
         if let Some(p) = save {
             self.save(p);
         }
+    }
+
+    fn labels(&self, r: u32) -> Option<Vec<v1::Label>> {
+        self.db.labels_of(r).map(|l| labels_pb(&l))
     }
 
     fn heartbeat(&self, checked_ms: i64) -> (i64, Vec<v1::ChildReport>) {
@@ -328,8 +329,8 @@ impl std::fmt::Debug for DownsampleSource {
     }
 }
 
-/// A window's series, with their references.
-type WindowSeries = Arc<Vec<(u32, v1::Series)>>;
+/// A window's series.
+type WindowSeries = Arc<Vec<Entry>>;
 
 /// A computed window: its number, its series, the raw samples they stand
 /// for.
@@ -384,36 +385,21 @@ impl DownsampleSource {
                 continue; // only staleness markers
             };
             raw += a.count as usize;
-            let mut labels = tiermon_model::LabelsBuilder::with_capacity(s.labels.len() + 1);
-            for l in s.labels.iter() {
-                labels.set(l.name.clone(), l.value.clone());
-            }
-            for (n, v) in &self.external {
-                if labels.get(n).is_none() {
-                    labels.set(n.as_str(), v.as_str());
-                }
-            }
-            let r = self.db.series_ref(&s.labels)?;
-            let labels = labels.build();
-            out.push((
-                r,
-                v1::Series {
-                    series_id: labels.series_id().0,
-                    labels: labels_pb(&labels),
-                    aggregates: vec![v1::Aggregate {
-                        start_ms: a.start,
-                        end_ms: a.start + self.window_ms,
-                        min: a.min,
-                        max: a.max,
-                        sum: a.sum,
-                        count: a.count,
-                        last: a.last,
-                        last_timestamp_ms: a.last_t,
-                        counter: a.counter,
-                    }],
-                    ..Default::default()
-                },
-            ));
+            out.push(Entry {
+                r: self.db.series_ref(&s.labels)?,
+                samples: Vec::new(),
+                aggregates: vec![v1::Aggregate {
+                    start_ms: a.start,
+                    end_ms: a.start + self.window_ms,
+                    min: a.min,
+                    max: a.max,
+                    sum: a.sum,
+                    count: a.count,
+                    last: a.last,
+                    last_timestamp_ms: a.last_t,
+                    counter: a.counter,
+                }],
+            });
         }
         let out = Arc::new(out);
         *self.cache.lock() = Some((w, out.clone(), raw));
@@ -452,12 +438,12 @@ impl Source for DownsampleSource {
             return Ok(None);
         }
         let (series, raw) = self.window(w)?;
-        let (refs, chunk): (Vec<u32>, Vec<v1::Series>) = series
+        let chunk: Vec<Entry> = series
             .iter()
             .skip(part * self.part_series)
             .take(self.part_series)
             .cloned()
-            .unzip();
+            .collect();
         let parts = series.len().div_ceil(self.part_series).max(1);
         if part + 1 == parts {
             self.windows.fetch_add(1, Ordering::Relaxed);
@@ -473,11 +459,24 @@ impl Source for DownsampleSource {
                 Vec::new()
             },
             series: chunk,
-            refs,
         }))
     }
 
     fn acked(&self, _seq: u64) {}
+
+    fn labels(&self, r: u32) -> Option<Vec<v1::Label>> {
+        let l = self.db.labels_of(r)?;
+        let mut labels = tiermon_model::LabelsBuilder::with_capacity(l.len() + self.external.len());
+        for x in l.iter() {
+            labels.set(x.name.clone(), x.value.clone());
+        }
+        for (n, v) in &self.external {
+            if labels.get(n).is_none() {
+                labels.set(n.as_str(), v.as_str());
+            }
+        }
+        Some(labels_pb(&labels.build()))
+    }
 
     fn heartbeat(&self, _checked_ms: i64) -> (i64, Vec<v1::ChildReport>) {
         (0, self.children.reports())
@@ -548,7 +547,7 @@ mod tests {
         let mut samples = 0;
         while let Some(b) = src.next(after, 300).unwrap() {
             samples += b.samples;
-            assert_eq!(b.refs.len(), b.series.len());
+            assert!(b.series.iter().all(|e| src.labels(e.r).is_some()));
             after = b.seq;
         }
         assert_eq!(samples, 40 * 50);

@@ -72,10 +72,9 @@ pub struct SeriesData {
 pub struct WalBatch {
     /// Position after the last record read: where the next read starts.
     pub end: u64,
-    /// Series and their samples, in commit order within each series.
-    pub series: Vec<(Labels, Vec<(i64, f64)>)>,
-    /// The storage reference of each of `series`.
-    pub refs: Vec<SeriesRef>,
+    /// Series (by storage reference, see [`Db::labels_of`]) and their
+    /// samples, in commit order within each series.
+    pub series: Vec<(SeriesRef, Vec<(i64, f64)>)>,
     /// Samples read.
     pub samples: usize,
     /// Bytes that could not be read back (a damaged sealed segment).
@@ -538,19 +537,26 @@ impl Db {
         )?;
         let head = self.inner.head.read();
         let n = head.series.len();
-        let (refs, series) = grouped
+        let series = grouped
             .into_iter()
             .filter(|(r, _)| (*r as usize) < n && !head.series[*r as usize].labels.is_empty())
-            .map(|(r, s)| (r, (head.labels(r), s)))
-            .unzip();
+            .collect();
         Ok(WalBatch {
             end: tail.end,
             series,
-            refs,
             samples,
             skipped_bytes: tail.skipped_bytes,
             truncated: tail.truncated,
         })
+    }
+
+    /// The labels of the series with reference `r`, if there is one.
+    pub fn labels_of(&self, r: SeriesRef) -> Option<Labels> {
+        let head = self.inner.head.read();
+        head.series
+            .get(r as usize)
+            .filter(|s| !s.labels.is_empty())
+            .map(|_| head.labels(r))
     }
 
     /// Keeps the WAL from position `pos` on through checkpoints, on behalf

@@ -681,7 +681,8 @@ fn wal_read_returns_each_commit_once_in_order_and_holds_keep_segments() {
             if batch.end == pos {
                 break;
             }
-            for (l, s) in &batch.series {
+            for (r, s) in &batch.series {
+                let l = db.labels_of(*r).unwrap();
                 got.extend(s.iter().map(|&(t, v)| {
                     assert_eq!(v.abs(), t as f64);
                     (l.to_string(), t)
