@@ -729,6 +729,82 @@ mod tests {
         assert!(d.admit(7, a, 14 * 15_000 + 5000, false));
     }
 
+    fn batch(seq: u64, name: &str, t: i64) -> v1::Batch {
+        v1::Batch {
+            sender: Some(v1::Sender {
+                id: "secondary/dc1/pair-1".into(),
+                tier: "secondary".into(),
+                datacenter: "dc1".into(),
+                replica: String::new(),
+                epoch: 7,
+            }),
+            sequence: seq,
+            series: vec![v1::Series {
+                labels: vec![v1::Label {
+                    name: "__name__".into(),
+                    value: name.into(),
+                }],
+                samples: vec![v1::Sample {
+                    timestamp_ms: t,
+                    value: 1.0,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn count(db: &Db, name: &str) -> usize {
+        let m =
+            tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name).unwrap();
+        db.select(&[m], 0, i64::MAX / 2)
+            .unwrap()
+            .iter()
+            .map(|s| s.samples.len())
+            .sum()
+    }
+
+    #[test]
+    fn a_batch_is_applied_once_across_a_restart_and_bad_series_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db"), tiermon_tsdb::Options::default()).unwrap();
+        let opts = ReceiverOptions::new("primary/dc1", dir.path().join("receiver"));
+        let r = Receiver::new(db.clone(), opts.clone()).unwrap();
+        let ack = r.apply(batch(10, "m", 1000)).unwrap();
+        assert_eq!(ack.status, v1::push_ack::Status::Ok as i32);
+        assert_eq!(ack.accepted, 1);
+        assert_eq!(count(&db, "m"), 1, "stored when acknowledged");
+        // The same sequence again, or an older one, is a duplicate.
+        let again = r.apply(batch(10, "m", 2000)).unwrap();
+        assert_eq!(again.status, v1::push_ack::Status::Duplicate as i32);
+        assert_eq!(count(&db, "m"), 1);
+        // After a restart the receiver still knows what it applied.
+        drop(r);
+        let r = Receiver::new(db.clone(), opts).unwrap();
+        let again = r.apply(batch(9, "m", 3000)).unwrap();
+        assert_eq!(again.status, v1::push_ack::Status::Duplicate as i32);
+        assert_eq!(count(&db, "m"), 1);
+        assert_eq!(r.children().len(), 1, "the child is remembered");
+        // A series with a bad label name is rejected, and named.
+        let mut bad = batch(11, "m", 4000);
+        bad.series[0].labels.push(v1::Label {
+            name: "0bad".into(),
+            value: "x".into(),
+        });
+        let bad = r.apply(bad).unwrap();
+        assert_eq!(bad.status, v1::push_ack::Status::Rejected as i32);
+        assert!(bad.error.contains("0bad"), "{}", bad.error);
+        // A malformed compact batch is a protocol error (the stream ends).
+        let mut broken = batch(12, "m", 5000);
+        broken.series.clear();
+        broken.compact = Some(v1::Compact {
+            refs: vec![2],
+            counts: vec![1],
+            ..Default::default()
+        });
+        assert!(matches!(r.apply(broken), Err(Error::Protocol(_))));
+    }
+
     #[test]
     fn bad_labels_are_named() {
         let s = v1::Series {
