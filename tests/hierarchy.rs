@@ -197,18 +197,25 @@ fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_throu
     // least one whole window reaches the global tier) and every crash
     // below has happened; keep what was acknowledged.
     let start = now_ms();
-    let end = ((start / 60_000 + 1) * 60_000 + 6_000).max(start + 34_000);
+    // The primary and the global tier are each down for `outage` ms: 7 s
+    // by default, minutes with TIERMON_OUTAGE_SECS (the long form, outside
+    // the default test command).
+    let outage = std::env::var("TIERMON_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(7_000, |s| s * 1000);
+    let mut events = vec![
+        (4_000, "kill primary"),
+        (4_000 + outage, "start primary"),
+        (7_000 + outage, "kill secondary"),
+        (8_000 + outage, "start secondary"),
+        (12_000 + outage, "kill global"),
+        (12_000 + 2 * outage, "start global"),
+    ];
+    let end = ((start / 60_000 + 1) * 60_000 + 6_000).max(start + 20_000 + 2 * outage);
     let mut acked: Vec<(i64, f64)> = Vec::new();
     let mut refused = 0;
     let mut i = 0.0;
-    let mut events = vec![
-        (4_000, "kill primary"),
-        (11_000, "start primary"),
-        (14_000, "kill secondary"),
-        (15_000, "start secondary"),
-        (19_000, "kill global"),
-        (26_000, "start global"),
-    ];
     events.reverse();
     while now_ms() < end {
         if let Some(&(at, what)) = events.last()
