@@ -13,7 +13,9 @@
 //! from its timestamp (the scrape) to when it was first seen.
 //!
 //! `cargo bench --bench hierarchy` (release build; `TIERMON_BENCH_DIR`
-//! chooses where the data goes).
+//! chooses where the data goes). With `TIERMON_HIER_OUTAGE=SECONDS` the
+//! primary is then SIGKILLed for that long under the fleet's load and
+//! restarted, and must end with exactly the samples the secondary holds.
 
 #[path = "fleetsim/mod.rs"]
 mod fleetsim;
@@ -222,14 +224,10 @@ fn main() {
     let (pg, pg_bytes) = rt.block_on(counting_proxy(g));
     let (sp, sp_bytes) = rt.block_on(counting_proxy(p));
     let g_proc = tier("global", g, dir.path(), "[global]\n");
-    let p_proc = tier(
-        "primary",
-        p,
-        dir.path(),
-        &format!(
-            "[primary]\ndatacenter = \"sim\"\n[primary.push]\ndestinations = [\"http://{pg}\"]\n"
-        ),
+    let p_cfg = format!(
+        "[primary]\ndatacenter = \"sim\"\n[primary.push]\ndestinations = [\"http://{pg}\"]\n"
     );
+    let mut p_proc = tier("primary", p, dir.path(), &p_cfg);
     let s_proc = tier(
         "secondary",
         s,
@@ -321,5 +319,65 @@ fn main() {
         quantile(&mut after_window, 0.99),
         at_global.len()
     );
+    let outage = fleetsim::env("TIERMON_HIER_OUTAGE", 0);
+    if outage > 0 {
+        // The primary is SIGKILLed for `outage` seconds under the fleet's
+        // load and restarted on its data; then it must hold exactly what
+        // the secondary holds.
+        println!("outage: the primary is down for {outage} s");
+        drop(p_proc);
+        std::thread::sleep(Duration::from_secs(outage));
+        let back = Instant::now();
+        p_proc = tier("primary", p, dir.path(), &p_cfg);
+        // Compare a window that ended before the restart, once backfilled.
+        let at = now_ms() - 20_000;
+        let window = outage + 120;
+        // (One family and `up`: count_over_time drops the name, so a
+        // selector over all families would collide.)
+        let q = format!(
+            "sum(count_over_time(node_cpu_seconds_total{{job=\"node\"}}[{window}s])) + sum(count_over_time(up{{job=\"node\"}}[{window}s]))"
+        );
+        let at_secondary = rt.block_on(value_at(&c, s, &q, at));
+        let mut caught_up = None;
+        while back.elapsed() < Duration::from_secs(600) {
+            let got = rt.block_on(value_at(&c, p, &q, at));
+            if got == at_secondary && got.is_some() {
+                caught_up = Some(back.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        match caught_up {
+            Some(d) => println!(
+                "after the outage the primary holds exactly the secondary's {:.0} samples (node_cpu_seconds_total and up) of the last {window} s; caught up {:.1} s after its restart",
+                at_secondary.unwrap_or(0.0),
+                d.as_secs_f64()
+            ),
+            None => println!(
+                "after the outage the primary holds {:?} samples of the last {window} s, the secondary {at_secondary:?}: NOT equal",
+                rt.block_on(value_at(&c, p, &q, at))
+            ),
+        }
+    }
+    drop(p_proc);
     drop(fleet);
+}
+
+/// The value of `query` (one series) at `t_ms`.
+async fn value_at(c: &reqwest::Client, base: SocketAddr, query: &str, t_ms: i64) -> Option<f64> {
+    let body = format!(
+        "query={}&time={:.3}",
+        form_urlencoded::byte_serialize(query.as_bytes()).collect::<String>(),
+        t_ms as f64 / 1000.0
+    );
+    let resp = c
+        .post(format!("http://{base}/api/v1/query"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
