@@ -3,7 +3,7 @@
 //! stream. The sender names a series by its own storage reference; the
 //! receiver maps it to labels (and, once stored, to its own reference).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use prost::encoding::{decode_varint, encode_varint};
 use tiermon_model::Labels;
@@ -66,19 +66,20 @@ impl Encoder {
             aggregates: entries.iter().any(|e| !e.aggregates.is_empty()),
             ..v1::Compact::default()
         };
-        let mut new = Vec::new();
+        // References this batch defines, and those without labels (left out).
+        let mut named: HashSet<u32> = HashSet::new();
+        let mut unnamed: HashSet<u32> = HashSet::new();
         let mut prev = 0i64;
-        let mut unnamed: Vec<u32> = Vec::new();
         for e in entries {
             if unnamed.contains(&e.r) {
                 continue;
             }
-            if !self.known(e.r) && !new.contains(&e.r) {
+            if !self.known(e.r) && !named.contains(&e.r) {
                 let Some(labels) = labels_of(e.r) else {
-                    unnamed.push(e.r);
+                    unnamed.insert(e.r);
                     continue;
                 };
-                new.push(e.r);
+                named.insert(e.r);
                 c.new_refs.push(e.r);
                 c.new_series.push(v1::Series {
                     labels,
@@ -114,6 +115,7 @@ impl Encoder {
                 }
             }
         }
+        let new = c.new_refs.clone();
         (c, new)
     }
 

@@ -71,6 +71,8 @@ pub struct WalSource {
     acked: Mutex<(u64, std::time::Instant)>,
     dropped_bytes: AtomicU64,
     lost_reads: AtomicU64,
+    /// When the bounds were last enforced.
+    bounds_checked: Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -110,6 +112,7 @@ impl WalSource {
             acked: Mutex::new((position, std::time::Instant::now())),
             dropped_bytes: AtomicU64::new(0),
             lost_reads: AtomicU64::new(0),
+            bounds_checked: Mutex::new(None),
         }))
     }
 
@@ -122,8 +125,16 @@ impl WalSource {
         segs.into_iter().skip(first).collect()
     }
 
-    /// Gives up the oldest held segments while over the age or size bound.
+    /// Gives up the oldest held segments while over the age or size bound;
+    /// looks at the WAL folder at most once a second.
     fn enforce_bounds(&self) {
+        {
+            let mut last = self.bounds_checked.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let held = self.held();
         let total: u64 = held.iter().map(|s| s.1).sum();
         let now = SystemTime::now();
