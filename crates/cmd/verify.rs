@@ -81,11 +81,49 @@ struct TierResult {
 struct State {
     /// Acknowledged writes: timestamp → value.
     written: BTreeMap<i64, f64>,
+    /// Writes acknowledged, in all.
+    acked: u64,
     refused: u64,
     /// When each expected sample was first seen (ms), by tier, series and
     /// timestamp.
     first_seen: BTreeMap<(String, String, i64), i64>,
     results: BTreeMap<String, TierResult>,
+    /// Per tier, the counts of writes judged for good and forgotten (see
+    /// [`settle`]), so a continuous run holds a bounded window.
+    settled: BTreeMap<String, TierResult>,
+}
+
+/// Delays kept per tier for the quantiles.
+const MAX_DELAYS: usize = 10_000;
+
+/// Judges for good the writes of whole minute windows older than
+/// `horizon_ms` (their samples are seen or lost by then), adds them to the
+/// tier's settled counts and forgets them: a continuous run keeps memory
+/// and read ranges bounded.
+fn settle(st: &mut State, tiers: &[Tier], series: usize, horizon_ms: i64) {
+    let cutoff = (now_ms() - horizon_ms).div_euclid(WINDOW_MS) * WINDOW_MS;
+    let old: BTreeMap<i64, f64> = st.written.range(..cutoff).map(|(&t, &v)| (t, v)).collect();
+    if old.is_empty() {
+        return;
+    }
+    for tier in tiers {
+        let base = st.settled.entry(tier.name.clone()).or_default();
+        for (t, _, due_from) in expected(&old, tier.aggregated, false) {
+            for k in 0..series {
+                base.expected += 1;
+                match st.first_seen.remove(&(tier.name.clone(), k.to_string(), t)) {
+                    Some(first) => {
+                        base.seen += 1;
+                        base.delays.push((first - due_from).max(0) as f64 / 1000.0);
+                    }
+                    None => base.missing += 1,
+                }
+            }
+        }
+        let excess = base.delays.len().saturating_sub(MAX_DELAYS);
+        base.delays.drain(..excess);
+    }
+    st.written.retain(|&t, _| t >= cutoff);
 }
 
 struct Tier {
@@ -148,7 +186,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let t = now_ms();
             match write(&http, &args.write, &run_id, args.series, t, i as f64).await {
                 Ok(()) => {
-                    state.lock().written.insert(t, i as f64);
+                    let mut st = state.lock();
+                    st.written.insert(t, i as f64);
+                    st.acked += 1;
                 }
                 Err(e) => {
                     state.lock().refused += 1;
@@ -157,7 +197,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             }
             i += 1;
         }
-        let range_ms = now_ms() - first_t + 2 * WINDOW_MS;
+        // Samples are judged within the timeout; older windows are settled.
+        let horizon_ms = args.timeout.as_millis() as i64 + 2 * WINDOW_MS;
+        settle(&mut state.lock(), &tiers, args.series, horizon_ms);
+        let range_ms = (now_ms() - first_t).min(horizon_ms) + 2 * WINDOW_MS;
         for t in &tiers {
             let got = read(&http, &t.base, &run_id, range_ms).await;
             let mut st = state.lock();
@@ -174,7 +217,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     let st = state.lock();
     report(&st);
-    let bad = st.written.is_empty()
+    let bad = st.acked == 0
         || st
             .results
             .values()
@@ -307,7 +350,8 @@ fn check(
     timeout: Duration,
     writing: bool,
 ) -> TierResult {
-    let mut r = TierResult::default();
+    // Counts start from what was settled before the current window.
+    let mut r = st.settled.get(&tier.name).cloned().unwrap_or_default();
     let got = match got {
         Ok(g) => g,
         Err(e) => {
@@ -370,8 +414,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 fn report(st: &State) {
     println!(
         "written: {} writes acknowledged, {} refused",
-        st.written.len(),
-        st.refused
+        st.acked, st.refused
     );
     println!(
         "{:<40} {:>9} {:>7} {:>8} {:>8} {:>11} {:>9} {:>9}",
@@ -409,7 +452,7 @@ fn metrics(st: &State) -> Vec<Metric> {
             name: "tiermon_verify_written_total",
             help: "Writes of the known series that the secondary acknowledged.",
             kind: "counter",
-            series: vec![(Vec::new(), st.written.len() as f64)],
+            series: vec![(Vec::new(), st.acked as f64)],
         },
         Metric {
             name: "tiermon_verify_refused_total",
@@ -458,6 +501,35 @@ mod tests {
         let e = expected(&w, true, false);
         assert_eq!(e.len(), 3);
         assert_eq!(expected(&w, false, true).len(), 4);
+    }
+
+    #[test]
+    fn settled_windows_are_counted_once_and_forgotten() {
+        let mut st = State::default();
+        let now = now_ms();
+        let tier = Tier {
+            name: "p".into(),
+            base: String::new(),
+            aggregated: false,
+        };
+        let old = (now - 600_000).div_euclid(WINDOW_MS) * WINDOW_MS;
+        for (t, v) in [(old, 0.0), (old + 1_000, 1.0), (now - 1_000, 2.0)] {
+            st.written.insert(t, v);
+        }
+        st.first_seen
+            .insert(("p".into(), "0".into(), old), old + 500);
+        settle(&mut st, std::slice::from_ref(&tier), 1, 300_000);
+        assert_eq!(st.written.len(), 1, "the recent write stays");
+        let base = &st.settled["p"];
+        assert_eq!((base.expected, base.seen, base.missing), (2, 1, 1));
+        assert_eq!(base.delays, vec![0.5]);
+        assert!(st.first_seen.is_empty());
+        // A check then counts the settled writes with the open ones.
+        let got: BTreeMap<String, Vec<(i64, f64)>> = [("0".to_owned(), vec![(now - 1_000, 2.0)])]
+            .into_iter()
+            .collect();
+        let r = check(&mut st, &tier, Ok(got), 1, Duration::from_secs(60), true);
+        assert_eq!((r.expected, r.seen, r.missing), (3, 2, 1));
     }
 
     #[test]
