@@ -108,12 +108,7 @@ fn main() {
     let interval = fleetsim::env("TIERMON_FLEET_INTERVAL", 15);
     let measure = fleetsim::env("TIERMON_FLEET_MEASURE", 60);
     let scrapers = std::env::var("TIERMON_FLEET_SCRAPERS").unwrap_or_else(|_| "tiermon".into());
-    let base = std::env::var("TIERMON_BENCH_DIR")
-        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-    let dir = tempfile::Builder::new()
-        .prefix("tiermon-fleet.")
-        .tempdir_in(base)
-        .expect("bench folder");
+    let dir = fleetsim::bench_dir("tiermon-fleet.");
 
     // One worker for the fleet: it must stay light next to the scrapers.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,18 +120,7 @@ fn main() {
     let fleet = rt
         .block_on(fleetsim::Fleet::start(hosts, series, port))
         .expect("starting the fleet (raise ulimit -n?)");
-    let sd = dir.path().join("fleet.json");
-    std::fs::write(&sd, fleet.file_sd()).unwrap();
-    let scrape_file = dir.path().join("scrape.yml");
-    std::fs::write(
-        &scrape_file,
-        format!(
-            "global:\n  scrape_interval: {interval}s\n  scrape_timeout: {}s\nscrape_configs:\n  - job_name: node\n    file_sd_configs:\n      - files: ['{}']\n",
-            interval.min(10),
-            sd.display()
-        ),
-    )
-    .unwrap();
+    let scrape_file = fleet.write_scrape_config(dir.path(), interval);
     println!(
         "fleet: {hosts} hosts x {series} series every {interval}s ({} active series, {:.0} samples/s)",
         hosts * (series + 5),

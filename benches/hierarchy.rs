@@ -194,12 +194,7 @@ fn main() {
     let series = fleetsim::env("TIERMON_HIER_SERIES", 200) as usize;
     let interval = fleetsim::env("TIERMON_HIER_INTERVAL", 15);
     let measure = fleetsim::env("TIERMON_HIER_MEASURE", 180);
-    let base = std::env::var("TIERMON_BENCH_DIR")
-        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
-    let dir = tempfile::Builder::new()
-        .prefix("tiermon-hier.")
-        .tempdir_in(base)
-        .expect("bench folder");
+    let dir = fleetsim::bench_dir("tiermon-hier.");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -208,18 +203,7 @@ fn main() {
     let fleet = rt
         .block_on(fleetsim::Fleet::start(hosts, series, 9100))
         .expect("starting the fleet (raise ulimit -n?)");
-    let sd = dir.path().join("fleet.json");
-    std::fs::write(&sd, fleet.file_sd()).unwrap();
-    let scrape = dir.path().join("scrape.yml");
-    std::fs::write(
-        &scrape,
-        format!(
-            "global:\n  scrape_interval: {interval}s\n  scrape_timeout: {}s\nscrape_configs:\n  - job_name: node\n    file_sd_configs:\n      - files: ['{}']\n",
-            interval.min(10),
-            sd.display()
-        ),
-    )
-    .unwrap();
+    let scrape = fleet.write_scrape_config(dir.path(), interval);
     let (g, p, s) = (free_addr(), free_addr(), free_addr());
     let (pg, pg_bytes) = rt.block_on(counting_proxy(g));
     let (sp, sp_bytes) = rt.block_on(counting_proxy(p));

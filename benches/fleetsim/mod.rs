@@ -275,6 +275,29 @@ impl Fleet {
         )
     }
 
+    /// Writes the fleet as a file_sd file and a Prometheus scrape
+    /// configuration (job `node`, every `interval_s` seconds) into `dir`;
+    /// returns the scrape configuration's path.
+    pub fn write_scrape_config(
+        &self,
+        dir: &std::path::Path,
+        interval_s: u64,
+    ) -> std::path::PathBuf {
+        let sd = dir.join("fleet.json");
+        std::fs::write(&sd, self.file_sd()).expect("writing the file_sd file");
+        let scrape = dir.join("scrape.yml");
+        std::fs::write(
+            &scrape,
+            format!(
+                "global:\n  scrape_interval: {interval_s}s\n  scrape_timeout: {}s\nscrape_configs:\n  - job_name: node\n    file_sd_configs:\n      - files: ['{}']\n",
+                interval_s.min(10),
+                sd.display()
+            ),
+        )
+        .expect("writing the scrape configuration");
+        scrape
+    }
+
     /// Stops one host listening (its connections are refused).
     pub fn kill(&mut self, i: usize) {
         self.tasks[i].abort();
@@ -306,4 +329,15 @@ pub fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A fresh folder for a benchmark's data, under `TIERMON_BENCH_DIR` (or
+/// the temporary folder).
+pub fn bench_dir(prefix: &str) -> tempfile::TempDir {
+    let base = std::env::var("TIERMON_BENCH_DIR")
+        .unwrap_or_else(|_| std::env::temp_dir().display().to_string());
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .expect("bench folder")
 }
