@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh build   what building needs
 #   scripts/install-deps.sh test    that, plus the real peers the tests run
 #                                   against (promtool, Prometheus,
-#                                   node_exporter, moto's S3 server)
+#                                   node_exporter, Alertmanager, moto's S3
+#                                   server, aiosmtpd's SMTP server)
 # Works on Debian and Ubuntu as root or with sudo; prints what it does.
 set -euo pipefail
 
@@ -21,6 +22,7 @@ compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib
 if [ "$want" = test ]; then
   need promtool prometheus
   need prometheus-node-exporter prometheus-node-exporter
+  need prometheus-alertmanager prometheus-alertmanager
   need python3 python3
 fi
 
@@ -63,4 +65,9 @@ if [ "$want" = test ] && [ ! -x "$venv/bin/moto_server" ]; then
   fi
   echo "install-deps: installing moto[server] into $venv" >&2
   "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6"
+fi
+# aiosmtpd: a real SMTP server for the email notification test.
+if [ "$want" = test ] && [ ! -x "$venv/bin/aiosmtpd" ]; then
+  echo "install-deps: installing aiosmtpd into $venv" >&2
+  "$venv/bin/pip" install -q --disable-pip-version-check "aiosmtpd>=1.4,<2"
 fi

@@ -3,6 +3,7 @@
 //! the test script installed them.
 
 mod agent;
+mod alerting;
 mod blob;
 mod check;
 #[path = "../benches/fleetsim/mod.rs"]

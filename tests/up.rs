@@ -112,6 +112,30 @@ fn up_scrapes_this_machine_and_stops_cleanly() {
             (r.first().is_some_and(|(_, v)| *v == 1.0)).then_some(())
         },
     );
+    // The primary evaluates the embedded host rules, with an alert manager.
+    let rules: serde_json::Value = serde_json::from_str(
+        &crate::util::get(&format!("{primary}/api/v1/rules")).unwrap_or_default(),
+    )
+    .unwrap();
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    assert!(groups.iter().any(|g| g["name"] == "host"), "{rules}");
+    assert!(
+        crate::util::get(&format!("{primary}/api/v2/status"))
+            .is_some_and(|s| s.contains("cluster"))
+    );
+    if let Some(promtool) = crate::util::peer("promtool") {
+        let file = dir.path().join("rules/host.yml");
+        let out = std::process::Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 
     // SIGTERM (as Ctrl-C): a clean stop.
     let mut child = guard;

@@ -16,6 +16,17 @@ pub(crate) enum Check {
         #[arg(long, default_value = "prometheus", value_parser = ["prometheus", "openmetrics"])]
         format: String,
     },
+    /// Check Prometheus rule files, like `promtool check rules`.
+    Rules {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check an Alertmanager configuration file, like `amtool check-config`.
+    Alertmanager {
+        /// The file.
+        file: PathBuf,
+    },
     /// Load and validate a configuration file.
     Config {
         /// The file (TOML or YAML).
@@ -47,6 +58,44 @@ pub(crate) fn run(c: Check) -> ExitCode {
                 }
             }
         }
+        Check::Rules { files } => {
+            let mut failed = false;
+            for f in files {
+                match tiermon_rules::RuleFile::load(&f) {
+                    Ok(r) => {
+                        let rules: usize = r.groups.iter().map(|g| g.rules.len()).sum();
+                        println!("Checking {}\n  SUCCESS: {rules} rules found", f.display());
+                    }
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("Checking {}\n  FAILED:", f.display());
+                        for p in &e.problems {
+                            eprintln!("{p}");
+                        }
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Check::Alertmanager { file } => match tiermon_alertmanager::Config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: valid ({} receivers, {} inhibition rules)",
+                    file.display(),
+                    c.receivers.len(),
+                    c.inhibit_rules.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Check::Config { file } => match tiermon_config::load(Some(&file), std::env::vars()) {
             Ok(_) => {
                 println!("{}: valid", file.display());

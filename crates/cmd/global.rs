@@ -37,16 +37,33 @@ pub(crate) async fn serve(
         },
     )
     .context("starting the push intake")?;
+    let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
+        db: &db,
+        query: &cfg.query,
+        rules: &cfg.rules,
+        alertmanager: &cfg.alertmanager,
+        data: &cfg.data,
+        key: "global",
+        listen: listener.local_addr()?,
+        external_labels: vec![("tier".into(), "global".into())],
+    })?;
+    alerting.reload_on_sighup();
     let own = {
-        let r = receiver.clone();
-        tier::MetricsFn::new(move || r.metrics())
+        let (r, a) = (receiver.clone(), alerting.clone());
+        tier::MetricsFn::new(move || {
+            let mut m = r.metrics();
+            m.extend(a.metrics());
+            m
+        })
     };
     let recorder = tier::record_own(&db, id, Duration::from_secs(10), own.clone());
     let background = tier::housekeeping(&db, &cfg.storage);
     let push = receiver.service();
     let router = api
         .router_with(|r| r.add_service(push))
-        .merge(tier::metrics_route(own));
+        .merge(tier::metrics_route(own))
+        .merge(alerting.router())
+        .merge(alerting.reload_route());
     let addr = listener.local_addr()?;
     tracing::info!(tier = "global", listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, router)
@@ -54,6 +71,7 @@ pub(crate) async fn serve(
         .await
         .context("serving")?;
     recorder.abort();
+    alerting.stop();
     background.abort();
     tokio::task::spawn_blocking(move || db.checkpoint())
         .await?

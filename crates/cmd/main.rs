@@ -2,6 +2,7 @@
 //! is a thin file here; the logic lives in the crates.
 
 mod agent;
+mod alerting;
 mod check;
 mod debug;
 mod global;

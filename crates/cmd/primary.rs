@@ -55,11 +55,23 @@ pub(crate) async fn serve(
             children.clone(),
         ))
     })?;
+    let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
+        db: &db,
+        query: &cfg.query,
+        rules: &cfg.rules,
+        alertmanager: &cfg.alertmanager,
+        data: &cfg.data,
+        key: "primary",
+        listen: listener.local_addr()?,
+        external_labels: vec![("datacenter".into(), dc.clone())],
+    })?;
+    alerting.reload_on_sighup();
     let own = {
-        let (p, r) = (pushing.clone(), receiver.clone());
+        let (p, r, a) = (pushing.clone(), receiver.clone(), alerting.clone());
         tier::MetricsFn::new(move || {
             let mut m = r.metrics();
             m.extend(p.metrics());
+            m.extend(a.metrics());
             m
         })
     };
@@ -68,7 +80,9 @@ pub(crate) async fn serve(
     let push = receiver.service();
     let router = api
         .router_with(|r| r.add_service(push))
-        .merge(tier::metrics_route(own));
+        .merge(tier::metrics_route(own))
+        .merge(alerting.router())
+        .merge(alerting.reload_route());
     let addr = listener.local_addr()?;
     tracing::info!(tier = "primary", datacenter = %dc, listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, router)
@@ -76,6 +90,7 @@ pub(crate) async fn serve(
         .await
         .context("serving")?;
     recorder.abort();
+    alerting.stop();
     pushing.stop(Duration::from_secs(2)).await;
     background.abort();
     tokio::task::spawn_blocking(move || db.checkpoint())

@@ -28,6 +28,18 @@ struct Inner {
     reload: Mutex<ReloadState>,
     /// More of the tier's metrics for `/metrics` (the push path's).
     extra: Mutex<Option<crate::tier::MetricsFn>>,
+    /// More to reload with the scrape file (rules, the alert manager).
+    also: Mutex<Option<Hook>>,
+}
+
+/// A reload hook.
+#[derive(Clone)]
+struct Hook(Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +69,7 @@ impl Scraping {
                     ..ReloadState::default()
                 }),
                 extra: Mutex::new(None),
+                also: Mutex::new(None),
             }),
         })
     }
@@ -66,6 +79,11 @@ impl Scraping {
         *self.inner.extra.lock() = Some(f);
     }
 
+    /// Runs `f` on every reload too; its error fails the reload.
+    pub(crate) fn also_reload(&self, f: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        *self.inner.also.lock() = Some(Hook(Arc::new(f)));
+    }
+
     pub(crate) fn manager(&self) -> &Manager {
         &self.inner.manager
     }
@@ -73,8 +91,23 @@ impl Scraping {
     /// Re-reads the scrape file and applies it; an invalid file is refused
     /// and the running configuration kept.
     pub(crate) fn reload(&self) -> Result<(), String> {
+        let also = self.inner.also.lock().clone();
+        let also = also.map(|f| (f.0)()).unwrap_or(Ok(()));
+        let scrape = self.reload_scrape();
+        match (scrape, also) {
+            (Ok(()), Ok(())) => Ok(()),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
+    }
+
+    fn reload_scrape(&self) -> Result<(), String> {
         let Some(path) = &self.inner.path else {
-            return Err("no scrape_config file is configured".into());
+            return if self.inner.also.lock().is_some() {
+                Ok(())
+            } else {
+                Err("no scrape_config file is configured".into())
+            };
         };
         let result = ScrapeFile::load(path).and_then(|f| {
             self.inner

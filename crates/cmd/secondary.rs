@@ -34,6 +34,8 @@ pub(crate) async fn serve(
         shard,
         datacenter,
         push,
+        rules,
+        alertmanager,
     } = cfg;
     let member = if shard.member.is_empty() {
         rustix::system::uname()
@@ -94,22 +96,46 @@ pub(crate) async fn serve(
         )
         .context("starting the push buffer")
     })?;
+    let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
+        db: &db,
+        query: &query,
+        rules: &rules,
+        alertmanager: &alertmanager,
+        data: &data,
+        key: "secondary",
+        listen: listener.local_addr()?,
+        external_labels: vec![("datacenter".into(), datacenter.clone())],
+    })?;
+    {
+        let a = alerting.clone();
+        scraping.also_reload(move || a.reload());
+    }
     let own = {
-        let p = pushing.clone();
-        tier::MetricsFn::new(move || p.metrics())
+        let (p, a) = (pushing.clone(), alerting.clone());
+        tier::MetricsFn::new(move || {
+            let mut m = p.metrics();
+            m.extend(a.metrics());
+            m
+        })
     };
     scraping.add_metrics(own.clone());
     let recorder = tier::record_own(&db, instance, Duration::from_secs(10), own);
     let addr = listener.local_addr()?;
     let background = tier::housekeeping(&db, &storage);
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
-    axum::serve(listener, api.router().merge(scraping.router()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    axum::serve(
+        listener,
+        api.router()
+            .merge(scraping.router())
+            .merge(alerting.router()),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving")?;
     // Scrapes in flight finish and are stored before the last checkpoint.
     scraping.manager().shutdown().await;
     recorder.abort();
+    alerting.stop();
     pushing.stop(Duration::from_secs(2)).await;
     background.abort();
     // A clean stop leaves a checkpoint, so the next start replays nothing.

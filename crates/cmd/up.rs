@@ -5,7 +5,11 @@
 //! `local` that both push to (and that de-duplicates them); and the global
 //! tier the primary pushes its one-minute aggregates to — all wired over
 //! the real protocols. Data and blob storage (a folder) live under
-//! `--data`; Ctrl-C stops everything cleanly.
+//! `--data`; Ctrl-C stops everything cleanly. The primary evaluates a
+//! default set of host rules (written to `<data>/rules/host.yml` on the
+//! first start, then the user's to edit) and runs an alert manager
+//! (`<data>/alertmanager.yml`, with no receiver that delivers: alerts show
+//! in its API until a webhook, Slack or email receiver is added).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +63,19 @@ fn blob_folder(storage: &mut tiermon_config::StorageConfig, dir: PathBuf) -> any
     Ok(())
 }
 
+const DEFAULT_ALERTMANAGER: &str = "# Written by `tiermon up` on its first start (Alertmanager's format).\n# Add a webhook, Slack or email receiver, then POST /-/reload.\nroute:\n  receiver: none\n  group_by: [alertname, instance]\n  group_wait: 10s\n  group_interval: 1m\n  repeat_interval: 4h\nreceivers:\n  - name: none\n";
+
+/// Writes `text` to `file` unless the file exists (the user's edits win).
+fn write_once(file: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    if file.exists() {
+        return Ok(());
+    }
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    std::fs::write(file, text).with_context(|| format!("writing {}", file.display()))
+}
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = tiermon_config::load(args.config.as_deref(), std::env::vars())?;
     std::fs::create_dir_all(&args.data)
@@ -85,6 +102,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     blob_folder(&mut primary.storage, data.join("blob/primary"))?;
     if primary.push.destinations.is_empty() {
         primary.push.destinations = vec![format!("http://{glo}")];
+    }
+    if primary.rules.files.is_empty() {
+        let file = data.join("rules").join("host.yml");
+        write_once(&file, include_str!("up-rules.yml"))?;
+        primary.rules.files = vec![file.display().to_string()];
+    }
+    if primary.alertmanager.config_file.is_none() {
+        let file = data.join("alertmanager.yml");
+        write_once(&file, DEFAULT_ALERTMANAGER)?;
+        primary.alertmanager.config_file = Some(file);
     }
     global
         .primaries
@@ -174,6 +201,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         "  primary      http://{pri}/   (datacenter {dc}: full resolution, both replicas de-duplicated)"
     );
     println!("  global       http://{glo}/   (every datacenter, 1-minute aggregates)");
+    println!(
+        "  alerts       http://{pri}/api/v1/alerts   (rules in {}; alert manager API at http://{pri}/api/v2/alerts)",
+        data.join("rules").display()
+    );
     println!("  try          tiermon query --server http://{pri} instant 'up'");
     let (ag, a, b, p, g) = tokio::join!(agent_task, a_task, b_task, pri_task, glo_task);
     ag?.context("serving the agent")?;

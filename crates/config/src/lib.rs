@@ -8,10 +8,12 @@
 //! sense). Every error names the key it is about.
 
 mod agent;
+mod alerting;
 mod secondary;
 mod tiers;
 
 pub use agent::{AgentConfig, LogFormat, LogSource, ProcessWatch, SmartConfig};
+pub use alerting::{AlertmanagerConfig, RulesConfig};
 pub use secondary::{BlobConfig, QueryConfig, SecondaryConfig, ShardConfig, StorageConfig};
 pub use tiers::{GlobalConfig, PrimaryConfig, PushConfig};
 

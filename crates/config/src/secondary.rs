@@ -32,6 +32,11 @@ pub struct SecondaryConfig {
     pub datacenter: String,
     /// Pushing everything stored to the datacenter's primaries.
     pub push: crate::PushConfig,
+    /// Per-host rules, over what this secondary scrapes.
+    pub rules: crate::RulesConfig,
+    /// An alert manager of the secondary's own (usually one per
+    /// datacenter, at the primary, is enough).
+    pub alertmanager: crate::AlertmanagerConfig,
 }
 
 impl Default for SecondaryConfig {
@@ -45,6 +50,8 @@ impl Default for SecondaryConfig {
             shard: ShardConfig::default(),
             datacenter: "default".into(),
             push: crate::PushConfig::default(),
+            rules: crate::RulesConfig::default(),
+            alertmanager: crate::AlertmanagerConfig::default(),
         }
     }
 }
@@ -249,6 +256,8 @@ impl SecondaryConfig {
         if self.datacenter.is_empty() {
             return Err(Error::invalid(format!("{key}.datacenter"), "empty"));
         }
+        self.rules.validate(&format!("{key}.rules"))?;
+        self.alertmanager.validate(&format!("{key}.alertmanager"))?;
         self.push.validate(&format!("{key}.push"))
     }
 }

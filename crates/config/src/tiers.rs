@@ -118,6 +118,10 @@ pub struct PrimaryConfig {
     /// every live child has reported past it.
     #[serde(with = "humantime_serde")]
     pub window_grace: Duration,
+    /// Datacenter rules, over the datacenter's data.
+    pub rules: crate::RulesConfig,
+    /// The datacenter's alert manager.
+    pub alertmanager: crate::AlertmanagerConfig,
 }
 
 impl Default for PrimaryConfig {
@@ -131,6 +135,8 @@ impl Default for PrimaryConfig {
             child_timeout: Duration::from_secs(60),
             push: PushConfig::default(),
             window_grace: Duration::from_secs(10),
+            rules: crate::RulesConfig::default(),
+            alertmanager: crate::AlertmanagerConfig::default(),
         }
     }
 }
@@ -154,6 +160,10 @@ pub struct GlobalConfig {
     /// Each datacenter's primary, by datacenter name, for drill-down
     /// queries at full resolution (`resolution=raw`).
     pub primaries: BTreeMap<String, String>,
+    /// Cross-datacenter rules (over the aggregates).
+    pub rules: crate::RulesConfig,
+    /// The global alert manager.
+    pub alertmanager: crate::AlertmanagerConfig,
 }
 
 impl Default for GlobalConfig {
@@ -165,6 +175,8 @@ impl Default for GlobalConfig {
             query: QueryConfig::default(),
             child_timeout: Duration::from_secs(180),
             primaries: BTreeMap::new(),
+            rules: crate::RulesConfig::default(),
+            alertmanager: crate::AlertmanagerConfig::default(),
         }
     }
 }
@@ -189,6 +201,8 @@ impl PrimaryConfig {
         self.storage.validate(&format!("{key}.storage"))?;
         self.query.validate(&format!("{key}.query"))?;
         positive(format!("{key}.child_timeout"), self.child_timeout)?;
+        self.rules.validate(&format!("{key}.rules"))?;
+        self.alertmanager.validate(&format!("{key}.alertmanager"))?;
         self.push.validate(&format!("{key}.push"))
     }
 }
@@ -207,6 +221,7 @@ impl GlobalConfig {
                 ));
             }
         }
-        Ok(())
+        self.rules.validate(&format!("{key}.rules"))?;
+        self.alertmanager.validate(&format!("{key}.alertmanager"))
     }
 }
