@@ -10,7 +10,9 @@
 //! in their request counters (`rate(http_requests_total{code="500"})`) —
 //! and measures, per host, from the switch to the webhook's arrival; then
 //! the hosts recover and their resolution is awaited.
-//! `TIERMON_DETECT_TRIALS` trials (10).
+//! `TIERMON_DETECT_TRIALS` trials (10). Beside the fleet, a real
+//! `tiermon agent` watches a process (`[[agent.processes]]`); every trial
+//! SIGKILLs it too and measures until `ProcessDown` arrives.
 //!
 //! Goal: p99 ≤ scrape interval + rule interval + 1 s.
 //!
@@ -122,11 +124,49 @@ fn main() {
         .expect("fleet");
     let scrape = fleet.write_scrape_config(dir.path(), interval);
     let (hook, seen) = webhook();
+    // A real agent watching a real process.
+    let victim_arg = format!("{}", 900_000 + std::process::id());
+    let spawn_victim = || {
+        Killed(
+            Command::new("sleep")
+                .arg(&victim_arg)
+                .spawn()
+                .expect("sleep"),
+        )
+    };
+    let mut victim = spawn_victim();
+    let agent_listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!("[agent]\n[agent.smart]\nenabled = false\n[[agent.processes]]\nname = \"victim\"\ncmdline = \"^sleep {victim_arg}$\"\n"),
+    )
+    .unwrap();
+    let _agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_tiermon"))
+            .args(["agent", "--listen", &agent_listen.to_string(), "--config"])
+            .arg(&agent_cfg)
+            .env("TIERMON_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the agent"),
+    );
+    let sd = dir.path().join("fleet.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sd).unwrap()).unwrap();
+    doc.as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"targets": [agent_listen.to_string()], "labels": {"dc": "sim"}}));
+    std::fs::write(&sd, doc.to_string()).unwrap();
     let rules = dir.path().join("rules.yml");
     std::fs::write(
         &rules,
         format!(
-            "groups:\n  - name: detect\n    interval: {interval}s\n    rules:\n      - alert: HostDown\n        expr: up{{job=\"node\"}} == 0\n      - alert: Http5xx\n        expr: sum by (instance) (irate(http_requests_total{{code=\"500\"}}[{}s])) > 50\n",
+            "groups:\n  - name: detect\n    interval: {interval}s\n    rules:\n      - alert: HostDown\n        expr: up{{job=\"node\"}} == 0\n      - alert: ProcessDown\n        expr: tiermon_process_up == 0\n      - alert: Http5xx\n        expr: sum by (instance) (irate(http_requests_total{{code=\"500\"}}[{}s])) > 50\n",
             interval * 3
         ),
     )
@@ -212,7 +252,15 @@ fn main() {
                 None => missed += 1,
             }
         }
+        match s.get(&agent_key("firing")) {
+            Some(t1) => latencies
+                .entry("ProcessDown")
+                .or_default()
+                .push(t1.duration_since(killed_at).as_secs_f64()),
+            None => missed += 1,
+        }
         drop(s);
+        victim = spawn_victim();
         for (i, _, _) in &started {
             fleet.hosts[*i].set_mode(fleetsim::Mode::Healthy);
         }

@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh test    that, plus the real peers the tests run
 #                                   against (promtool, Prometheus,
 #                                   node_exporter, Alertmanager, moto's S3
-#                                   server, aiosmtpd's SMTP server)
+#                                   server, aiosmtpd's SMTP server,
+#                                   Chromium and ChromeDriver)
 # Works on Debian and Ubuntu as root or with sudo; prints what it does.
 set -euo pipefail
 
@@ -23,6 +24,9 @@ if [ "$want" = test ]; then
   need promtool prometheus
   need prometheus-node-exporter prometheus-node-exporter
   need prometheus-alertmanager prometheus-alertmanager
+  # The dashboard's browser test: headless Chromium through WebDriver.
+  need chromium chromium
+  need chromedriver chromium-driver
   need python3 python3
 fi
 

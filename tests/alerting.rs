@@ -88,10 +88,21 @@ fn a_failing_host_reaches_the_webhook_and_a_crash_neither_loses_nor_repeats() {
     let hook = Hook::start();
     let rules = write(dir.path(), "rules.yml", RULES);
     let am = write(dir.path(), "alertmanager.yml", &alertmanager_yml(&hook.url));
+    // The secondary pushes to a primary: alert states travel upward as
+    // the ALERTS series.
+    let primary = Tiermon::start(
+        "primary",
+        Some(&format!(
+            "[primary]\ndatacenter = \"dc1\"\ndata = \"{}\"\n",
+            dir.path().join("primary").display()
+        )),
+        &[],
+    );
     let config = format!(
-        "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\ndata = \"{}\"\n[secondary.rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\nresend_delay = \"2s\"\n[secondary.alertmanager]\nconfig_file = \"{am}\"\n",
+        "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\ndata = \"{}\"\n[secondary.push]\ndestinations = [\"{}\"]\n[secondary.rules]\nfiles = [\"{rules}\"]\nevaluation_interval = \"1s\"\nresend_delay = \"2s\"\n[secondary.alertmanager]\nconfig_file = \"{am}\"\n",
         scrape.display(),
-        dir.path().join("data").display()
+        dir.path().join("data").display(),
+        primary.url("")
     );
     let s = Tiermon::start("secondary", Some(&config), &[]);
     let base = s.url("");
@@ -142,6 +153,17 @@ fn a_failing_host_reaches_the_webhook_and_a_crash_neither_loses_nor_repeats() {
         "ALERTS{alertname=\"HostDown\",alertstate=\"firing\"}",
     );
     assert_eq!(firing.len(), 1);
+    eventually(
+        "the alert state at the primary",
+        Duration::from_secs(20),
+        || {
+            let r = query(
+                &primary.url(""),
+                "ALERTS{alertname=\"HostDown\",alertstate=\"firing\"}",
+            );
+            (r.first()?["metric"]["instance"] == down.as_str()).then_some(())
+        },
+    );
     let active_at = json(&s.url("/api/v1/alerts"))["data"]["alerts"]
         .as_array()
         .unwrap()
@@ -550,4 +572,63 @@ fn email_reaches_a_real_smtp_server() {
     );
     assert!(text.contains("oncall@example.org"), "{text}");
     drop(smtp);
+}
+
+#[test]
+fn a_real_prometheus_sends_its_alerts_to_tiermons_alert_manager() {
+    let Some(prometheus) = peer("prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Hook::start();
+    let am = write(dir.path(), "am.yml", &alertmanager_yml(&hook.url));
+    let config = format!(
+        "[primary]\ndata = \"{}\"\n[primary.alertmanager]\nconfig_file = \"{am}\"\n",
+        dir.path().join("data").display()
+    );
+    let p = Tiermon::start("primary", Some(&config), &[]);
+    let rules = write(
+        dir.path(),
+        "rules.yml",
+        "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - alert: FromPrometheus\n        expr: vector(1)\n        labels: {instance: prom-host}\n        annotations: {summary: sent by Prometheus}\n",
+    );
+    let prom_cfg = write(
+        dir.path(),
+        "prometheus.yml",
+        &format!(
+            "global:\n  evaluation_interval: 1s\nrule_files: ['{rules}']\nalerting:\n  alertmanagers:\n    - api_version: v2\n      static_configs: [{{targets: ['{}']}}]\n",
+            p.addr
+        ),
+    );
+    let _prom = Guard(
+        Command::new(prometheus)
+            .arg(format!("--config.file={prom_cfg}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("prom").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{}", free_port()))
+            // Its first batch can go before it has discovered the alert
+            // manager (and is dropped); resend soon, not after a minute.
+            .arg("--rules.alert.resend-delay=1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let n = hook.wait_for(
+        "Prometheus' alert through tiermon",
+        Duration::from_secs(60),
+        |n| notified(n, "FromPrometheus", "prom-host", "firing"),
+    );
+    assert_eq!(
+        n["alerts"][0]["annotations"]["summary"],
+        "sent by Prometheus"
+    );
+    assert!(
+        n["alerts"][0]["generatorURL"]
+            .as_str()
+            .is_some_and(|u| u.contains("/graph?g0.expr=")),
+        "{n}"
+    );
 }

@@ -6,6 +6,7 @@ mod agent;
 mod alerting;
 mod blob;
 mod check;
+mod dashboard;
 #[path = "../benches/fleetsim/mod.rs"]
 mod fleetsim;
 mod hierarchy;

@@ -329,3 +329,106 @@ impl Hook {
         eventually(what, limit, || self.all().into_iter().find(|v| f(v)))
     }
 }
+
+/// A WebDriver session (W3C protocol over HTTP, as ChromeDriver speaks
+/// it): just the commands the dashboard test needs.
+pub struct WebDriver {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl WebDriver {
+    /// A new session at the WebDriver server `server` with `capabilities`
+    /// (the `alwaysMatch` object).
+    pub async fn start(server: &str, capabilities: serde_json::Value) -> Result<Self, String> {
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({"capabilities": {"alwaysMatch": capabilities}});
+        let v = Self::call(
+            &http,
+            reqwest::Method::POST,
+            &format!("{server}/session"),
+            Some(body),
+        )
+        .await?;
+        let id = v["sessionId"].as_str().ok_or("no session id")?.to_owned();
+        Ok(Self {
+            http,
+            base: format!("{server}/session/{id}"),
+        })
+    }
+
+    async fn call(
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let mut r = http.request(method, url);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = r.send().await.map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if ok {
+            Ok(v["value"].clone())
+        } else {
+            Err(v["value"].to_string())
+        }
+    }
+
+    async fn cmd(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        Self::call(&self.http, method, &format!("{}{path}", self.base), body).await
+    }
+
+    pub async fn goto(&self, url: &str) -> Result<(), String> {
+        self.cmd(
+            reqwest::Method::POST,
+            "/url",
+            Some(serde_json::json!({"url": url})),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn current_url(&self) -> Result<String, String> {
+        Ok(self
+            .cmd(reqwest::Method::GET, "/url", None)
+            .await?
+            .as_str()
+            .unwrap_or("")
+            .to_owned())
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    pub async fn execute(&self, script: &str) -> Result<serde_json::Value, String> {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(serde_json::json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// A PNG of the window.
+    pub async fn screenshot(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await?;
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or(""))
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn close(self) -> Result<(), String> {
+        self.cmd(reqwest::Method::DELETE, "", None).await.map(drop)
+    }
+}

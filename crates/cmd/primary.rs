@@ -82,7 +82,12 @@ pub(crate) async fn serve(
         .router_with(|r| r.add_service(push))
         .merge(tier::metrics_route(own))
         .merge(alerting.router())
-        .merge(alerting.reload_route());
+        .merge(alerting.reload_route())
+        .merge(tiermon_dashboard::router(tiermon_dashboard::Options {
+            tier: "primary".into(),
+            datacenter: dc.clone(),
+            dashboards: cfg.dashboards.clone(),
+        }));
     let addr = listener.local_addr()?;
     tracing::info!(tier = "primary", datacenter = %dc, listen = %addr, url = %format!("http://{addr}/"), "listening");
     axum::serve(listener, router)

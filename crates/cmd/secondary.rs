@@ -36,6 +36,7 @@ pub(crate) async fn serve(
         push,
         rules,
         alertmanager,
+        dashboards,
     } = cfg;
     let member = if shard.member.is_empty() {
         rustix::system::uname()
@@ -127,7 +128,12 @@ pub(crate) async fn serve(
         listener,
         api.router()
             .merge(scraping.router())
-            .merge(alerting.router()),
+            .merge(alerting.router())
+            .merge(tiermon_dashboard::router(tiermon_dashboard::Options {
+                tier: "secondary".into(),
+                datacenter: datacenter.clone(),
+                dashboards,
+            })),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::matchers::{self, Matchers};
 
@@ -79,18 +79,7 @@ impl Default for Global {
     }
 }
 
-/// A duration written the Prometheus way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        tiermon_model::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e})")))
-    }
-}
+pub use tiermon_config::PromDuration as Dur;
 
 /// A node of the routing tree, as written.
 #[derive(Debug, Clone, Default, Deserialize)]

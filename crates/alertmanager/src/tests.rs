@@ -351,3 +351,35 @@ async fn an_ha_pair_sends_each_notification_once() {
     assert_eq!(b.stats().sent.get("webhook").copied().unwrap_or(0), 1);
     b.stop();
 }
+
+#[tokio::test]
+async fn slack_gets_an_incoming_webhook_message() {
+    let h = hook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(&format!(
+        "route:\n  receiver: chat\n  group_by: [alertname]\n  group_wait: 0s\n  group_interval: 500ms\nreceivers:\n  - name: chat\n    slack_configs:\n      - api_url: \"{}\"\n        channel: \"#ops\"\n        send_resolved: true\n        text: '{{{{ range .Alerts }}}}{{{{ .Annotations.summary }}}} {{{{ end }}}}'\n",
+        h.url
+    ))
+    .unwrap();
+    let am = AlertManager::start(cfg, dir.path(), Options::default(), vec![]).unwrap();
+    am.receive(vec![alert("HostDown", "a", "critical")])
+        .unwrap();
+    let got = h.wait(1, Duration::from_secs(5)).await;
+    let m = &got[0];
+    assert_eq!(m["channel"], "#ops");
+    let a = &m["attachments"][0];
+    assert_eq!(a["title"], "[FIRING:1] HostDown (a critical)");
+    assert_eq!(a["text"], "a down ");
+    assert_eq!(a["color"], "danger");
+    am.receive(vec![resolved(alert("HostDown", "a", "critical"))])
+        .unwrap();
+    let got = h.wait(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1]["attachments"][0]["color"], "good");
+    assert!(
+        got[1]["attachments"][0]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("[RESOLVED]")
+    );
+    am.stop();
+}

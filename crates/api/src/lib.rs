@@ -76,6 +76,27 @@ struct Inner {
     primaries: Primaries,
 }
 
+async fn not_found(
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("no gRPC method {}", uri.path()))
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        format!("404 page not found: {}\n", uri.path()),
+    )
+        .into_response()
+}
+
 /// [`Queryable`] over a [`Db`].
 #[derive(Debug, Clone)]
 pub struct DbQueryable(pub Db);
@@ -175,6 +196,9 @@ impl Api {
                 ))
                 .into_axum_router(),
             )
+            // tonic answers every unknown path as an unimplemented gRPC
+            // call (HTTP 200); an HTTP client must get a 404.
+            .fallback(not_found)
     }
 
     pub(crate) fn db(&self) -> &Db {

@@ -9,6 +9,7 @@
 
 mod agent;
 mod alerting;
+mod prom;
 mod secondary;
 mod tiers;
 
@@ -143,6 +144,8 @@ pub fn deserialize<T: serde::de::DeserializeOwned>(raw: config::Config) -> Resul
         Error::invalid(if key == "." { "<root>".to_owned() } else { key }, message)
     })
 }
+
+pub use prom::PromDuration;
 
 #[cfg(test)]
 mod tests {

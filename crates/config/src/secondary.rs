@@ -37,6 +37,9 @@ pub struct SecondaryConfig {
     /// An alert manager of the secondary's own (usually one per
     /// datacenter, at the primary, is enough).
     pub alertmanager: crate::AlertmanagerConfig,
+    /// A folder of dashboard files (JSON or YAML) shown beside the shipped
+    /// ones.
+    pub dashboards: Option<PathBuf>,
 }
 
 impl Default for SecondaryConfig {
@@ -52,6 +55,7 @@ impl Default for SecondaryConfig {
             push: crate::PushConfig::default(),
             rules: crate::RulesConfig::default(),
             alertmanager: crate::AlertmanagerConfig::default(),
+            dashboards: None,
         }
     }
 }

@@ -122,6 +122,8 @@ pub struct PrimaryConfig {
     pub rules: crate::RulesConfig,
     /// The datacenter's alert manager.
     pub alertmanager: crate::AlertmanagerConfig,
+    /// A folder of dashboard files (JSON or YAML).
+    pub dashboards: Option<PathBuf>,
 }
 
 impl Default for PrimaryConfig {
@@ -137,6 +139,7 @@ impl Default for PrimaryConfig {
             window_grace: Duration::from_secs(10),
             rules: crate::RulesConfig::default(),
             alertmanager: crate::AlertmanagerConfig::default(),
+            dashboards: None,
         }
     }
 }
@@ -164,6 +167,8 @@ pub struct GlobalConfig {
     pub rules: crate::RulesConfig,
     /// The global alert manager.
     pub alertmanager: crate::AlertmanagerConfig,
+    /// A folder of dashboard files (JSON or YAML).
+    pub dashboards: Option<PathBuf>,
 }
 
 impl Default for GlobalConfig {
@@ -177,6 +182,7 @@ impl Default for GlobalConfig {
             primaries: BTreeMap::new(),
             rules: crate::RulesConfig::default(),
             alertmanager: crate::AlertmanagerConfig::default(),
+            dashboards: None,
         }
     }
 }

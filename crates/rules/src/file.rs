@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::template;
 
@@ -133,44 +133,11 @@ impl BaselineSpec {
 }
 
 /// A duration written the Prometheus way (`5m`, `1h30m`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Dur(pub Duration);
+pub use tiermon_config::PromDuration as Dur;
 
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        tiermon_model::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e})")))
-    }
-}
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(self.0))
-    }
-}
-
-/// A duration as Prometheus prints it (`1h30m`, `0s`).
+/// A duration as Prometheus prints it (`1h30m`, `1w`, `0s`).
 pub fn format_duration(d: Duration) -> String {
-    let mut ms = d.as_millis() as u64;
-    if ms == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, size) in [
-        ("d", 24 * 3600 * 1000u64),
-        ("h", 3600 * 1000),
-        ("m", 60 * 1000),
-        ("s", 1000),
-        ("ms", 1),
-    ] {
-        if ms >= size {
-            out.push_str(&format!("{}{unit}", ms / size));
-            ms %= size;
-        }
-    }
-    out
+    Dur(d).to_string()
 }
 
 /// One problem in a rule file.
@@ -633,7 +600,7 @@ groups:
         );
         assert_eq!(
             rules[1].expr,
-            "(avg_over_time(instance:requests:rate5m[1h] offset 7d) + avg_over_time(instance:requests:rate5m[1h] offset 14d)) / 2"
+            "(avg_over_time(instance:requests:rate5m[1h] offset 1w) + avg_over_time(instance:requests:rate5m[1h] offset 2w)) / 2"
         );
         assert!(rules[5].expr.contains("> 2.5"), "{}", rules[5].expr);
         assert!(rules[5].expr.contains("> 10"), "{}", rules[5].expr);

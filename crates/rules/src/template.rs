@@ -219,6 +219,12 @@ pub fn humanize(mut v: f64) -> String {
         }
         return format!("{}{prefix}", fmt_g(v, 4));
     }
+    let (v, prefix) = small(v);
+    format!("{}{prefix}", fmt_g(v, 4))
+}
+
+/// `v` (below 1 in magnitude) scaled into [1, 1000) with its SI prefix.
+fn small(mut v: f64) -> (f64, &'static str) {
     let mut prefix = "";
     for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
         if v.abs() >= 1.0 {
@@ -227,7 +233,7 @@ pub fn humanize(mut v: f64) -> String {
         prefix = p;
         v *= 1000.0;
     }
-    format!("{}{prefix}", fmt_g(v, 4))
+    (v, prefix)
 }
 
 /// Prometheus' `humanize1024`: binary prefixes.
@@ -269,14 +275,7 @@ pub fn humanize_duration(mut v: f64) -> String {
             format!("{sign}{}s", fmt_g(v, 4))
         };
     }
-    let mut prefix = "";
-    for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
-        if v.abs() >= 1.0 {
-            break;
-        }
-        prefix = p;
-        v *= 1000.0;
-    }
+    let (v, prefix) = small(v);
     format!("{}{prefix}s", fmt_g(v, 4))
 }
 

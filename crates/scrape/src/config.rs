@@ -5,7 +5,6 @@
 //! written as Prometheus writes them (`15s`, `1h30m`, `10MB`).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -598,51 +597,7 @@ fn explain_unknown(key: String, message: String) -> Error {
     Error::Config { key, message }
 }
 
-/// A duration written as Prometheus writes it: `1h30m`, `15s`, `500ms`,
-/// `2d`, `1w`, `1y` (365 days), units in decreasing order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
-pub struct PromDuration(pub Duration);
-
-impl PromDuration {
-    /// Parses a Prometheus duration.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        tiermon_model::parse_duration(s)
-            .map(PromDuration)
-            .map_err(|e| {
-                format!("{s:?} is not a duration ({e}; write it like 15s, 1m30s or 500ms)")
-            })
-    }
-}
-
-impl fmt::Display for PromDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut ms = self.0.as_millis() as u64;
-        if ms == 0 {
-            return f.write_str("0s");
-        }
-        for (unit, size) in [
-            ("w", 7 * 24 * 3600 * 1000u64),
-            ("d", 24 * 3600 * 1000),
-            ("h", 3600 * 1000),
-            ("m", 60 * 1000),
-            ("s", 1000),
-            ("ms", 1),
-        ] {
-            if ms >= size {
-                write!(f, "{}{unit}", ms / size)?;
-                ms %= size;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<'de> Deserialize<'de> for PromDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        PromDuration::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use tiermon_config::PromDuration;
 
 /// A byte size as Prometheus writes it: `10MB`, `512KiB`, `1GB` (powers of
 /// 1024), or plain bytes.

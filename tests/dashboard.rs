@@ -1,0 +1,196 @@
+//! The dashboard in a real browser: headless Chromium driven through
+//! ChromeDriver (WebDriver), against a secondary scraping the fleet
+//! simulator. Every page loads without a script error; the heat map has
+//! exactly one cell per simulated host; a host that goes down turns its
+//! cell to "down" within one refresh. Screenshots are kept under the
+//! target directory (`tmp/dashboard/`), and the heat map's render times
+//! are printed. `TIERMON_DASH_HOSTS` sets the fleet's size (default 300;
+//! the figures in the issue were taken with 10000).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fleetsim::{Fleet, Mode};
+use crate::util::{Guard, Tiermon, WebDriver as Client, eventually, free_port, peer};
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script).await.unwrap_or(Value::Null)
+}
+
+async fn wait_js(c: &Client, what: &str, limit: Duration, script: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = js(c, script).await;
+        if !(v.is_null() || v == Value::Bool(false)) {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Ok(png) = c.screenshot().await {
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+/// No script error, no failed request for the page's own assets, and no
+/// error shown on the page.
+async fn page_is_clean(c: &Client, page: &str) {
+    let errors = js(c, "return window.tiermonErrors || ['app.js did not run'];").await;
+    assert_eq!(errors, json!([]), "{page}: script errors");
+    let failed = js(
+        c,
+        "return performance.getEntriesByType('resource').filter(e => e.initiatorType !== 'fetch' && e.responseStatus >= 400).map(e => e.name + ' ' + e.responseStatus);",
+    )
+    .await;
+    assert_eq!(failed, json!([]), "{page}: failed requests");
+    let shown = js(
+        c,
+        "return [...document.querySelectorAll('.err')].map(e => e.textContent.trim()).filter(t => t);",
+    )
+    .await;
+    assert_eq!(shown, json!([]), "{page}: errors on the page");
+}
+
+#[test]
+fn the_dashboard_in_a_real_browser() {
+    let (Some(chromium), Some(chromedriver)) = (peer("chromium"), peer("chromedriver")) else {
+        return;
+    };
+    let hosts = std::env::var("TIERMON_DASH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300usize);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fleet = rt
+        .block_on(Fleet::start(hosts, 8, free_port()))
+        .expect("the fleet simulator binds 127.10.0.x");
+    let scrape = fleet.write_scrape_config(dir.path(), 2);
+    let s = Tiermon::start(
+        "secondary",
+        Some(&format!(
+            "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\ndata = \"{}\"\n",
+            scrape.display(),
+            dir.path().join("data").display()
+        )),
+        &[],
+    );
+    eventually("every host scraped", Duration::from_secs(60), || {
+        let body = crate::util::get(&s.url("/api/v1/query?query=count(up)"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (v["data"]["result"][0]["value"][1] == hosts.to_string()).then_some(())
+    });
+    let port = free_port();
+    let _driver = Guard(
+        Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("chromedriver listening", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let profile = dir.path().join("chromium-profile");
+    let base = s.url("");
+    rt.block_on(async {
+        let caps = json!({"browserName": "chrome", "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--window-size=1400,1000", format!("--user-data-dir={}", profile.display()),
+                ],
+            }});
+        let c = Client::start(&format!("http://127.0.0.1:{port}"), caps)
+            .await
+            .expect("a Chromium session");
+
+        // The heat map: one cell per host, measured.
+        c.goto(&format!("{base}/#/fleet")).await.unwrap();
+        let n = wait_js(
+            &c,
+            "the heat map",
+            Duration::from_secs(30),
+            "const c = document.querySelector('#heat'); return c && Number(c.dataset.cells) > 0 ? Number(c.dataset.cells) : null;",
+        )
+        .await;
+        assert_eq!(n, json!(hosts), "one cell per simulated host");
+        let first = wait_js(&c, "a second render", Duration::from_secs(20), "const t = window.tiermonFleetTimings || []; return t.length >= 2 ? t : null;").await;
+        eprintln!(
+            "heat map of {hosts} cells: first render {:.1} ms (+ {:.1} ms fetching), an update {:.1} ms (+ {:.1} ms fetching)",
+            first[0]["drawMs"].as_f64().unwrap(),
+            first[0]["fetchMs"].as_f64().unwrap(),
+            first[1]["drawMs"].as_f64().unwrap(),
+            first[1]["fetchMs"].as_f64().unwrap()
+        );
+        page_is_clean(&c, "fleet").await;
+        shot(&c, "fleet").await;
+
+        // A host goes down: its cell says so within one refresh (5 s) of
+        // the scrape that saw it (2 s).
+        let victim = fleet.hosts[hosts / 2].addr.to_string();
+        fleet.hosts[hosts / 2].set_mode(Mode::Error5xx);
+        let down = wait_js(
+            &c,
+            "the cell turning down",
+            Duration::from_secs(12),
+            &format!("const it = fleet.layout.find(i => i.cell && i.cell.instance === '{victim}'); return it && it.cell.state === 'down' ? document.querySelector('#heat').dataset.down : null;"),
+        )
+        .await;
+        assert_eq!(down, json!("1"));
+        shot(&c, "fleet-one-down").await;
+        // Hovering shows the host; clicking opens its page.
+        let hovered = js(&c, &format!(
+            "const it = fleet.layout.find(i => i.cell && i.cell.instance === '{victim}');
+             const c = document.querySelector('#heat'), r = c.getBoundingClientRect();
+             const x = r.left + it.col * 16 + 7, y = r.top + it.row * 16 + 7;
+             c.dispatchEvent(new MouseEvent('mousemove', {{clientX: x, clientY: y, bubbles: true}}));
+             const text = document.querySelector('#tip').textContent;
+             c.dispatchEvent(new MouseEvent('click', {{clientX: x, clientY: y, bubbles: true}}));
+             return text;"
+        )).await;
+        assert!(hovered.as_str().unwrap().contains(&victim), "{hovered}");
+        assert!(hovered.as_str().unwrap().contains("down"), "{hovered}");
+        let url = c.current_url().await.unwrap();
+        assert!(url.contains("#/host/"), "{url}");
+
+        // Every page loads clean.
+        let pages = [
+            ("host", format!("#/host/{}", fleet.hosts[0].addr)),
+            ("explore", "#/explore?q=sum%20by%20(job)%20(up)&range=5m".to_owned()),
+            ("alerts", "#/alerts".to_owned()),
+            ("hierarchy", "#/hierarchy".to_owned()),
+            ("dashboards", "#/dashboards".to_owned()),
+            ("datacenter", "#/dash/datacenter".to_owned()),
+        ];
+        for (name, hash) in pages {
+            c.goto(&format!("{base}/{hash}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            page_is_clean(&c, name).await;
+            shot(&c, name).await;
+        }
+        // The explorer's table has the query's answer; the URL is shareable.
+        c.goto(&format!("{base}/#/explore?q=count(up)&range=5m")).await.unwrap();
+        let cell = wait_js(&c, "the explorer's table", Duration::from_secs(10), "const t = document.querySelectorAll('#result td'); return t.length >= 2 ? t[1].textContent : null;").await;
+        assert_eq!(cell, json!(hosts.to_string()));
+        // The targets view lists the down host with its error.
+        c.goto(&format!("{base}/#/hierarchy")).await.unwrap();
+        let err = wait_js(&c, "the targets table", Duration::from_secs(10), &format!("const r = [...document.querySelectorAll('#targets tr')].find(r => r.textContent.includes('{victim}')); return r ? r.textContent : null;")).await;
+        assert!(err.as_str().unwrap().contains("down"), "{err}");
+        c.close().await.unwrap();
+    });
+    drop(s);
+}
