@@ -98,53 +98,28 @@ async fn browser(
 
 /// `up` = 1 for `n` instances in `dcs` datacenters, by remote_write.
 fn write_up(base: &str, n: usize, dcs: usize) {
-    use prost::Message;
-    use tiermon_proto::prometheus as pb;
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let label = |n: &str, v: String| pb::Label {
-        name: n.into(),
-        value: v,
-    };
-    let req = pb::WriteRequest {
-        timeseries: (0..n)
-            .map(|i| pb::TimeSeries {
-                labels: vec![
-                    label("__name__", "up".into()),
-                    label("datacenter", format!("dc{}", i % dcs + 1)),
-                    label("instance", format!("host-{i:05}:9100")),
-                    label("job", "node".into()),
+    let series: Vec<_> = (0..n)
+        .map(|i| {
+            (
+                vec![
+                    ("__name__", "up".to_owned()),
+                    ("datacenter", format!("dc{}", i % dcs + 1)),
+                    ("instance", format!("host-{i:05}:9100")),
+                    ("job", "node".to_owned()),
                 ],
-                samples: vec![pb::Sample {
-                    value: 1.0,
-                    timestamp: t,
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/write"))
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert!(status.is_success(), "{status}");
+                t,
+                1.0,
+            )
+        })
+        .collect();
+    assert!(
+        crate::util::remote_write(base, &series),
+        "remote_write refused"
+    );
 }
 
 #[test]

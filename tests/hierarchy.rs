@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use prost::Message;
 use serde_json::Value;
-use tiermon_proto::prometheus as pb;
 
 use crate::scrape::FakeTarget;
 use crate::secondary::http;
@@ -27,46 +25,19 @@ const SERIES: usize = 4;
 /// remote_write of one sample per series at `t`; whether it was
 /// acknowledged (2xx).
 fn write(base: &str, t: i64, v: f64) -> bool {
-    let req = pb::WriteRequest {
-        timeseries: (0..SERIES)
-            .map(|k| pb::TimeSeries {
-                labels: vec![
-                    pb::Label {
-                        name: "__name__".into(),
-                        value: "verify_value".into(),
-                    },
-                    pb::Label {
-                        name: "k".into(),
-                        value: k.to_string(),
-                    },
+    let series: Vec<_> = (0..SERIES)
+        .map(|k| {
+            (
+                vec![
+                    ("__name__", "verify_value".to_owned()),
+                    ("k", k.to_string()),
                 ],
-                samples: vec![pb::Sample {
-                    value: v + k as f64,
-                    timestamp: t,
-                }],
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .post(format!("{base}/api/v1/write"))
-            .header("Content-Encoding", "snappy")
-            .header("Content-Type", "application/x-protobuf")
-            .timeout(Duration::from_secs(5))
-            .body(body)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
+                t,
+                v + k as f64,
+            )
+        })
+        .collect();
+    crate::util::remote_write(base, &series)
 }
 
 type Samples = BTreeMap<String, Vec<(i64, f64)>>;

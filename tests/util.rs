@@ -432,3 +432,48 @@ impl WebDriver {
         self.cmd(reqwest::Method::DELETE, "", None).await.map(drop)
     }
 }
+
+/// Prometheus remote_write of `series` — (labels, timestamp ms, value),
+/// one sample each — to `base`; whether it was acknowledged (2xx).
+pub fn remote_write(base: &str, series: &[(Vec<(&str, String)>, i64, f64)]) -> bool {
+    use prost::Message;
+    use tiermon_proto::prometheus as pb;
+    let req = pb::WriteRequest {
+        timeseries: series
+            .iter()
+            .map(|(labels, t, v)| pb::TimeSeries {
+                labels: labels
+                    .iter()
+                    .map(|(n, v)| pb::Label {
+                        name: n.to_string(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                samples: vec![pb::Sample {
+                    value: *v,
+                    timestamp: *t,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/write"))
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .timeout(Duration::from_secs(10))
+            .body(body)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+}
