@@ -190,12 +190,26 @@ fn the_dashboard_in_a_real_browser() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2u64);
     let scrape = fleet.write_scrape_config(dir.path(), interval);
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - alert: HostDown\n        expr: up == 0\n        labels: {severity: critical}\n        annotations: {summary: '{{ $labels.instance }} is down'}\n",
+    )
+    .unwrap();
+    let am = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &am,
+        "route:\n  receiver: none\n  group_by: [alertname]\n  group_wait: 0s\nreceivers:\n  - name: none\n",
+    )
+    .unwrap();
     let s = Tiermon::start(
         "secondary",
         Some(&format!(
-            "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\ndata = \"{}\"\n",
+            "[secondary]\ndatacenter = \"dc1\"\nscrape_config = \"{}\"\ndata = \"{}\"\n[secondary.rules]\nfiles = [\"{}\"]\n[secondary.alertmanager]\nconfig_file = \"{}\"\n",
             scrape.display(),
-            dir.path().join("data").display()
+            dir.path().join("data").display(),
+            rules.display(),
+            am.display()
         )),
         &[],
     );
@@ -277,6 +291,20 @@ fn the_dashboard_in_a_real_browser() {
             page_is_clean(&c, name).await;
             shot(&c, name).await;
         }
+        // Alerts as the alert manager groups them; a silence made and
+        // expired from the page.
+        c.goto(&format!("{base}/#/alerts")).await.unwrap();
+        wait_js(&c, "the HostDown group", Duration::from_secs(15), &format!("return [...document.querySelectorAll('.group')].some(g => g.textContent.includes('alertname=HostDown') && g.textContent.includes('{victim}'));")).await;
+        js(&c, &format!("document.querySelector('#sm').value = 'instance=\"{victim}\"'; document.querySelector('#sc').value = 'maintenance'; document.querySelector('#silence').click(); return true;")).await;
+        let state = wait_js(&c, "the silence listed", Duration::from_secs(10), "const r = [...document.querySelectorAll('#silences tr')].find(r => r.textContent.includes('maintenance')); return r ? r.cells[0].textContent : null;").await;
+        assert_eq!(state, json!("active"));
+        wait_js(&c, "the alert suppressed", Duration::from_secs(15), &format!("return [...document.querySelectorAll('.group tr')].some(r => r.textContent.includes('{victim}') && r.textContent.includes('suppressed'));")).await;
+        shot(&c, "alerts-silenced").await;
+        js(&c, "document.querySelector('button.expire').click(); return true;").await;
+        let state = wait_js(&c, "the silence expired", Duration::from_secs(10), "const r = [...document.querySelectorAll('#silences tr')].find(r => r.textContent.includes('maintenance')); return r && r.cells[0].textContent === 'expired' ? 'expired' : null;").await;
+        assert_eq!(state, json!("expired"));
+        page_is_clean(&c, "alerts after the silence").await;
+
         // The explorer's table has the query's answer; the URL is shareable.
         c.goto(&format!("{base}/#/explore?q=count(up)&range=5m")).await.unwrap();
         let cell = wait_js(&c, "the explorer's table", Duration::from_secs(10), "const t = document.querySelectorAll('#result td'); return t.length >= 2 ? t[1].textContent : null;").await;

@@ -135,8 +135,24 @@ fn alert_json(a: &ActiveAlert) -> Json {
         "state": a.state.as_str(),
         "activeAt": rfc3339(a.active_at),
         "keepFiringSince": (a.keep_firing_since != 0).then(|| rfc3339(a.keep_firing_since)),
-        "value": format!("{:e}", a.value),
+        "value": go_e(a.value),
     })
+}
+
+/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`, as Prometheus prints an
+/// alert's value: `1e+00`, `2.5e-03`.
+fn go_e(v: f64) -> String {
+    if !v.is_finite() {
+        return tiermon_promql::format_float(v);
+    }
+    let s = format!("{v:e}");
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
 }
 
 fn group_json(g: &GroupStatus, want: Option<&str>) -> Json {
@@ -371,5 +387,17 @@ async fn restore(State(r): State<Rules>, UrlPath((ns, v)): UrlPath<(String, u64)
     match r.inner.db.restore(&ns, v) {
         Ok(_) => applied(&r),
         Err(e) => db_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_print_as_prometheus_prints_them() {
+        assert_eq!(super::go_e(1.0), "1e+00");
+        assert_eq!(super::go_e(0.0), "0e+00");
+        assert_eq!(super::go_e(314.5), "3.145e+02");
+        assert_eq!(super::go_e(-0.0025), "-2.5e-03");
+        assert_eq!(super::go_e(f64::NAN), "NaN");
     }
 }
