@@ -198,9 +198,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("  secondary-b  http://{sec_b}/targets   (replica b, the HA partner)");
     println!(
-        "  primary      http://{pri}/   (datacenter {dc}: full resolution, both replicas de-duplicated)"
+        "  primary      http://{pri}/   (the dashboard of datacenter {dc}: full resolution, both replicas de-duplicated)"
     );
-    println!("  global       http://{glo}/   (every datacenter, 1-minute aggregates)");
+    println!(
+        "  global       http://{glo}/   (the dashboard of every datacenter, 1-minute aggregates)"
+    );
     println!(
         "  alerts       http://{pri}/api/v1/alerts   (rules in {}; alert manager API at http://{pri}/api/v2/alerts)",
         data.join("rules").display()

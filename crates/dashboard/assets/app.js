@@ -305,8 +305,9 @@ function drawGraph(canvas, series, unit, start, end) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = start + ((end - start) * i) / 4;
-    const d = new Date(t * 1000);
-    g.fillText(d.toTimeString().slice(0, 5), X(t) - 14, h - 4);
+    const label = new Date(t * 1000).toTimeString().slice(0, 5);
+    const x = Math.min(Math.max(X(t) - 14, left), w - 32);
+    g.fillText(label, x, h - 4);
   }
   series.forEach((s, i) => {
     g.strokeStyle = PALETTE[i % PALETTE.length];
@@ -321,6 +322,12 @@ function drawGraph(canvas, series, unit, start, end) {
       prevT = t;
     }
     g.stroke();
+    // A series of a few points shows them, or it would be invisible.
+    const pts = s.values.filter(([, v]) => isFinite(Number(v)));
+    if (pts.length < 4) {
+      g.fillStyle = PALETTE[i % PALETTE.length];
+      for (const [t, v] of pts) { g.beginPath(); g.arc(X(t), Y(Number(v)), 2.5, 0, 2 * Math.PI); g.fill(); }
+    }
   });
 }
 
