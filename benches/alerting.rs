@@ -223,6 +223,16 @@ fn main() {
             fleet.hosts[i].set_mode(mode);
             started.push((i, alert, Instant::now()));
         }
+        // And the real agent's watched process dies.
+        drop(victim);
+        let killed_at = Instant::now();
+        let agent_key = |status: &str| {
+            (
+                "ProcessDown".to_owned(),
+                agent_listen.to_string(),
+                status.to_owned(),
+            )
+        };
         let deadline = Instant::now() + Duration::from_secs(interval * 6);
         let key = |i: usize, alert: &str, status: &str| {
             (
@@ -235,7 +245,8 @@ fn main() {
             let s = seen.lock().unwrap();
             let done = started
                 .iter()
-                .all(|(i, a, _)| s.contains_key(&key(*i, a, "firing")));
+                .all(|(i, a, _)| s.contains_key(&key(*i, a, "firing")))
+                && s.contains_key(&agent_key("firing"));
             drop(s);
             if done || Instant::now() > deadline {
                 break;
@@ -270,8 +281,10 @@ fn main() {
             let mut s = seen.lock().unwrap();
             let done = started
                 .iter()
-                .all(|(i, a, _)| s.contains_key(&key(*i, a, "resolved")));
+                .all(|(i, a, _)| s.contains_key(&key(*i, a, "resolved")))
+                && s.contains_key(&agent_key("resolved"));
             if done || Instant::now() > deadline {
+                s.retain(|(a, _, _), _| a != "ProcessDown");
                 // Forget them, so the next trial sees fresh arrivals.
                 s.retain(|(a, inst, _), _| {
                     !started

@@ -135,10 +135,13 @@ impl Shared {
     }
 }
 
-/// The state file in a data folder.
+/// The state file in a data folder. Saves are serialised: deliveries of
+/// several groups end at once, and two writers of one temporary file
+/// would lose a rename.
 #[derive(Debug, Clone)]
 pub struct Store {
     path: PathBuf,
+    writing: std::sync::Arc<parking_lot::Mutex<()>>,
 }
 
 impl Store {
@@ -146,6 +149,7 @@ impl Store {
     pub fn new(dir: &Path) -> Self {
         Self {
             path: dir.join("alertmanager-state.json"),
+            writing: Default::default(),
         }
     }
 
@@ -162,6 +166,7 @@ impl Store {
 
     /// Saves durably.
     pub fn save(&self, s: &Shared) -> Result<(), String> {
+        let _one_at_a_time = self.writing.lock();
         let write = || -> std::io::Result<()> {
             let dir = self.path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
@@ -201,6 +206,24 @@ mod tests {
         assert_eq!(ab, ba);
         assert_eq!(ab.nflog["g"].at_ms, 20);
         assert!(!ab.merge(a), "nothing newer");
+    }
+
+    #[test]
+    fn concurrent_saves_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::new(dir.path());
+        let mut s = Shared::default();
+        s.nflog.insert("g".into(), entry(1));
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| {
+                    for _ in 0..20 {
+                        st.save(&s).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(st.load().unwrap(), s);
     }
 
     #[test]
