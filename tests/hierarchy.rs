@@ -589,7 +589,7 @@ fn two_datacenters_a_partition_goes_dark_then_backfills_and_down_hosts_stay_apar
 
     // The partition heals: dc1 backfills every window it missed.
     proxies[0].restore();
-    eventually("dc1 reporting again", Duration::from_secs(40), || {
+    eventually("dc1 reporting again", Duration::from_secs(90), || {
         (by_label(&global.url(), dark, "child").get("primary/dc1") == Some(&1.0)).then_some(())
     });
     let healed = now_ms();
