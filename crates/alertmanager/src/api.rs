@@ -153,7 +153,9 @@ async fn list_alerts(
 
 async fn list_groups(State(am): State<AlertManager>) -> Response {
     let now = now_ms();
-    let groups: Vec<(BTreeMap<String, String>, String, Vec<u64>)> = {
+    // Each group names its own route's receiver (an alert routed to two
+    // groups with `continue` belongs to two receivers).
+    let groups: Vec<_> = {
         let st = am.core.state.lock();
         st.groups
             .values()
@@ -161,30 +163,18 @@ async fn list_groups(State(am): State<AlertManager>) -> Response {
                 (
                     g.labels.clone(),
                     g.key.clone(),
-                    g.alerts.iter().copied().collect(),
+                    g.route.receiver.clone(),
+                    g.alerts.iter().copied().collect::<Vec<u64>>(),
                 )
             })
             .collect()
     };
-    let receiver = |key: &str| -> String {
-        let st = am.core.state.lock();
-        st.groups
-            .values()
-            .find(|g| g.key == key)
-            .and_then(|g| g.alerts.iter().next().and_then(|fp| st.alerts.get(fp)))
-            .map(|a| {
-                let mut r = Vec::new();
-                st.tree.root.matching(&a.labels, &mut r);
-                r.first().map(|r| r.receiver.clone()).unwrap_or_default()
-            })
-            .unwrap_or_default()
-    };
     let out: Vec<Json> = groups
         .into_iter()
-        .map(|(labels, key, fps)| {
+        .map(|(labels, key, receiver, fps)| {
             json!({
                 "labels": labels,
-                "receiver": {"name": receiver(&key)},
+                "receiver": {"name": receiver},
                 "groupKey": key,
                 "alerts": fps.into_iter().filter_map(|fp| alert_json(&am, fp, now)).collect::<Vec<_>>(),
             })

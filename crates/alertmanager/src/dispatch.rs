@@ -70,7 +70,7 @@ pub fn now_ms() -> i64 {
 
 #[derive(Debug)]
 pub(crate) struct Group {
-    route: Arc<Route>,
+    pub(crate) route: Arc<Route>,
     pub(crate) key: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) alerts: BTreeSet<u64>,
