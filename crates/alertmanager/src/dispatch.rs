@@ -558,13 +558,6 @@ impl Core {
             loop {
                 match j.integration.send(&self.http, n).await {
                     Ok(()) => {
-                        *self
-                            .state
-                            .lock()
-                            .stats
-                            .sent
-                            .entry(j.integration.kind().into())
-                            .or_default() += 1;
                         tracing::info!(group = %n.group_key, receiver = %n.receiver, integration = j.integration.kind(), alerts = n.alerts.len(), status = %n.status, "notified");
                         break;
                     }
@@ -602,6 +595,17 @@ impl Core {
             st.shared.clone()
         };
         self.persist(shared);
+        // Counted once logged and saved: a delivery seen in the stats
+        // is one a restart will not repeat.
+        if j.notification.is_some() {
+            *self
+                .state
+                .lock()
+                .stats
+                .sent
+                .entry(j.integration.kind().into())
+                .or_default() += 1;
+        }
         true
     }
 

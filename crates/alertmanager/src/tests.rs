@@ -301,6 +301,13 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_repeat() {
     );
     *h.status.lock() = 200;
     h.wait(1, Duration::from_secs(5)).await;
+    // The receiver has it; wait until the sender has its answer and has
+    // logged it (a crash in between may repeat it, as in Alertmanager).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while am.stats().sent.get("webhook").copied().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "never logged: {:?}", am.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     am.stop();
     drop(am);
     // A new process, the same alert sent again by the rules: the log says

@@ -151,6 +151,15 @@ pub use prom::PromDuration;
 mod tests {
     use super::*;
 
+    /// The crate's folder, read when the test runs (`env!` would keep the
+    /// folder of whichever checkout compiled the test, and a target folder
+    /// shared between checkouts then reads another checkout's files).
+    fn manifest_dir() -> std::path::PathBuf {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .expect("cargo test sets CARGO_MANIFEST_DIR")
+            .into()
+    }
+
     fn load_str(name: &str, text: &str, env: &[(&str, &str)]) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
@@ -170,9 +179,7 @@ mod tests {
     #[test]
     fn testdata_good_files_load() {
         for f in ["agent.good.toml", "agent.good.yaml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata")
-                .join(f);
+            let path = manifest_dir().join("testdata").join(f);
             let c = load(Some(&path), []).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert_eq!(c.agent.processes.len(), 2, "{f}");
             assert_eq!(c.agent.logs.len(), 1, "{f}");
@@ -181,7 +188,7 @@ mod tests {
 
     #[test]
     fn secondary_section_loads_with_blob_and_query_settings() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/secondary.good.toml");
+        let path = manifest_dir().join("testdata/secondary.good.toml");
         let c = load(
             Some(&path),
             [(
@@ -204,7 +211,7 @@ mod tests {
 
     #[test]
     fn hierarchy_sections_load() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/hierarchy.good.toml");
+        let path = manifest_dir().join("testdata/hierarchy.good.toml");
         let c = load(
             Some(&path),
             [("TIERMON_PRIMARY__DATACENTER".to_string(), "dc9".to_string())],
@@ -223,7 +230,7 @@ mod tests {
     #[test]
     fn testdata_bad_files_name_the_key() {
         // Each bad file states the expected error in its first line.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let dir = manifest_dir().join("testdata");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
