@@ -5,7 +5,7 @@
 #                                   against (promtool, Prometheus,
 #                                   node_exporter, Alertmanager, moto's S3
 #                                   server, aiosmtpd's SMTP server,
-#                                   Chromium and ChromeDriver)
+#                                   Chromium and ChromeDriver, dnsmasq)
 # Works on Debian and Ubuntu as root or with sudo; prints what it does.
 set -euo pipefail
 
@@ -28,6 +28,8 @@ if [ "$want" = test ]; then
   need chromium chromium
   need chromedriver chromium-driver
   need python3 python3
+  # A real DNS server (SRV and A records) for DNS service discovery.
+  need dnsmasq dnsmasq-base
 fi
 
 apt_install() { # apt_install <package>...

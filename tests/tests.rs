@@ -7,6 +7,7 @@ mod alerting;
 mod blob;
 mod check;
 mod dashboard;
+mod discovery;
 #[path = "../benches/fleetsim/mod.rs"]
 mod fleetsim;
 mod hierarchy;

@@ -30,9 +30,21 @@ impl Tiermon {
     /// As [`Self::start`], listening on `listen` (to restart a server on
     /// its address).
     pub fn start_at(subcommand: &str, listen: &str, config: Option<&str>, extra: &[&str]) -> Self {
+        Self::start_env(subcommand, listen, config, extra, &[])
+    }
+
+    /// As [`Self::start_at`], with these environment variables set.
+    pub fn start_env(
+        subcommand: &str,
+        listen: &str,
+        config: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin());
         cmd.arg(subcommand).args(["--listen", listen]).args(extra);
+        cmd.envs(env.iter().copied());
         if let Some(text) = config {
             let path = dir.path().join("tiermon.toml");
             std::fs::write(&path, text).unwrap();

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::discovery::consul::ConsulSdConfig;
+use crate::discovery::dns::DnsSdConfig;
+use crate::discovery::ec2::Ec2SdConfig;
+use crate::discovery::kubernetes::KubernetesSdConfig;
 use crate::relabel::RelabelConfig;
 use crate::{Error, Result};
 
@@ -122,6 +126,14 @@ pub struct ScrapeConfig {
     pub file_sd_configs: Vec<FileSdConfig>,
     /// Targets fetched from an HTTP endpoint.
     pub http_sd_configs: Vec<HttpSdConfig>,
+    /// Targets from DNS records.
+    pub dns_sd_configs: Vec<DnsSdConfig>,
+    /// Targets from Consul's catalog.
+    pub consul_sd_configs: Vec<ConsulSdConfig>,
+    /// Targets from EC2's DescribeInstances.
+    pub ec2_sd_configs: Vec<Ec2SdConfig>,
+    /// Targets from a Kubernetes API server.
+    pub kubernetes_sd_configs: Vec<KubernetesSdConfig>,
     /// Rewrites of target labels before scraping.
     pub relabel_configs: Vec<RelabelConfig>,
     /// Rewrites of scraped series before storing.
@@ -327,17 +339,13 @@ const UNSUPPORTED: &[&str] = &[
     "cert",
     "key",
     "azure_sd_configs",
-    "consul_sd_configs",
     "digitalocean_sd_configs",
     "docker_sd_configs",
     "dockerswarm_sd_configs",
-    "dns_sd_configs",
-    "ec2_sd_configs",
     "eureka_sd_configs",
     "gce_sd_configs",
     "hetzner_sd_configs",
     "ionos_sd_configs",
-    "kubernetes_sd_configs",
     "kuma_sd_configs",
     "lightsail_sd_configs",
     "linode_sd_configs",
@@ -528,6 +536,18 @@ impl ScrapeFile {
                     ));
                 }
             }
+        }
+        for (j, d) in c.dns_sd_configs.iter().enumerate() {
+            d.validate(&format!("{key}.dns_sd_configs[{j}]"))?;
+        }
+        for (j, d) in c.consul_sd_configs.iter().enumerate() {
+            d.validate(&format!("{key}.consul_sd_configs[{j}]"))?;
+        }
+        for (j, d) in c.ec2_sd_configs.iter().enumerate() {
+            d.validate(&format!("{key}.ec2_sd_configs[{j}]"))?;
+        }
+        for (j, d) in c.kubernetes_sd_configs.iter().enumerate() {
+            d.validate(&format!("{key}.kubernetes_sd_configs[{j}]"))?;
         }
         for (j, r) in c.relabel_configs.iter().enumerate() {
             r.validate()
@@ -720,9 +740,34 @@ scrape_configs:
     fn errors_name_the_key() {
         let cases = [
             (
-                "scrape_configs: [{job_name: a, kubernetes_sd_configs: [{role: pod}]}]",
-                "scrape_configs[0].kubernetes_sd_configs",
+                "scrape_configs: [{job_name: a, azure_sd_configs: [{subscription_id: x}]}]",
+                "scrape_configs[0].azure_sd_configs",
                 "does not support",
+            ),
+            (
+                "scrape_configs: [{job_name: a, kubernetes_sd_configs: [{role: ingress, api_server: 'https://k:6443'}]}]",
+                "scrape_configs[0].kubernetes_sd_configs[0].role",
+                "not supported",
+            ),
+            (
+                "scrape_configs: [{job_name: a, dns_sd_configs: [{names: [x.example], type: A}]}]",
+                "scrape_configs[0].dns_sd_configs[0].port",
+                "port is required",
+            ),
+            (
+                "scrape_configs: [{job_name: a, dns_sd_configs: [{names: [x.example], type: TXT}]}]",
+                "scrape_configs[0].dns_sd_configs[0].type",
+                "TXT",
+            ),
+            (
+                "scrape_configs: [{job_name: a, ec2_sd_configs: [{region: eu-west-1, role_arn: 'arn:x'}]}]",
+                "scrape_configs[0].ec2_sd_configs[0].role_arn",
+                "not supported",
+            ),
+            (
+                "scrape_configs: [{job_name: a, consul_sd_configs: [{servr: 'c:8500'}]}]",
+                "scrape_configs[0].consul_sd_configs[0].servr",
+                "unknown key",
             ),
             (
                 "scrape_configs: [{job_name: a, scrape_intervall: 5s}]",
@@ -770,7 +815,14 @@ scrape_configs:
                 "host:port",
             ),
         ];
-        for (text, key, what) in cases {
+        // Outside a pod, a Kubernetes job needs its API server named.
+        let outside = std::env::var_os("KUBERNETES_SERVICE_HOST").is_none();
+        let k8s = (
+            "scrape_configs: [{job_name: a, kubernetes_sd_configs: [{role: pod}]}]",
+            "scrape_configs[0].kubernetes_sd_configs[0].api_server",
+            "KUBERNETES_SERVICE_HOST",
+        );
+        for (text, key, what) in cases.into_iter().chain(outside.then_some(k8s)) {
             let err = ScrapeFile::parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
             assert!(err.contains(what), "{text}: {err}");

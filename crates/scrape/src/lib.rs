@@ -2,7 +2,8 @@
 //!
 //! A [`ScrapeFile`] is Prometheus' own `scrape_configs` YAML (the parts
 //! tiermon supports; the rest is refused by name). The [`Manager`] runs its
-//! service discovery (static, file_sd, http_sd), builds targets through
+//! service discovery (static, file_sd, http_sd, DNS, Consul, Kubernetes,
+//! EC2), builds targets through
 //! `relabel_configs`, keeps the share of them that this scraper's [`Shard`]
 //! owns, and runs one loop per target: scrapes spread across the interval,
 //! gzip and content negotiation (OpenMetrics or Prometheus text), limits on
@@ -12,6 +13,7 @@
 //! scrape or a target goes away. Samples are appended to the storage engine
 //! and acknowledged by its WAL.
 
+mod client;
 mod config;
 mod discovery;
 mod manager;
@@ -24,6 +26,10 @@ pub use config::{
     Authorization, BasicAuth, ByteSize, FileSdConfig, GlobalConfig, HttpSdConfig, Job, Limits,
     PromDuration, ScrapeConfig, ScrapeFile, ScrapeProtocol, StaticConfig, TlsConfig,
 };
+pub use discovery::consul::ConsulSdConfig;
+pub use discovery::dns::{DnsSdConfig, DnsType};
+pub use discovery::ec2::{Ec2Filter, Ec2SdConfig};
+pub use discovery::kubernetes::{AttachMetadata, KubernetesSdConfig, Namespaces, Role, Selector};
 pub use discovery::{TargetGroup, parse_groups};
 pub use manager::{Manager, PoolSummary};
 pub use relabel::{Action, RelabelConfig, RelabelRegex, relabel};

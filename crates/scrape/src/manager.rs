@@ -207,39 +207,40 @@ impl Manager {
         generation: u64,
     ) -> Vec<JoinHandle<()>> {
         let c = &job.config;
-        let name = c.job_name.clone();
-        let mut out = Vec::new();
         let mut idx = 0;
-        // Static groups are known at once.
-        let groups = discovery::static_groups(c);
-        let tx = self.inner.tx.clone();
-        let _ = tx.send(Update {
-            job: name.clone(),
-            generation,
-            provider: idx,
-            groups,
-        });
-        idx += 1;
-        for f in &c.file_sd_configs {
-            out.push(tokio::spawn(discovery::run_file(
-                f.clone(),
-                tx.clone(),
-                name.clone(),
-                generation,
-                idx,
-            )));
+        let mut sink = || {
             idx += 1;
+            discovery::Sink {
+                tx: self.inner.tx.clone(),
+                job: c.job_name.clone(),
+                generation,
+                provider: idx - 1,
+            }
+        };
+        // Static groups are known at once.
+        sink().send(discovery::static_groups(c));
+        let mut out = Vec::new();
+        for f in &c.file_sd_configs {
+            out.push(tokio::spawn(discovery::run_file(f.clone(), sink())));
         }
         for h in &c.http_sd_configs {
             out.push(tokio::spawn(discovery::run_http(
                 h.clone(),
                 client.clone(),
-                tx.clone(),
-                name.clone(),
-                generation,
-                idx,
+                sink(),
             )));
-            idx += 1;
+        }
+        for d in &c.dns_sd_configs {
+            out.push(tokio::spawn(discovery::dns::run(d.clone(), sink())));
+        }
+        for d in &c.consul_sd_configs {
+            out.push(tokio::spawn(discovery::consul::run(d.clone(), sink())));
+        }
+        for d in &c.ec2_sd_configs {
+            out.push(tokio::spawn(discovery::ec2::run(d.clone(), sink())));
+        }
+        for d in &c.kubernetes_sd_configs {
+            out.push(tokio::spawn(discovery::kubernetes::run(d.clone(), sink())));
         }
         out
     }
@@ -483,41 +484,34 @@ async fn updates(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<
 }
 
 fn provider_count(c: &ScrapeConfig) -> usize {
-    1 + c.file_sd_configs.len() + c.http_sd_configs.len()
+    1 + c.file_sd_configs.len()
+        + c.http_sd_configs.len()
+        + c.dns_sd_configs.len()
+        + c.consul_sd_configs.len()
+        + c.ec2_sd_configs.len()
+        + c.kubernetes_sd_configs.len()
 }
 
 fn discovery_equal(a: &ScrapeConfig, b: &ScrapeConfig) -> bool {
     a.static_configs == b.static_configs
         && a.file_sd_configs == b.file_sd_configs
         && a.http_sd_configs == b.http_sd_configs
+        && a.dns_sd_configs == b.dns_sd_configs
+        && a.consul_sd_configs == b.consul_sd_configs
+        && a.ec2_sd_configs == b.ec2_sd_configs
+        && a.kubernetes_sd_configs == b.kubernetes_sd_configs
 }
 
 fn http_client(job: &Job) -> std::result::Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .user_agent(concat!("tiermon/", env!("CARGO_PKG_VERSION")))
+    let mut b = crate::client::builder(job.config.tls_config.as_ref())?
         .pool_max_idle_per_host(1)
         .pool_idle_timeout(job.interval.saturating_mul(2).max(Duration::from_secs(90)))
-        .connect_timeout(job.timeout)
-        .tcp_nodelay(true);
+        .connect_timeout(job.timeout);
     if !job.compression {
         b = b.no_gzip();
     }
     if job.config.follow_redirects == Some(false) {
         b = b.redirect(reqwest::redirect::Policy::none());
-    }
-    if let Some(tls) = &job.config.tls_config {
-        if tls.insecure_skip_verify {
-            b = b.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &tls.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("reading ca_file {}: {e}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("ca_file {}: {e}", ca.display()))?
-            {
-                b = b.add_root_certificate(cert);
-            }
-        }
     }
     b.build().map_err(|e| e.to_string())
 }

@@ -262,31 +262,11 @@ async fn fetch(rt: &JobRuntime, target: &Target) -> Fetched {
                 "X-Prometheus-Scrape-Timeout-Seconds",
                 format!("{}", timeout.as_secs_f64()),
             );
-        if let Some(b) = &job.config.basic_auth {
-            let password = match &b.password_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .map_err(|e| format!("reading basic_auth.password_file {}: {e}", f.display()))?
-                    .trim()
-                    .to_owned(),
-                None => b.password.clone(),
-            };
-            req = req.basic_auth(&b.username, Some(password));
-        }
-        if let Some(a) = &job.config.authorization {
-            let cred = match &a.credentials_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .map_err(|e| {
-                        format!(
-                            "reading authorization.credentials_file {}: {e}",
-                            f.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned(),
-                None => a.credentials.clone(),
-            };
-            req = req.header(reqwest::header::AUTHORIZATION, format!("{} {cred}", a.kind));
-        }
+        req = crate::client::authorize(
+            req,
+            job.config.basic_auth.as_ref(),
+            job.config.authorization.as_ref(),
+        )?;
         let mut resp = req.send().await.map_err(describe)?;
         let status = resp.status();
         if status != reqwest::StatusCode::OK {

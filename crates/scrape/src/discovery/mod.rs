@@ -6,7 +6,21 @@
 //! - file: Prometheus `file_sd` JSON or YAML files (globs allowed in the
 //!   file name), re-read when they change and every `refresh_interval`;
 //! - HTTP: Prometheus `http_sd`, polled every `refresh_interval`; a failed
-//!   poll keeps the last good set.
+//!   poll keeps the last good set;
+//! - DNS (`dns`): SRV, A, AAAA, MX and NS records;
+//! - Consul's catalog (`consul`), with blocking queries;
+//! - Kubernetes nodes, pods and endpoint slices (`kubernetes`), listed and
+//!   then watched through the API server;
+//! - EC2 instances (`ec2`), through DescribeInstances.
+//!
+//! A provider that cannot reach its source keeps reporting its last good
+//! set (logged), as Prometheus does, so an outage of the source never
+//! empties a job.
+
+pub(crate) mod consul;
+pub(crate) mod dns;
+pub(crate) mod ec2;
+pub(crate) mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +59,91 @@ pub(crate) struct Update {
     pub generation: u64,
     pub provider: usize,
     pub groups: Vec<TargetGroup>,
+}
+
+/// Where a provider sends its current set of groups.
+#[derive(Debug, Clone)]
+pub(crate) struct Sink {
+    pub tx: mpsc::UnboundedSender<Update>,
+    pub job: String,
+    pub generation: u64,
+    pub provider: usize,
+}
+
+impl Sink {
+    /// Sends the whole current set; false once the job is gone.
+    pub fn send(&self, groups: Vec<TargetGroup>) -> bool {
+        self.tx
+            .send(Update {
+                job: self.job.clone(),
+                generation: self.generation,
+                provider: self.provider,
+                groups,
+            })
+            .is_ok()
+    }
+
+    /// True once the job is gone (the manager dropped its receiver).
+    pub fn closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Runs a provider that fetches its whole set every `every`. A failed fetch
+/// is logged and keeps the last good set; if the very first fetch fails, an
+/// empty set is reported so that the job does not wait for it.
+pub(crate) async fn run_polling<F, Fut>(what: String, every: Duration, sink: Sink, mut fetch: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<TargetGroup>, String>>,
+{
+    let mut reported = false;
+    loop {
+        match fetch().await {
+            Ok(groups) => {
+                reported = true;
+                if !sink.send(groups) {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %sink.job, discovery = %what, error = %e, "refresh failed; keeping the last good targets");
+                if !reported {
+                    reported = true;
+                    if !sink.send(Vec::new()) {
+                        return;
+                    }
+                }
+            }
+        }
+        if sink.closed() {
+            return;
+        }
+        tokio::time::sleep(every.max(Duration::from_secs(1))).await;
+    }
+}
+
+/// `host:port`, with brackets around an IPv6 host (Go's `net.JoinHostPort`).
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A label name made valid: every character outside `[a-zA-Z0-9_]` becomes
+/// `_` (Prometheus' `strutil.SanitizeLabelName`).
+pub(crate) fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Parses a list of groups in file_sd/http_sd form; `source` names them.
@@ -226,13 +325,7 @@ fn fingerprint(cfg: &FileSdConfig) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// How often files are checked for changes.
 const FILE_POLL: Duration = Duration::from_secs(1);
 
-pub(crate) async fn run_file(
-    cfg: FileSdConfig,
-    tx: mpsc::UnboundedSender<Update>,
-    job: String,
-    generation: u64,
-    provider: usize,
-) {
+pub(crate) async fn run_file(cfg: FileSdConfig, sink: Sink) {
     let mut last = BTreeMap::new();
     let mut seen = None;
     let mut since_read = Duration::MAX;
@@ -250,13 +343,7 @@ pub(crate) async fn run_file(
             last = l;
             seen = Some(fp);
             since_read = Duration::ZERO;
-            let update = Update {
-                job: job.clone(),
-                generation,
-                provider,
-                groups,
-            };
-            if tx.send(update).is_err() {
+            if !sink.send(groups) {
                 return;
             }
         }
@@ -265,51 +352,17 @@ pub(crate) async fn run_file(
     }
 }
 
-pub(crate) async fn run_http(
-    cfg: HttpSdConfig,
-    client: reqwest::Client,
-    tx: mpsc::UnboundedSender<Update>,
-    job: String,
-    generation: u64,
-    provider: usize,
-) {
-    let mut reported = false;
-    loop {
-        match fetch_http(&cfg, &client).await {
-            Ok(mut groups) => {
-                for g in &mut groups {
-                    g.labels.insert("__meta_url".into(), cfg.url.clone());
-                }
-                reported = true;
-                let u = Update {
-                    job: job.clone(),
-                    generation,
-                    provider,
-                    groups,
-                };
-                if tx.send(u).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(url = %cfg.url, error = %e, "http_sd: refresh failed; keeping the last good targets");
-                // The job must not wait forever for a provider that is down.
-                if !reported {
-                    reported = true;
-                    let u = Update {
-                        job: job.clone(),
-                        generation,
-                        provider,
-                        groups: Vec::new(),
-                    };
-                    if tx.send(u).is_err() {
-                        return;
-                    }
-                }
-            }
+pub(crate) async fn run_http(cfg: HttpSdConfig, client: reqwest::Client, sink: Sink) {
+    let every = cfg.refresh_interval.0;
+    let what = format!("http_sd {}", cfg.url);
+    run_polling(what, every, sink, || async {
+        let mut groups = fetch_http(&cfg, &client).await?;
+        for g in &mut groups {
+            g.labels.insert("__meta_url".into(), cfg.url.clone());
         }
-        tokio::time::sleep(cfg.refresh_interval.0.max(Duration::from_secs(1))).await;
-    }
+        Ok(groups)
+    })
+    .await
 }
 
 async fn fetch_http(
