@@ -77,14 +77,15 @@ fn up_scrapes_this_machine_and_stops_cleanly() {
     );
     assert!(dir.path().join("scrape.yml").is_file());
 
-    // The pair pushes to the primary, which keeps one copy of each series,
-    // and the primary reports to the global tier.
+    // The pair pushes to the primary, which keeps one copy of each series
+    // (named by the pair's external label), and the primary reports to the
+    // global tier.
     let primary = &urls["primary"];
     eventually(
         "the primary to hold the agent's series",
         Duration::from_secs(30),
         || {
-            let up = instant(primary, "up{job=\"node\"}", now());
+            let up = instant(primary, "up{job=\"node\",secondary=\"pair-1\"}", now());
             (up.len() == 1 && up[0].1 == 1.0).then_some(())
         },
     );

@@ -93,6 +93,11 @@ pub(crate) async fn serve(
                 } else {
                     push.max_bytes
                 },
+                external_labels: push
+                    .external_labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
         )
         .context("starting the push buffer")

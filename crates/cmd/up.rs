@@ -142,6 +142,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         secondary.shard.name = "pair-1".into();
         secondary.shard.shards = vec!["pair-1".into()];
     }
+    // The primary's series name the pair that scrapes them (the dashboard
+    // groups hosts by it).
+    let pair_name = secondary.shard.name.clone();
+    secondary
+        .push
+        .external_labels
+        .entry("secondary".into())
+        .or_insert(pair_name);
     let mut pair = Vec::new();
     for member in ["a", "b"] {
         let mut s = secondary.clone();

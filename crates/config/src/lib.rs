@@ -219,6 +219,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.secondary.push.destinations.len(), 2);
         assert_eq!(c.secondary.push.max_age.as_secs(), 24 * 3600);
+        assert_eq!(c.secondary.push.external_labels["secondary"], "sec-1");
         assert_eq!(c.secondary.datacenter, "dc1");
         assert_eq!(c.primary.datacenter, "dc9", "the environment overrides");
         assert_eq!(c.primary.child_timeout.as_secs(), 45);

@@ -39,6 +39,11 @@ pub struct PushConfig {
     /// to it, with jitter).
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Labels added to every series pushed, unless the series has them
+    /// (Prometheus' external labels), e.g. `{ secondary = "dc1-s3" }` so
+    /// that the primary can tell which pair scrapes a host. Both members of
+    /// a pair must give the same.
+    pub external_labels: BTreeMap<String, String>,
 }
 
 impl Default for PushConfig {
@@ -51,6 +56,7 @@ impl Default for PushConfig {
             batch_samples: 20_000,
             max_in_flight: 4,
             max_backoff: Duration::from_secs(30),
+            external_labels: BTreeMap::new(),
         }
     }
 }
@@ -77,6 +83,20 @@ impl PushConfig {
         }
         positive(format!("{key}.max_age"), self.max_age)?;
         positive(format!("{key}.max_backoff"), self.max_backoff)?;
+        for (name, value) in &self.external_labels {
+            if !tiermon_model::is_valid_label_name(name) || name.starts_with("__") {
+                return Err(Error::invalid(
+                    format!("{key}.external_labels"),
+                    format!("{name:?} is not a valid label name"),
+                ));
+            }
+            if value.is_empty() {
+                return Err(Error::invalid(
+                    format!("{key}.external_labels.{name}"),
+                    "an external label needs a value",
+                ));
+            }
+        }
         if self.batch_samples == 0 {
             return Err(Error::invalid(
                 format!("{key}.batch_samples"),

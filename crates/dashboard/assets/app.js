@@ -199,7 +199,8 @@ function pageFleet(params) {
   main.innerHTML = `
     <h2>Fleet</h2>
     <div class="bar">
-      <label>group by <input id="group" value="${esc(fleet.groupBy)}" size="12"></label>
+      <label>group by <input id="group" list="group-labels" value="${esc(fleet.groupBy)}" size="12"></label>
+      <datalist id="group-labels"><option value="datacenter"><option value="secondary"><option value="job"><option value="rack"><option value="role"></datalist>
       <label>colour by query <input id="cq" value="${esc(fleet.colorQuery)}" size="40" placeholder="e.g. 100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{mode=&quot;idle&quot;}[2m])))"></label>
       <label>warn ≥ <input id="warn" value="${esc(fleet.warn)}" size="5"></label>
       <label>crit ≥ <input id="crit" value="${esc(fleet.crit)}" size="5"></label>

@@ -60,6 +60,9 @@ pub struct WalSourceOptions {
     /// Unsent data beyond this many bytes is given up, oldest first (and
     /// counted).
     pub max_bytes: u64,
+    /// Labels added to every series sent (Prometheus' external labels: a
+    /// series that has the label already keeps its own value).
+    pub external_labels: Vec<(String, String)>,
 }
 
 /// Forwards everything a database commits by reading its WAL, which it
@@ -188,6 +191,23 @@ fn state_path(opts: &WalSourceOptions) -> PathBuf {
     opts.state_dir.join(format!("{safe}.position"))
 }
 
+/// `l` with the external labels it lacks, as sent.
+fn with_external(l: &Labels, external: &[(String, String)]) -> Vec<v1::Label> {
+    if external.is_empty() {
+        return labels_pb(l);
+    }
+    let mut labels = tiermon_model::LabelsBuilder::with_capacity(l.len() + external.len());
+    for x in l.iter() {
+        labels.set(x.name.clone(), x.value.clone());
+    }
+    for (n, v) in external {
+        if labels.get(n).is_none() {
+            labels.set(n.as_str(), v.as_str());
+        }
+    }
+    labels_pb(&labels.build())
+}
+
 pub(crate) fn labels_pb(l: &Labels) -> Vec<v1::Label> {
     l.iter()
         .map(|x| v1::Label {
@@ -261,7 +281,8 @@ impl Source for WalSource {
     }
 
     fn labels(&self, r: u32) -> Option<Vec<v1::Label>> {
-        self.db.labels_of(r).map(|l| labels_pb(&l))
+        let l = self.db.labels_of(r)?;
+        Some(with_external(&l, &self.opts.external_labels))
     }
 
     fn heartbeat(&self, checked_ms: i64) -> (i64, Vec<v1::ChildReport>) {
@@ -477,16 +498,7 @@ impl Source for DownsampleSource {
 
     fn labels(&self, r: u32) -> Option<Vec<v1::Label>> {
         let l = self.db.labels_of(r)?;
-        let mut labels = tiermon_model::LabelsBuilder::with_capacity(l.len() + self.external.len());
-        for x in l.iter() {
-            labels.set(x.name.clone(), x.value.clone());
-        }
-        for (n, v) in &self.external {
-            if labels.get(n).is_none() {
-                labels.set(n.as_str(), v.as_str());
-            }
-        }
-        Some(labels_pb(&labels.build()))
+        Some(with_external(&l, &self.external))
     }
 
     fn heartbeat(&self, _checked_ms: i64) -> (i64, Vec<v1::ChildReport>) {
@@ -541,6 +553,7 @@ mod tests {
                 state_dir: dir.join("push"),
                 max_age: Duration::from_secs(3600),
                 max_bytes,
+                external_labels: Vec::new(),
             },
         )
         .unwrap()
@@ -583,6 +596,38 @@ mod tests {
             at = b.seq;
         }
         assert_eq!(rest, 40 * 50 - n);
+    }
+
+    #[test]
+    fn external_labels_are_added_unless_the_series_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = db(&dir.path().join("db"));
+        let src = WalSource::new(
+            d.clone(),
+            WalSourceOptions {
+                name: "http://primary:9192".into(),
+                state_dir: dir.path().join("push"),
+                max_age: Duration::from_secs(3600),
+                max_bytes: u64::MAX,
+                external_labels: vec![
+                    ("secondary".into(), "s1".into()),
+                    ("k".into(), "external".into()),
+                ],
+            },
+        )
+        .unwrap();
+        commit_rounds(&d, 1);
+        let b = src.next(0, 100).unwrap().unwrap();
+        let got = src.labels(b.series[0].r).unwrap();
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|l| (l.name.as_str(), l.value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [("__name__", "m"), ("k", "v"), ("secondary", "s1")],
+            "the series' own k wins"
+        );
     }
 
     #[test]
