@@ -317,3 +317,135 @@ fn the_dashboard_in_a_real_browser() {
     });
     drop(s);
 }
+
+/// The dashboard at the global tier: every datacenter's hosts in the heat
+/// map, grouped by datacenter; at a primary, grouped by the pair that
+/// scrapes them; a primary that stops is shown as a datacenter gone dark.
+#[test]
+fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
+    let (Some(chromium), Some(chromedriver)) = (peer("chromium"), peer("chromedriver")) else {
+        return;
+    };
+    const HOSTS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fleet = rt
+        .block_on(Fleet::start(2 * HOSTS, 8, free_port()))
+        .expect("the fleet simulator binds 127.10.0.x");
+    let addr = || format!("127.0.0.1:{}", free_port());
+    let (global_at, primary_at) = (addr(), [addr(), addr()]);
+    let config = |name: &str, text: String| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        (text, d.join("data"))
+    };
+    let start = |tier: &str, listen: &str, (text, data): (String, std::path::PathBuf)| {
+        Tiermon::start_at(
+            tier,
+            listen,
+            Some(&text),
+            &["--data", data.to_str().unwrap()],
+        )
+    };
+    let global = start(
+        "global",
+        &global_at,
+        config(
+            "global",
+            format!(
+                "[global]\nchild_timeout = \"4s\"\nprimaries = {{ dc1 = \"http://{}\", dc2 = \"http://{}\" }}\n",
+                primary_at[0], primary_at[1]
+            ),
+        ),
+    );
+    let mut primaries = Vec::new();
+    let mut secondaries = Vec::new();
+    for d in 0..2 {
+        let dc = format!("dc{}", d + 1);
+        primaries.push(start(
+            "primary",
+            &primary_at[d],
+            config(
+                &format!("{dc}-primary"),
+                format!(
+                    "[primary]\ndatacenter = \"{dc}\"\nchild_timeout = \"4s\"\nwindow_grace = \"2s\"\n[primary.push]\ndestinations = [\"http://{global_at}\"]\nmax_backoff = \"500ms\"\n"
+                ),
+            ),
+        ));
+        let hosts: Vec<String> = fleet.hosts[d * HOSTS..(d + 1) * HOSTS]
+            .iter()
+            .map(|h| format!("'{}'", h.addr))
+            .collect();
+        let scrape = dir.path().join(format!("{dc}-scrape.yml"));
+        std::fs::write(
+            &scrape,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
+                hosts.join(",")
+            ),
+        )
+        .unwrap();
+        secondaries.push(start(
+            "secondary",
+            "127.0.0.1:0",
+            config(
+                &format!("{dc}-secondary"),
+                format!(
+                    "[secondary]\ndatacenter = \"{dc}\"\nscrape_config = \"{}\"\n[secondary.push]\ndestinations = [\"http://{}\"]\nmax_backoff = \"500ms\"\nexternal_labels = {{ secondary = \"{dc}-pair-1\" }}\n",
+                    scrape.display(),
+                    primary_at[d]
+                ),
+            ),
+        ));
+    }
+    // The global tier has the hosts once the first one-minute window of
+    // both datacenters has closed.
+    eventually(
+        "every host at the global tier",
+        Duration::from_secs(150),
+        || {
+            let body = crate::util::get(&global.url("/api/v1/query?query=count(up)"))?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["data"]["result"][0]["value"][1] == (2 * HOSTS).to_string()).then_some(())
+        },
+    );
+    let profile = dir.path().join("chromium-profile");
+    rt.block_on(async {
+        let (_driver, c) = browser(&chromium, &chromedriver, &profile).await;
+        c.goto(&global.url("/#/fleet")).await.unwrap();
+        let n = wait_js(&c, "the global heat map", Duration::from_secs(30), "const c = document.querySelector('#heat'); return c && Number(c.dataset.cells) > 0 ? Number(c.dataset.cells) : null;").await;
+        assert_eq!(n, json!(2 * HOSTS));
+        let groups = js(&c, "return fleet.layout.filter(i => i.title !== undefined).map(i => i.title);").await;
+        assert_eq!(groups, json!(["dc1", "dc2"]));
+        page_is_clean(&c, "global fleet").await;
+        shot(&c, "global-fleet").await;
+
+        // At dc1's primary, grouped by the pair that scrapes the hosts.
+        c.goto(&primaries[0].url("/#/fleet?group=secondary")).await.unwrap();
+        let groups = wait_js(&c, "groups by secondary", Duration::from_secs(30), "const g = (fleet.layout || []).filter(i => i.title !== undefined).map(i => i.title); return g.length ? g : null;").await;
+        assert_eq!(groups, json!(["dc1-pair-1"]));
+        page_is_clean(&c, "primary fleet by secondary").await;
+        shot(&c, "primary-fleet-by-secondary").await;
+
+        // dc2's primary stops: the global tier's hierarchy page says dark.
+        primaries.pop().unwrap().kill();
+        c.goto(&global.url("/#/hierarchy")).await.unwrap();
+        let row = wait_js(&c, "dc2 dark", Duration::from_secs(40), "const r = [...document.querySelectorAll('tr')].find(r => r.textContent.includes('primary/dc2') && r.textContent.includes('datacenter dark')); return r ? r.textContent : null;").await;
+        assert!(row.as_str().unwrap().contains("primary/dc2"), "{row}");
+        let dc1 = js(&c, "const r = [...document.querySelectorAll('tr')].find(r => r.textContent.includes('primary/dc1')); return r ? r.textContent : '';").await;
+        assert!(dc1.as_str().unwrap().contains("reporting"), "{dc1}");
+        // Each secondary once, as the global tier saw it (through its
+        // primary), not again from the primary's relayed records.
+        let rows = js(&c, "return [...document.querySelectorAll('tr')].filter(r => r.textContent.includes('secondary/dc1/')).map(r => r.textContent);").await;
+        assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+        assert!(rows[0].as_str().unwrap().contains("primary/dc1"), "{rows}");
+        page_is_clean(&c, "global hierarchy").await;
+        shot(&c, "global-hierarchy-dc2-dark").await;
+        c.close().await.unwrap();
+    });
+    drop(secondaries);
+}

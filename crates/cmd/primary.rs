@@ -75,7 +75,7 @@ pub(crate) async fn serve(
             m
         })
     };
-    let recorder = tier::record_own(&db, id, Duration::from_secs(10), own.clone());
+    let recorder = tier::record_own(&db, id.clone(), Duration::from_secs(10), own.clone());
     let background = tier::housekeeping(&db, &cfg.storage);
     let push = receiver.service();
     let router = api
@@ -86,6 +86,7 @@ pub(crate) async fn serve(
         .merge(tiermon_dashboard::router(tiermon_dashboard::Options {
             tier: "primary".into(),
             datacenter: dc.clone(),
+            instance: id.clone(),
             dashboards: cfg.dashboards.clone(),
         }));
     let addr = listener.local_addr()?;

@@ -125,7 +125,7 @@ pub(crate) async fn serve(
         })
     };
     scraping.add_metrics(own.clone());
-    let recorder = tier::record_own(&db, instance, Duration::from_secs(10), own);
+    let recorder = tier::record_own(&db, instance.clone(), Duration::from_secs(10), own);
     let addr = listener.local_addr()?;
     let background = tier::housekeeping(&db, &storage);
     tracing::info!(tier = "secondary", listen = %addr, url = %format!("http://{addr}/"), "listening");
@@ -137,6 +137,7 @@ pub(crate) async fn serve(
             .merge(tiermon_dashboard::router(tiermon_dashboard::Options {
                 tier: "secondary".into(),
                 datacenter: datacenter.clone(),
+                instance,
                 dashboards,
             })),
     )

@@ -521,7 +521,10 @@ async function pageHierarchy() {
   main.innerHTML = `<h2>Hierarchy</h2><p class="muted">children that push to this tier, and when each last reported</p><table id="children"></table><h3>Scrape targets</h3><table id="targets"></table>`;
   const load = async () => {
     try {
-      const [up, last] = await Promise.all([query("tiermon_child_up"), query("tiermon_child_last_report_timestamp_seconds")]);
+      // This tier's own records (a primary's, relayed upward in its
+      // aggregates, would show each secondary twice at the global tier).
+      const own = ui.instance ? `{job="tiermon",instance="${ui.instance.replace(/["\\]/g, "\\$&")}"}` : "";
+      const [up, last] = await Promise.all([query("tiermon_child_up" + own), query("tiermon_child_last_report_timestamp_seconds" + own)]);
       const seen = new Map(last.result.map((s) => [s.metric.child + "|" + (s.metric.via || ""), Number(s.value[1])]));
       const now = Date.now() / 1000;
       const rows = up.result.map((s) => {

@@ -36,6 +36,9 @@ pub struct Options {
     pub tier: String,
     /// The datacenter (empty at the global tier).
     pub datacenter: String,
+    /// The `instance` label of the series the tier records about itself
+    /// (`global`, `primary/dc1`, `secondary/dc1/a`).
+    pub instance: String,
     /// A folder of more dashboards.
     pub dashboards: Option<PathBuf>,
 }
@@ -155,7 +158,7 @@ fn page(kind: &'static str, body: &'static str) -> Response {
 
 async fn ui(State(o): State<Options>) -> Response {
     axum::Json(
-        json!({"tier": o.tier, "datacenter": o.datacenter, "version": env!("CARGO_PKG_VERSION")}),
+        json!({"tier": o.tier, "datacenter": o.datacenter, "instance": o.instance, "version": env!("CARGO_PKG_VERSION")}),
     )
     .into_response()
 }
