@@ -327,6 +327,16 @@ async fn get_group(
     }
 }
 
+/// Runs `f` (database writes and the reload after them: file reads and
+/// fsyncs) on the blocking pool, off the async workers.
+async fn blocking(r: &Rules, f: impl FnOnce(&Rules) -> Response + Send + 'static) -> Response {
+    let r = r.clone();
+    match tokio::task::spawn_blocking(move || f(&r)).await {
+        Ok(resp) => resp,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn put_group(State(r): State<Rules>, UrlPath(ns): UrlPath<String>, body: Bytes) -> Response {
     let Ok(text) = std::str::from_utf8(&body) else {
         return (StatusCode::BAD_REQUEST, "the body is not UTF-8\n").into_response();
@@ -335,29 +345,30 @@ async fn put_group(State(r): State<Rules>, UrlPath(ns): UrlPath<String>, body: B
         Ok(g) => g,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let r2 = r.clone();
-    match tokio::task::spawn_blocking(move || r2.inner.db.put_group(&ns, g)).await {
-        Ok(Ok(_)) => applied(&r),
-        Ok(Err(e)) => db_error(e),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    blocking(&r, move |r| match r.inner.db.put_group(&ns, g) {
+        Ok(_) => applied(r),
+        Err(e) => db_error(e),
+    })
+    .await
 }
 
 async fn delete_group(
     State(r): State<Rules>,
     UrlPath((ns, group)): UrlPath<(String, String)>,
 ) -> Response {
-    match r.inner.db.delete_group(&ns, &group) {
-        Ok(_) => applied(&r),
+    blocking(&r, move |r| match r.inner.db.delete_group(&ns, &group) {
+        Ok(_) => applied(r),
         Err(e) => db_error(e),
-    }
+    })
+    .await
 }
 
 async fn delete_ns(State(r): State<Rules>, UrlPath(ns): UrlPath<String>) -> Response {
-    match r.inner.db.delete_namespace(&ns) {
-        Ok(_) => applied(&r),
+    blocking(&r, move |r| match r.inner.db.delete_namespace(&ns) {
+        Ok(_) => applied(r),
         Err(e) => db_error(e),
-    }
+    })
+    .await
 }
 
 async fn versions(State(r): State<Rules>, UrlPath(ns): UrlPath<String>) -> Response {
@@ -377,17 +388,19 @@ async fn versions(State(r): State<Rules>, UrlPath(ns): UrlPath<String>) -> Respo
 }
 
 async fn version(State(r): State<Rules>, UrlPath((ns, v)): UrlPath<(String, u64)>) -> Response {
-    match r.inner.db.at_version(&ns, v) {
+    blocking(&r, move |r| match r.inner.db.at_version(&ns, v) {
         Ok(groups) => yaml(&json!({ "groups": groups })),
         Err(e) => db_error(e),
-    }
+    })
+    .await
 }
 
 async fn restore(State(r): State<Rules>, UrlPath((ns, v)): UrlPath<(String, u64)>) -> Response {
-    match r.inner.db.restore(&ns, v) {
-        Ok(_) => applied(&r),
+    blocking(&r, move |r| match r.inner.db.restore(&ns, v) {
+        Ok(_) => applied(r),
         Err(e) => db_error(e),
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
