@@ -365,13 +365,7 @@ pub(crate) async fn run(cfg: ConsulSdConfig, sink: Sink) {
                 Ok(dc) => break dc,
                 Err(e) => {
                     tracing::warn!(job = %sink.job, server = %api.cfg.server, error = %e, "consul_sd: cannot learn the agent's datacenter");
-                    if !reported {
-                        reported = true;
-                        if !sink.send(Vec::new()) {
-                            return;
-                        }
-                    }
-                    if sink.closed() {
+                    if !sink.unblock(&mut reported) || sink.closed() {
                         return;
                     }
                     tokio::time::sleep(pause).await;
@@ -452,11 +446,8 @@ pub(crate) async fn run(cfg: ConsulSdConfig, sink: Sink) {
             }
             Err(e) => {
                 tracing::warn!(job = %sink.job, server = %api.cfg.server, error = %e, "consul_sd: refresh failed; keeping the last good targets");
-                if !reported {
-                    reported = true;
-                    if !sink.send(Vec::new()) {
-                        break;
-                    }
+                if !sink.unblock(&mut reported) {
+                    break;
                 }
                 index = 0;
                 tokio::time::sleep(pause).await;

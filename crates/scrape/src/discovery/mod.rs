@@ -83,6 +83,17 @@ impl Sink {
             .is_ok()
     }
 
+    /// After a failure: reports an empty set if nothing was reported yet
+    /// (`reported`), so that the job does not wait for this provider; false
+    /// once the job is gone.
+    pub fn unblock(&self, reported: &mut bool) -> bool {
+        if std::mem::replace(reported, true) {
+            true
+        } else {
+            self.send(Vec::new())
+        }
+    }
+
     /// True once the job is gone (the manager dropped its receiver).
     pub fn closed(&self) -> bool {
         self.tx.is_closed()
@@ -108,11 +119,8 @@ where
             }
             Err(e) => {
                 tracing::warn!(job = %sink.job, discovery = %what, error = %e, "refresh failed; keeping the last good targets");
-                if !reported {
-                    reported = true;
-                    if !sink.send(Vec::new()) {
-                        return;
-                    }
+                if !sink.unblock(&mut reported) {
+                    return;
                 }
             }
         }
