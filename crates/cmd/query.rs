@@ -1,7 +1,7 @@
 //! `tiermon query`: the operators' CLI over the gRPC query service.
 
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tiermon_proto::v1;
@@ -69,11 +69,7 @@ enum What {
     Alerts,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use tiermon_model::now_ms;
 
 /// `now`, `-5m`, Unix seconds or RFC 3339, to milliseconds.
 fn parse_time(s: &str) -> anyhow::Result<i64> {

@@ -160,11 +160,7 @@ async fn housekeep(db: Db, maintain_every: Duration, checkpoint_every: Duration)
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use tiermon_model::now_ms;
 
 /// The forwarders of one tier, one per destination.
 #[derive(Debug, Default, Clone)]

@@ -46,27 +46,7 @@ impl Alert {
     }
 }
 
-/// Fingerprint of a label set (stable across runs and peers).
-pub fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
-    tiermon_model::Labels::from_pairs(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .series_id()
-        .0
-}
-
-/// RFC 3339 with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use tiermon_model::{fingerprint, now_ms, rfc3339};
 
 #[derive(Debug)]
 pub(crate) struct Group {

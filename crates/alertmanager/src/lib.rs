@@ -25,7 +25,8 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use config::{Config, ConfigError};
-pub use dispatch::{Alert, Options, Stats, fingerprint, now_ms, rfc3339};
+use dispatch::now_ms;
+pub use dispatch::{Alert, Options, Stats};
 use dispatch::{Core, State, Tree};
 use state::{Shared, Store};
 

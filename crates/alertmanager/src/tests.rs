@@ -8,6 +8,7 @@ use axum::routing::post;
 use serde_json::{Value as Json, json};
 
 use super::*;
+use crate::dispatch::rfc3339;
 
 /// A webhook receiver that records every payload; answers `status`.
 #[derive(Clone)]

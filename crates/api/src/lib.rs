@@ -467,11 +467,7 @@ pub(crate) fn union<T: Ord>(sets: &[Vec<Matcher>], f: impl Fn(&[Matcher]) -> Vec
     all.into_iter().collect()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use tiermon_model::now_ms;
 
 /// `match[]` selectors (each a list of matchers), start and end.
 fn selection(p: &Params) -> Result<(Vec<Vec<Matcher>>, i64, i64), ApiError> {

@@ -115,12 +115,7 @@ pub fn fuzz_compact_stream(mut data: &[u8]) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use tiermon_model::now_ms;
 
 /// One metric of the push path, for `/metrics` and the tier's own series.
 #[derive(Debug, Clone)]

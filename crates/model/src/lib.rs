@@ -17,10 +17,20 @@
 mod labels;
 mod matcher;
 mod sample;
+mod time;
 
 pub use labels::{Interner, Label, Labels, LabelsBuilder, METRIC_NAME, SeriesId};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use sample::{STALE_NAN, STALE_NAN_BITS, Sample, is_stale_nan};
+pub use time::{now_ms, rfc3339};
+
+/// The fingerprint of a label set given as a map (alerts, silences): its
+/// series id, stable across runs and peers.
+pub fn fingerprint(labels: &std::collections::BTreeMap<String, String>) -> u64 {
+    Labels::from_pairs(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .series_id()
+        .0
+}
 
 /// Whether `name` is a valid legacy Prometheus metric name:
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`.

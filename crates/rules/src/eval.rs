@@ -464,18 +464,7 @@ fn label_map(l: &Labels) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
-    Labels::from_pairs(labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .series_id()
-        .0
-}
-
-/// RFC 3339 with milliseconds, as Prometheus writes alert times.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
-}
+pub(crate) use tiermon_model::{fingerprint, now_ms, rfc3339};
 
 impl Rule {
     fn eval_record(
@@ -709,14 +698,6 @@ fn form_escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Manager {

@@ -14,7 +14,7 @@ pub mod template;
 pub use db::{DbError, RulesDb, Version};
 pub use eval::{
     ActiveAlert, Alert, AlertState, Appendable, Context, GroupStatus, Health, Manager, Notifier,
-    Options, RuleStatus, now_ms, rfc3339,
+    Options, RuleStatus,
 };
 pub use file::{
     BaselineSpec, Dur, FileError, GroupSpec, Problem, RuleFile, RuleSpec, format_duration,
