@@ -20,9 +20,10 @@
 
 #[path = "fleetsim/mod.rs"]
 mod fleetsim;
+#[path = "webhook/mod.rs"]
+mod webhook;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,50 +46,20 @@ fn webhook() -> (String, Seen) {
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let seen: Seen = Arc::default();
     let s = seen.clone();
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            let s = s.clone();
-            std::thread::spawn(move || serve(c, s));
+    webhook::serve(l, move |body| {
+        let now = Instant::now();
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut s = s.lock().unwrap();
+        for a in v["alerts"].as_array().into_iter().flatten() {
+            let k = (
+                a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                a["labels"]["instance"].as_str().unwrap_or("").to_owned(),
+                a["status"].as_str().unwrap_or("").to_owned(),
+            );
+            s.entry(k).or_insert(now);
         }
     });
     (url, seen)
-}
-
-fn serve(mut c: std::net::TcpStream, seen: Seen) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let now = Instant::now();
-                let v: serde_json::Value =
-                    serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or_default();
-                let mut s = seen.lock().unwrap();
-                for a in v["alerts"].as_array().into_iter().flatten() {
-                    let k = (
-                        a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
-                        a["labels"]["instance"].as_str().unwrap_or("").to_owned(),
-                        a["status"].as_str().unwrap_or("").to_owned(),
-                    );
-                    s.entry(k).or_insert(now);
-                }
-                drop(s);
-                buf.drain(..end + 4 + len);
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                continue;
-            }
-        }
-        match c.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {

@@ -17,3 +17,5 @@ mod secondary;
 mod storage;
 mod up;
 mod util;
+#[path = "../benches/webhook/mod.rs"]
+mod webhook;

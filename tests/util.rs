@@ -281,46 +281,13 @@ pub struct Hook {
 
 impl Hook {
     pub fn start() -> Self {
-        use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", l.local_addr().unwrap());
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let g = got.clone();
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut c) = conn else { continue };
-                let g = g.clone();
-                std::thread::spawn(move || {
-                    // One request per connection is enough for the clients
-                    // here; keep-alive requests are read in a loop.
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
-                        if let Some(end) = head_end {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                            let len: usize = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:"))
-                                .and_then(|v| v.trim().parse().ok())
-                                .unwrap_or(0);
-                            if buf.len() >= end + 4 + len {
-                                let body = &buf[end + 4..end + 4 + len];
-                                if let Ok(v) = serde_json::from_slice(body) {
-                                    g.lock().unwrap().push(v);
-                                }
-                                buf.drain(..end + 4 + len);
-                                let _ =
-                                    c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                                continue;
-                            }
-                        }
-                        match c.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
+        crate::webhook::serve(l, move |body| {
+            if let Ok(v) = serde_json::from_slice(body) {
+                g.lock().unwrap().push(v);
             }
         });
         Hook { url, got }
