@@ -171,6 +171,43 @@ fn a_failing_host_reaches_the_webhook_and_a_crash_neither_loses_nor_repeats() {
         .find(|a| a["labels"]["alertname"] == "HostDown")
         .unwrap()["activeAt"]
         .clone();
+    // The same alerts and the targets over gRPC, through the CLI.
+    let cli = |args: &[&str]| -> Value {
+        let out = Command::new(bin())
+            .args(["query", "--server", &base, "--output", "json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let grpc_alerts = cli(&["alerts", "--match", "{alertname=\"HostDown\"}"]);
+    let grpc_alerts = grpc_alerts.as_array().unwrap();
+    assert_eq!(grpc_alerts.len(), 1, "{grpc_alerts:?}");
+    assert_eq!(grpc_alerts[0]["state"], "firing");
+    assert_eq!(grpc_alerts[0]["labels"]["instance"], down.as_str());
+    assert!(
+        grpc_alerts[0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("secondary/dc1/"),
+        "{grpc_alerts:?}"
+    );
+    let none = cli(&["alerts", "--match", "{alertname=\"NoSuchAlert\"}"]);
+    assert_eq!(none, serde_json::json!([]));
+    let targets = cli(&["targets"]);
+    let active = targets["active"].as_array().unwrap();
+    assert_eq!(active.len(), 3, "{targets}");
+    let t = active
+        .iter()
+        .find(|t| t["url"].as_str().unwrap().contains(&down))
+        .unwrap();
+    assert_eq!(t["health"], "down", "{t}");
+    assert!(t["lastError"].as_str().unwrap().contains("500"), "{t}");
     // The alert manager's view.
     let am_alerts = json(&s.url("/api/v2/alerts"));
     assert!(

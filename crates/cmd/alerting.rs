@@ -235,6 +235,43 @@ impl Alerting {
     }
 
     /// The routes: rules and alerts, the ruler API, the alert manager's.
+    /// Serves the rules' pending and firing alerts through the gRPC API;
+    /// `source` names where they were evaluated (`secondary/dc1/a`).
+    pub(crate) fn serve_on(&self, api: &tiermon_api::Api, source: String) {
+        use tiermon_proto::v1;
+        let rules = self.rules.clone();
+        let pb = |m: &std::collections::BTreeMap<String, String>| -> Vec<v1::Label> {
+            m.iter()
+                .map(|(name, value)| v1::Label {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        };
+        api.serve_alerts(Arc::new(move || {
+            rules
+                .manager()
+                .alerts()
+                .into_iter()
+                .filter_map(|a| {
+                    let state = match a.state {
+                        tiermon_rules::AlertState::Pending => v1::alert::State::Pending,
+                        tiermon_rules::AlertState::Firing => v1::alert::State::Firing,
+                        tiermon_rules::AlertState::Inactive => return None,
+                    };
+                    Some(v1::Alert {
+                        labels: pb(&a.labels),
+                        annotations: pb(&a.annotations),
+                        state: state as i32,
+                        active_at_ms: a.active_at,
+                        value: a.value,
+                        source: source.clone(),
+                    })
+                })
+                .collect()
+        }));
+    }
+
     pub(crate) fn router(&self) -> Router {
         let r = self.rules.router();
         match &self.am {

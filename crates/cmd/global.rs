@@ -48,6 +48,7 @@ pub(crate) async fn serve(
         external_labels: vec![("tier".into(), "global".into())],
     })?;
     alerting.reload_on_sighup();
+    alerting.serve_on(&api, id.clone());
     let own = {
         let (r, a) = (receiver.clone(), alerting.clone());
         tier::MetricsFn::new(move || {

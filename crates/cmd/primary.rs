@@ -66,6 +66,7 @@ pub(crate) async fn serve(
         external_labels: vec![("datacenter".into(), dc.clone())],
     })?;
     alerting.reload_on_sighup();
+    alerting.serve_on(&api, id.clone());
     let own = {
         let (p, r, a) = (pushing.clone(), receiver.clone(), alerting.clone());
         tier::MetricsFn::new(move || {

@@ -65,8 +65,18 @@ enum What {
         #[arg(long = "match")]
         selector: Option<String>,
     },
-    /// Alerts the tier evaluates.
-    Alerts,
+    /// Pending and firing alerts the tier evaluates.
+    Alerts {
+        /// Only alerts matching this selector (`{severity="critical"}`).
+        #[arg(long = "match")]
+        selector: Option<String>,
+    },
+    /// The scrape targets of a secondary, with their state.
+    Targets {
+        /// `active`, `dropped`, or both.
+        #[arg(long, default_value = "active")]
+        state: String,
+    },
 }
 
 use tiermon_model::now_ms;
@@ -388,19 +398,108 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 _ => list.iter().for_each(|l| println!("{l}")),
             }
         }
-        What::Alerts => {
+        What::Alerts { selector } => {
+            let matchers = match selector {
+                Some(s) => selector_set(&s)?.matchers,
+                None => Vec::new(),
+            };
             let alerts = client
-                .alerts(v1::AlertsRequest::default())
+                .alerts(v1::AlertsRequest { matchers })
                 .await
                 .map_err(status)?
                 .into_inner()
                 .alerts;
-            for a in alerts {
-                println!(
-                    "{:?}  {}",
-                    v1::alert::State::try_from(a.state).unwrap_or_default(),
-                    labels_text(&a.labels)
-                );
+            let state =
+                |a: &v1::Alert| match v1::alert::State::try_from(a.state).unwrap_or_default() {
+                    v1::alert::State::Pending => "pending",
+                    v1::alert::State::Firing => "firing",
+                    v1::alert::State::Inactive => "inactive",
+                };
+            match args.output {
+                Output::Json => {
+                    let list: Vec<serde_json::Value> = alerts
+                        .iter()
+                        .map(|a| {
+                            let map =
+                                |l: &[v1::Label]| -> serde_json::Map<String, serde_json::Value> {
+                                    l.iter()
+                                        .map(|l| (l.name.clone(), l.value.clone().into()))
+                                        .collect()
+                                };
+                            serde_json::json!({
+                                "labels": map(&a.labels),
+                                "annotations": map(&a.annotations),
+                                "state": state(a),
+                                "activeAt": tiermon_model::rfc3339(a.active_at_ms),
+                                "value": a.value,
+                                "source": a.source,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string(&list)?);
+                }
+                _ => {
+                    for a in &alerts {
+                        println!(
+                            "{:<8} {}  since {}  value {}  ({})",
+                            state(a),
+                            labels_text(&a.labels),
+                            tiermon_model::rfc3339(a.active_at_ms),
+                            a.value,
+                            a.source
+                        );
+                    }
+                }
+            }
+        }
+        What::Targets { state } => {
+            let r = client
+                .targets(v1::TargetsRequest { state })
+                .await
+                .map_err(status)?
+                .into_inner();
+            match args.output {
+                Output::Json => {
+                    let list = |ts: &[v1::Target]| -> Vec<serde_json::Value> {
+                        ts.iter()
+                            .map(|t| {
+                                serde_json::json!({
+                                    "pool": t.scrape_pool,
+                                    "url": t.scrape_url,
+                                    "labels": labels_text(&t.labels),
+                                    "discoveredLabels": labels_text(&t.discovered_labels),
+                                    "health": t.health,
+                                    "lastError": t.last_error,
+                                    "lastScrape": tiermon_model::rfc3339(t.last_scrape_ms),
+                                    "lastScrapeDuration": t.last_scrape_duration_seconds,
+                                })
+                            })
+                            .collect()
+                    };
+                    let out =
+                        serde_json::json!({"active": list(&r.active), "dropped": list(&r.dropped)});
+                    println!("{out}");
+                }
+                _ => {
+                    for t in &r.active {
+                        println!(
+                            "{:<8} {:<12} {}  {:.3}s  {}",
+                            t.health,
+                            t.scrape_pool,
+                            t.scrape_url,
+                            t.last_scrape_duration_seconds,
+                            t.last_error
+                        );
+                    }
+                    for t in &r.dropped {
+                        println!(
+                            "dropped  {:<12} {}  {}",
+                            t.scrape_pool,
+                            labels_text(&t.discovered_labels),
+                            t.last_error
+                        );
+                    }
+                }
             }
         }
     }

@@ -150,6 +150,48 @@ impl Scraping {
     }
 
     /// The routes of scraping, to merge into the tier's router.
+    /// Serves the targets through the gRPC API.
+    pub(crate) fn serve_on(&self, api: &tiermon_api::Api) {
+        use tiermon_proto::v1;
+        let manager = self.inner.manager.clone();
+        let pb = |l: &tiermon_model::Labels| -> Vec<v1::Label> {
+            l.iter()
+                .map(|x| v1::Label {
+                    name: x.name.to_string(),
+                    value: x.value.to_string(),
+                })
+                .collect()
+        };
+        api.serve_targets(std::sync::Arc::new(move || {
+            let (active, dropped) = manager.targets();
+            let target = |t: tiermon_scrape::TargetView| {
+                let s = t.status.unwrap_or_default();
+                v1::Target {
+                    discovered_labels: pb(&t.discovered),
+                    labels: pb(&t.labels),
+                    scrape_url: t.url,
+                    scrape_pool: t.pool,
+                    health: if t.labels.is_empty() {
+                        String::new()
+                    } else {
+                        s.health.as_str().to_owned()
+                    },
+                    last_error: if t.error.is_empty() {
+                        s.last_error
+                    } else {
+                        t.error
+                    },
+                    last_scrape_ms: s.last_scrape_ms,
+                    last_scrape_duration_seconds: s.last_duration.as_secs_f64(),
+                }
+            };
+            (
+                active.into_iter().map(target).collect(),
+                dropped.into_iter().map(target).collect(),
+            )
+        }));
+    }
+
     pub(crate) fn router(&self) -> Router {
         Router::new()
             .route("/api/v1/targets", get(targets_api))

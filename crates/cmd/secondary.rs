@@ -116,6 +116,8 @@ pub(crate) async fn serve(
         let a = alerting.clone();
         scraping.also_reload(move || a.reload());
     }
+    alerting.serve_on(&api, instance.clone());
+    scraping.serve_on(&api);
     let own = {
         let (p, a) = (pushing.clone(), alerting.clone());
         tier::MetricsFn::new(move || {

@@ -294,19 +294,60 @@ impl v1::query_server::Query for QueryService {
 
     async fn alerts(
         &self,
-        _: Request<v1::AlertsRequest>,
+        r: Request<v1::AlertsRequest>,
     ) -> Result<Response<v1::AlertsResponse>, Status> {
-        Err(Status::unimplemented(
-            "this tier evaluates no rules yet (rules and alerting arrive with the rules issue)",
-        ))
+        let r = r.into_inner();
+        let set = matchers(&[v1::SelectorSet {
+            matchers: r.matchers,
+        }])?
+        .pop()
+        .unwrap_or_default();
+        let Some(f) = self.api.inner.providers.alerts.get() else {
+            return Err(Status::unimplemented("this tier evaluates no rules"));
+        };
+        let alerts = f()
+            .into_iter()
+            .filter(|a| {
+                set.iter().all(|m| {
+                    let v = a
+                        .labels
+                        .iter()
+                        .find(|l| l.name == m.name())
+                        .map_or("", |l| l.value.as_str());
+                    m.matches(v)
+                })
+            })
+            .collect();
+        Ok(Response::new(v1::AlertsResponse {
+            alerts,
+            partial: Vec::new(),
+        }))
     }
 
     async fn targets(
         &self,
-        _: Request<v1::TargetsRequest>,
+        r: Request<v1::TargetsRequest>,
     ) -> Result<Response<v1::TargetsResponse>, Status> {
-        Err(Status::unimplemented(
-            "this tier scrapes no targets yet (the scrape engine arrives with the secondary issue)",
-        ))
+        let state = r.into_inner().state;
+        let (want_active, want_dropped) = match state.as_str() {
+            "" | "any" => (true, true),
+            "active" => (true, false),
+            "dropped" => (false, true),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "state {other:?}: use active, dropped or nothing"
+                )));
+            }
+        };
+        let Some(f) = self.api.inner.providers.targets.get() else {
+            return Err(Status::unimplemented(
+                "this tier scrapes no targets (secondaries do)",
+            ));
+        };
+        let (active, dropped) = f();
+        Ok(Response::new(v1::TargetsResponse {
+            active: if want_active { active } else { Vec::new() },
+            dropped: if want_dropped { dropped } else { Vec::new() },
+        }))
     }
 }

@@ -65,6 +65,35 @@ pub struct Api {
     inner: Arc<Inner>,
 }
 
+/// The tier's pending and firing alerts, for the gRPC `Alerts` call.
+pub type AlertsFn = Arc<dyn Fn() -> Vec<tiermon_proto::v1::Alert> + Send + Sync>;
+
+/// The tier's scrape targets (active, dropped), for the gRPC `Targets`
+/// call.
+pub type TargetsFn = Arc<
+    dyn Fn() -> (
+            Vec<tiermon_proto::v1::Target>,
+            Vec<tiermon_proto::v1::Target>,
+        ) + Send
+        + Sync,
+>;
+
+/// What other parts of a tier serve through the API, set once they run.
+#[derive(Default)]
+struct Providers {
+    alerts: std::sync::OnceLock<AlertsFn>,
+    targets: std::sync::OnceLock<TargetsFn>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("alerts", &self.alerts.get().is_some())
+            .field("targets", &self.targets.get().is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     db: Db,
@@ -74,6 +103,7 @@ struct Inner {
     version: &'static str,
     /// Where full-resolution queries go (the global tier's primaries).
     primaries: Primaries,
+    providers: Providers,
 }
 
 async fn not_found(
@@ -136,8 +166,21 @@ impl Api {
                 queries,
                 version,
                 primaries,
+                providers: Providers::default(),
             }),
         }
+    }
+
+    /// Serves the tier's alerts over gRPC (the rules evaluator's); a
+    /// second call is ignored.
+    pub fn serve_alerts(&self, f: AlertsFn) {
+        let _ = self.inner.providers.alerts.set(f);
+    }
+
+    /// Serves the tier's scrape targets over gRPC; a second call is
+    /// ignored.
+    pub fn serve_targets(&self, f: TargetsFn) {
+        let _ = self.inner.providers.targets.set(f);
     }
 
     /// The store a query reads: this tier's own, or — at full resolution,

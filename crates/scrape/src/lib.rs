@@ -31,7 +31,7 @@ pub use discovery::dns::{DnsSdConfig, DnsType};
 pub use discovery::ec2::{Ec2Filter, Ec2SdConfig};
 pub use discovery::kubernetes::{AttachMetadata, KubernetesSdConfig, Namespaces, Role, Selector};
 pub use discovery::{TargetGroup, parse_groups};
-pub use manager::{Manager, PoolSummary};
+pub use manager::{Manager, PoolSummary, TargetView};
 pub use relabel::{Action, RelabelConfig, RelabelRegex, relabel};
 pub use scrape::{Health, Status};
 pub use shard::Shard;

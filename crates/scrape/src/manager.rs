@@ -352,45 +352,80 @@ impl Manager {
     /// The targets in Prometheus' `/api/v1/targets` shape (`data` only).
     /// `state` is `active`, `dropped` or `any` (default); `pool` limits to
     /// one job.
-    pub fn targets_json(&self, state: Option<&str>, pool: Option<&str>) -> Json {
+    /// Every target of every job: (active, dropped), each sorted by URL.
+    pub fn targets(&self) -> (Vec<TargetView>, Vec<TargetView>) {
         let pools = self.inner.pools.lock();
-        let want_active = matches!(state, None | Some("any" | "active" | ""));
-        let want_dropped = matches!(state, None | Some("any" | "dropped" | ""));
         let mut active = Vec::new();
         let mut dropped = Vec::new();
         for (name, p) in pools.iter() {
-            if pool.is_some_and(|x| x != name) {
-                continue;
+            let mut loops: Vec<&Loop> = p.loops.values().collect();
+            loops.sort_by(|a, b| a.target.url.as_str().cmp(b.target.url.as_str()));
+            for l in loops {
+                active.push(TargetView {
+                    pool: name.clone(),
+                    discovered: l.target.discovered.clone(),
+                    labels: l.target.labels.clone(),
+                    url: l.target.url.to_string(),
+                    interval: l.target.interval,
+                    timeout: l.target.timeout,
+                    status: Some(l.status.lock().clone()),
+                    error: String::new(),
+                });
             }
-            if want_active {
-                let mut loops: Vec<&Loop> = p.loops.values().collect();
-                loops.sort_by(|a, b| a.target.url.as_str().cmp(b.target.url.as_str()));
-                for l in loops {
-                    let s = l.status.lock().clone();
-                    active.push(json!({
-                        "discoveredLabels": labels_json(&l.target.discovered),
-                        "labels": labels_json(&l.target.labels),
-                        "scrapePool": name,
-                        "scrapeUrl": l.target.url.as_str(),
-                        "globalUrl": l.target.url.as_str(),
-                        "lastError": s.last_error,
-                        "lastScrape": rfc3339(s.last_scrape_ms),
-                        "lastScrapeDuration": s.last_duration.as_secs_f64(),
-                        "health": s.health.as_str(),
-                        "scrapeInterval": PromDuration(l.target.interval).to_string(),
-                        "scrapeTimeout": PromDuration(l.target.timeout).to_string(),
-                    }));
-                }
-            }
-            if want_dropped {
-                for l in &p.dropped {
-                    dropped.push(json!({ "discoveredLabels": labels_json(l) }));
-                }
-                for (l, e) in &p.invalid {
-                    dropped.push(json!({ "discoveredLabels": labels_json(l), "error": e }));
-                }
+            let refused = p.invalid.iter().map(|(l, e)| (l, e.clone()));
+            for (l, error) in p.dropped.iter().map(|l| (l, String::new())).chain(refused) {
+                dropped.push(TargetView {
+                    pool: name.clone(),
+                    discovered: l.clone(),
+                    labels: Labels::default(),
+                    url: String::new(),
+                    interval: Duration::ZERO,
+                    timeout: Duration::ZERO,
+                    status: None,
+                    error,
+                });
             }
         }
+        (active, dropped)
+    }
+
+    /// `/api/v1/targets` data, in Prometheus' shape.
+    pub fn targets_json(&self, state: Option<&str>, pool: Option<&str>) -> Json {
+        let want_active = matches!(state, None | Some("any" | "active" | ""));
+        let want_dropped = matches!(state, None | Some("any" | "dropped" | ""));
+        let (all_active, all_dropped) = self.targets();
+        let ours = |t: &TargetView| pool.is_none_or(|x| x == t.pool);
+        let active: Vec<Json> = all_active
+            .iter()
+            .filter(|t| want_active && ours(t))
+            .map(|t| {
+                let s = t.status.clone().unwrap_or_default();
+                json!({
+                    "discoveredLabels": labels_json(&t.discovered),
+                    "labels": labels_json(&t.labels),
+                    "scrapePool": t.pool,
+                    "scrapeUrl": t.url,
+                    "globalUrl": t.url,
+                    "lastError": s.last_error,
+                    "lastScrape": rfc3339(s.last_scrape_ms),
+                    "lastScrapeDuration": s.last_duration.as_secs_f64(),
+                    "health": s.health.as_str(),
+                    "scrapeInterval": PromDuration(t.interval).to_string(),
+                    "scrapeTimeout": PromDuration(t.timeout).to_string(),
+                })
+            })
+            .collect();
+        let dropped: Vec<Json> = all_dropped
+            .iter()
+            .filter(|t| want_dropped && ours(t))
+            .map(|t| {
+                if t.error.is_empty() {
+                    json!({ "discoveredLabels": labels_json(&t.discovered) })
+                } else {
+                    json!({ "discoveredLabels": labels_json(&t.discovered), "error": t.error })
+                }
+            })
+            .collect();
         let mut data = serde_json::Map::new();
         if want_active {
             data.insert("activeTargets".into(), Json::Array(active));
@@ -429,6 +464,27 @@ impl Manager {
             })
             .collect()
     }
+}
+
+/// A target as the targets views show it.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    /// The job.
+    pub pool: String,
+    /// Labels before relabelling (with the `__meta_*` ones).
+    pub discovered: Labels,
+    /// Labels after relabelling; empty for a dropped target.
+    pub labels: Labels,
+    /// The scrape URL; empty for a dropped target.
+    pub url: String,
+    /// Scrape interval and timeout (zero for a dropped target).
+    pub interval: Duration,
+    /// Scrape timeout.
+    pub timeout: Duration,
+    /// The last scrape; `None` for a dropped target.
+    pub status: Option<Status>,
+    /// Why a dropped target was refused (empty: dropped by relabelling).
+    pub error: String,
 }
 
 /// A job's targets at a glance.
