@@ -459,4 +459,28 @@ fn stores_what_prometheus_stores_from_node_exporter() {
         "tiermon {so}, Prometheus {sp}"
     );
     assert!(instant(&base, "go_goroutines", t).is_empty());
+    // Metric metadata (HELP, TYPE) as Prometheus answers it.
+    let meta = |b: &str| -> Value {
+        let body = crate::util::get(&format!("{b}/api/v1/metadata")).unwrap();
+        serde_json::from_str::<Value>(&body).unwrap()["data"].clone()
+    };
+    let (mo, mp) = (meta(&base), meta(&theirs));
+    for name in [
+        "node_cpu_seconds_total",
+        "node_load1",
+        "node_filesystem_avail_bytes",
+    ] {
+        assert_eq!(mo[name], mp[name], "{name}");
+    }
+    assert_eq!(mo["node_cpu_seconds_total"][0]["type"], "counter");
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&mo), keys(&mp), "families with metadata differ");
+    let limited = crate::util::get(&format!("{base}/api/v1/metadata?limit=2")).unwrap();
+    let limited: Value = serde_json::from_str(&limited).unwrap();
+    assert_eq!(limited["data"].as_object().unwrap().len(), 2, "{limited}");
+    let one = crate::util::get(&format!("{base}/api/v1/metadata?metric=node_load1")).unwrap();
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(keys(&one["data"]), ["node_load1"]);
+    let bad = crate::util::get(&format!("{base}/api/v1/metadata?limit=x")).unwrap();
+    assert!(bad.contains("bad_data"), "{bad}");
 }

@@ -150,10 +150,28 @@ impl Scraping {
     }
 
     /// The routes of scraping, to merge into the tier's router.
-    /// Serves the targets through the gRPC API.
+    /// Serves the targets through the gRPC API, and their metric
+    /// metadata at `/api/v1/metadata`.
     pub(crate) fn serve_on(&self, api: &tiermon_api::Api) {
         use tiermon_proto::v1;
         let manager = self.inner.manager.clone();
+        let m = manager.clone();
+        api.serve_metadata(std::sync::Arc::new(move || {
+            m.metadata()
+                .into_iter()
+                .map(|(name, list)| {
+                    let list = list
+                        .into_iter()
+                        .map(|x| tiermon_api::MetricMetadata {
+                            kind: x.kind.to_string(),
+                            help: x.help,
+                            unit: x.unit,
+                        })
+                        .collect();
+                    (name, list)
+                })
+                .collect()
+        }));
         let pb = |l: &tiermon_model::Labels| -> Vec<v1::Label> {
             l.iter()
                 .map(|x| v1::Label {

@@ -78,11 +78,28 @@ pub type TargetsFn = Arc<
         + Sync,
 >;
 
+/// What a target says about a metric family, as `/api/v1/metadata`
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricMetadata {
+    /// `counter`, `gauge`, `histogram`, `summary`, … or `unknown`.
+    pub kind: String,
+    /// The help text.
+    pub help: String,
+    /// The unit (OpenMetrics), often empty.
+    pub unit: String,
+}
+
+/// Metric metadata by family name (from the scrape targets).
+pub type MetadataFn =
+    Arc<dyn Fn() -> std::collections::BTreeMap<String, Vec<MetricMetadata>> + Send + Sync>;
+
 /// What other parts of a tier serve through the API, set once they run.
 #[derive(Default)]
 struct Providers {
     alerts: std::sync::OnceLock<AlertsFn>,
     targets: std::sync::OnceLock<TargetsFn>,
+    metadata: std::sync::OnceLock<MetadataFn>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -90,6 +107,7 @@ impl std::fmt::Debug for Providers {
         f.debug_struct("Providers")
             .field("alerts", &self.alerts.get().is_some())
             .field("targets", &self.targets.get().is_some())
+            .field("metadata", &self.metadata.get().is_some())
             .finish()
     }
 }
@@ -175,6 +193,12 @@ impl Api {
     /// second call is ignored.
     pub fn serve_alerts(&self, f: AlertsFn) {
         let _ = self.inner.providers.alerts.set(f);
+    }
+
+    /// Serves metric metadata at `/api/v1/metadata` (the scrape
+    /// targets'); a second call is ignored.
+    pub fn serve_metadata(&self, f: MetadataFn) {
+        let _ = self.inner.providers.metadata.set(f);
     }
 
     /// Serves the tier's scrape targets over gRPC; a second call is
@@ -588,9 +612,51 @@ async fn label_values(
     Ok(success(json!(out)))
 }
 
-async fn metadata() -> Response {
-    // Metric metadata arrives with the scrape engine; until then, none.
-    success(json!({}))
+/// Prometheus' `/api/v1/metadata`: `metric` (one family), `limit` (most
+/// families) and `limit_per_metric`; families in name order.
+async fn metadata(
+    State(api): State<Api>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let limit = |key: &str| -> Result<Option<usize>, ApiError> {
+        match q.get(key).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(v) => match v.parse::<i64>() {
+                // Prometheus: 0 or less means no limit.
+                Ok(n) if n <= 0 => Ok(None),
+                Ok(n) => Ok(Some(n as usize)),
+                Err(_) => Err(ApiError::bad_data(format!("invalid {key} {v:?}"))),
+            },
+        }
+    };
+    let (limit, per_metric) = match (limit("limit"), limit("limit_per_metric")) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let all = api
+        .inner
+        .providers
+        .metadata
+        .get()
+        .map(|f| f())
+        .unwrap_or_default();
+    let metric = q.get("metric").filter(|m| !m.is_empty());
+    let mut data = serde_json::Map::new();
+    for (name, list) in all {
+        if metric.is_some_and(|m| *m != name) {
+            continue;
+        }
+        if limit.is_some_and(|l| data.len() >= l) {
+            break;
+        }
+        let entries: Vec<Json> = list
+            .iter()
+            .take(per_metric.unwrap_or(usize::MAX))
+            .map(|m| json!({"type": m.kind, "help": m.help, "unit": m.unit}))
+            .collect();
+        data.insert(name, Json::Array(entries));
+    }
+    success(Json::Object(data))
 }
 
 async fn buildinfo(State(api): State<Api>) -> Response {

@@ -33,7 +33,7 @@ pub use discovery::kubernetes::{AttachMetadata, KubernetesSdConfig, Namespaces, 
 pub use discovery::{TargetGroup, parse_groups};
 pub use manager::{Manager, PoolSummary, TargetView};
 pub use relabel::{Action, RelabelConfig, RelabelRegex, relabel};
-pub use scrape::{Health, Status};
+pub use scrape::{Health, MetricMeta, Status};
 pub use shard::Shard;
 pub use target::{Outcome, Target, build as build_target};
 

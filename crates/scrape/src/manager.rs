@@ -352,6 +352,25 @@ impl Manager {
     /// The targets in Prometheus' `/api/v1/targets` shape (`data` only).
     /// `state` is `active`, `dropped` or `any` (default); `pool` limits to
     /// one job.
+    /// What the targets say about their metric families, by family name:
+    /// each distinct description once (`/api/v1/metadata`).
+    pub fn metadata(&self) -> BTreeMap<String, Vec<crate::MetricMeta>> {
+        let mut out: BTreeMap<String, Vec<crate::MetricMeta>> = BTreeMap::new();
+        let pools = self.inner.pools.lock();
+        for p in pools.values() {
+            for l in p.loops.values() {
+                let m = l.status.lock().metadata.clone();
+                for (name, meta) in m.iter() {
+                    let list = out.entry(name.clone()).or_default();
+                    if !list.contains(meta) {
+                        list.push(meta.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every target of every job: (active, dropped), each sorted by URL.
     pub fn targets(&self) -> (Vec<TargetView>, Vec<TargetView>) {
         let pools = self.inner.pools.lock();

@@ -8,11 +8,12 @@
 //! its scheduled time when it started within a few milliseconds of it — exact
 //! intervals compress to almost nothing — and the actual time otherwise.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use tiermon_exposition::{Entry, Format, Parser, SeriesCache};
+use tiermon_exposition::{Entry, Format, MetricType, Parser, SeriesCache};
 use tiermon_model::{Labels, LabelsBuilder, STALE_NAN};
 use tiermon_tsdb::{Db, SeriesRef};
 use tokio::sync::watch;
@@ -77,6 +78,8 @@ pub struct Status {
     pub samples: u64,
     /// Samples the store refused (too old, series limit) in the last scrape.
     pub rejected: u64,
+    /// The target's metric metadata, by family.
+    pub metadata: Arc<BTreeMap<String, MetricMeta>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,11 +91,51 @@ enum Cached {
     Drop,
 }
 
+/// What a target says about a metric family (`# TYPE`, `# HELP`,
+/// `# UNIT`), for `/api/v1/metadata`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricMeta {
+    /// The declared type (`unknown` when only HELP was given).
+    pub kind: MetricType,
+    /// The help text.
+    pub help: String,
+    /// The unit (OpenMetrics).
+    pub unit: String,
+}
+
 /// What a loop keeps between scrapes.
 #[derive(Debug)]
 struct LoopState {
     cache: SeriesCache<Cached>,
     report: Option<[SeriesRef; 5]>,
+    /// Metadata by family, with the number of the scrape that last saw it.
+    meta: HashMap<String, (MetricMeta, u64)>,
+    /// Scrapes so far.
+    scrapes: u64,
+    /// Set when `meta` changed in this scrape.
+    meta_changed: bool,
+}
+
+impl LoopState {
+    fn meta_entry(&mut self, name: &str) -> &mut MetricMeta {
+        let scrape = self.scrapes;
+        if !self.meta.contains_key(name) {
+            self.meta
+                .insert(name.to_owned(), (MetricMeta::default(), scrape));
+            self.meta_changed = true;
+        }
+        let e = self.meta.get_mut(name).expect("inserted above");
+        e.1 = scrape;
+        &mut e.0
+    }
+
+    /// After a good scrape: families it no longer has are forgotten.
+    fn end_meta(&mut self) {
+        let scrape = self.scrapes;
+        let before = self.meta.len();
+        self.meta.retain(|_, (_, seen)| *seen == scrape);
+        self.meta_changed |= self.meta.len() != before;
+    }
 }
 
 const REPORT_NAMES: [&str; 5] = [
@@ -139,6 +182,9 @@ pub(crate) async fn run(
     let mut state = Some(LoopState {
         cache: SeriesCache::new(),
         report: None,
+        meta: HashMap::new(),
+        scrapes: 0,
+        meta_changed: false,
     });
     let mut runtime = rt.borrow_and_update().clone();
     let mut next = first_slot(wall_ms(), iv, target.key, seed);
@@ -188,7 +234,7 @@ pub(crate) async fn run(
         let small = fetched
             .as_ref()
             .map_or(true, |(b, _)| b.len() <= INLINE_INGEST_BYTES);
-        let (st, report) = if small && !db.options().wal_fsync {
+        let (mut st, report) = if small && !db.options().wal_fsync {
             let report = ingest(&mut st, &db, &runtime.job, &target, fetched, t, duration);
             (st, report)
         } else {
@@ -206,9 +252,20 @@ pub(crate) async fn run(
                 }
             }
         };
+        let metadata = std::mem::take(&mut st.meta_changed).then(|| {
+            Arc::new(
+                st.meta
+                    .iter()
+                    .map(|(k, (m, _))| (k.clone(), m.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        });
         state = Some(st);
         {
             let mut s = status.lock();
+            if let Some(m) = metadata {
+                s.metadata = m;
+            }
             s.health = if report.error.is_none() {
                 Health::Up
             } else {
@@ -357,6 +414,7 @@ fn ingest(
     let (up, counts, error) = match result {
         Ok(c) => {
             mark_stale(&mut app, st.cache.end_scrape(), t);
+            st.end_meta();
             (1.0, c, None)
         }
         Err(e) => {
@@ -460,11 +518,39 @@ fn append_samples(
         added: 0,
     };
     let limit = job.limits.samples;
+    st.scrapes += 1;
     while let Some(entry) = parser
         .next_entry()
         .map_err(|e| format!("parse error: {e}"))?
     {
-        let Entry::Sample(s) = entry else { continue };
+        let s = match entry {
+            Entry::Sample(s) => s,
+            Entry::Type { name, kind } => {
+                let m = st.meta_entry(name);
+                if m.kind != kind {
+                    m.kind = kind;
+                    st.meta_changed = true;
+                }
+                continue;
+            }
+            Entry::Help { name, help } => {
+                let m = st.meta_entry(name);
+                if m.help != help {
+                    m.help = help.into_owned();
+                    st.meta_changed = true;
+                }
+                continue;
+            }
+            Entry::Unit { name, unit } => {
+                let m = st.meta_entry(name);
+                if m.unit != unit {
+                    m.unit = unit.to_owned();
+                    st.meta_changed = true;
+                }
+                continue;
+            }
+            _ => continue,
+        };
         c.scraped += 1;
         let cached = match st.cache.get(s.series) {
             Some(c) => *c,
