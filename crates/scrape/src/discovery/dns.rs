@@ -304,8 +304,9 @@ fn records(p: &Packet<'_>, ty: TYPE) -> Vec<Record> {
 }
 
 /// Host names of targets, resolved with the same servers as discovery
-/// when `TIERMON_RESOLV_CONF` names them (the C library's resolver, with
-/// `/etc/hosts`, is used otherwise).
+/// when `TIERMON_RESOLV_CONF` names them, then by the C library's resolver
+/// for names DNS does not know (`localhost`, `/etc/hosts`). Without
+/// `TIERMON_RESOLV_CONF`, only the C library's resolver is used.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HostResolver;
 
@@ -323,7 +324,7 @@ impl reqwest::dns::Resolve for HostResolver {
             let r = Resolver::system()?;
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for ty in [TYPE::A, TYPE::AAAA] {
-                for rec in r.lookup(&host, ty).await? {
+                for rec in r.lookup(&host, ty).await.unwrap_or_default() {
                     match rec {
                         Record::A(a) => addrs.push(SocketAddr::new(a.into(), 0)),
                         Record::Aaaa(a) => addrs.push(SocketAddr::new(a.into(), 0)),
@@ -335,7 +336,12 @@ impl reqwest::dns::Resolve for HostResolver {
                 }
             }
             if addrs.is_empty() {
-                return Err(format!("no address for {host}").into());
+                // Not in DNS: `/etc/hosts` and the rest of the C library's
+                // sources (so `localhost` still works).
+                addrs = tokio::net::lookup_host((host.as_str(), 0))
+                    .await
+                    .map_err(|e| format!("no address for {host}: {e}"))?
+                    .collect();
             }
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
