@@ -423,6 +423,10 @@ fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
         assert_eq!(groups, json!(["dc1", "dc2"]));
         page_is_clean(&c, "global fleet").await;
         shot(&c, "global-fleet").await;
+        // Nested: by datacenter, then by the pair that scrapes the hosts.
+        c.goto(&global.url("/#/fleet?group=datacenter,secondary")).await.unwrap();
+        let groups = wait_js(&c, "nested groups", Duration::from_secs(30), "const g = (fleet.layout || []).filter(i => i.title !== undefined).map(i => i.title); return g.length && g[0].includes('/') ? g : null;").await;
+        assert_eq!(groups, json!(["dc1 / dc1-pair-1", "dc2 / dc2-pair-1"]));
 
         // At dc1's primary, grouped by the pair that scrapes the hosts.
         c.goto(&primaries[0].url("/#/fleet?group=secondary")).await.unwrap();

@@ -119,7 +119,9 @@ async function fleetData() {
         else if (!isNaN(w) && value >= w) state = "warning";
       }
     }
-    const group = h.labels[fleet.groupBy] || (fleet.groupBy === "datacenter" && ui.datacenter) || "(none)";
+    // "datacenter,secondary": nested groups, named "dc1 / pair-1".
+    const group = fleet.groupBy.split(",").map((l) => l.trim()).filter((l) => l)
+      .map((l) => h.labels[l] || (l === "datacenter" && ui.datacenter) || "(none)").join(" / ") || "(none)";
     cells.push({ instance: h.instance, labels: h.labels, state, value, group });
   }
   cells.sort((a, b) => (a.group < b.group ? -1 : a.group > b.group ? 1 : a.instance < b.instance ? -1 : a.instance > b.instance ? 1 : 0));
@@ -200,7 +202,7 @@ function pageFleet(params) {
     <h2>Fleet</h2>
     <div class="bar">
       <label>group by <input id="group" list="group-labels" value="${esc(fleet.groupBy)}" size="12"></label>
-      <datalist id="group-labels"><option value="datacenter"><option value="secondary"><option value="job"><option value="rack"><option value="role"></datalist>
+      <datalist id="group-labels"><option value="datacenter"><option value="secondary"><option value="datacenter,secondary"><option value="job"><option value="rack"><option value="role"></datalist>
       <label>colour by query <input id="cq" value="${esc(fleet.colorQuery)}" size="40" placeholder="e.g. 100 * (1 - avg by (instance) (rate(node_cpu_seconds_total{mode=&quot;idle&quot;}[2m])))"></label>
       <label>warn ≥ <input id="warn" value="${esc(fleet.warn)}" size="5"></label>
       <label>crit ≥ <input id="crit" value="${esc(fleet.crit)}" size="5"></label>
