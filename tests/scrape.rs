@@ -342,7 +342,7 @@ fn a_bad_scrape_file_stops_the_start_naming_the_key() {
     let scrape = dir.path().join("scrape.yml");
     std::fs::write(
         &scrape,
-        "scrape_configs:\n  - job_name: k\n    kubernetes_sd_configs: [{role: pod}]\n",
+        "scrape_configs:\n  - job_name: k\n    azure_sd_configs: [{subscription_id: x}]\n",
     )
     .unwrap();
     let config = dir.path().join("tiermon.toml");
@@ -361,7 +361,7 @@ fn a_bad_scrape_file_stops_the_start_naming_the_key() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("scrape_configs[0].kubernetes_sd_configs"),
+        err.contains("scrape_configs[0].azure_sd_configs"),
         "{err}"
     );
     assert!(err.contains("does not support"), "{err}");
