@@ -360,10 +360,7 @@ fn a_bad_scrape_file_stops_the_start_naming_the_key() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("scrape_configs[0].azure_sd_configs"),
-        "{err}"
-    );
+    assert!(err.contains("scrape_configs[0].azure_sd_configs"), "{err}");
     assert!(err.contains("does not support"), "{err}");
 }
 
