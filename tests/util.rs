@@ -7,9 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The `tiermon` binary under test.
+/// The `tiermon` binary under test: cargo's, or `TIERMON_BIN` (to time a
+/// release build with the same tests).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tiermon")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("TIERMON_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tiermon").to_owned())
+    })
 }
 
 /// A running `tiermon` server; killed (SIGKILL) when dropped.
