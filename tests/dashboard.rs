@@ -219,7 +219,7 @@ fn the_dashboard_in_a_real_browser() {
         || {
             let body = crate::util::get(&s.url("/api/v1/query?query=count(up)"))?;
             let v: Value = serde_json::from_str(&body).ok()?;
-            (v["data"]["result"][0]["value"][1] == hosts.to_string()).then_some(())
+            (v["data"]["result"][0]["value"][1] == *hosts.to_string()).then_some(())
         },
     );
     let profile = dir.path().join("chromium-profile");
@@ -364,11 +364,11 @@ fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
     );
     let mut primaries = Vec::new();
     let mut secondaries = Vec::new();
-    for d in 0..2 {
+    for (d, at) in primary_at.iter().enumerate() {
         let dc = format!("dc{}", d + 1);
         primaries.push(start(
             "primary",
-            &primary_at[d],
+            at,
             config(
                 &format!("{dc}-primary"),
                 format!(
@@ -410,7 +410,7 @@ fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
         || {
             let body = crate::util::get(&global.url("/api/v1/query?query=count(up)"))?;
             let v: Value = serde_json::from_str(&body).ok()?;
-            (v["data"]["result"][0]["value"][1] == (2 * HOSTS).to_string()).then_some(())
+            (v["data"]["result"][0]["value"][1] == *(2 * HOSTS).to_string()).then_some(())
         },
     );
     let profile = dir.path().join("chromium-profile");

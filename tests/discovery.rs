@@ -23,11 +23,13 @@ use crate::util::{Guard, Tiermon, eventually, free_port, peer};
 
 const LONG: Duration = Duration::from_secs(40);
 
+/// service → (node, address, port, tags, check status) per instance.
+type Catalog = BTreeMap<String, Vec<(String, String, u16, Vec<String>, String)>>;
+
 /// A Consul agent's catalog, as far as discovery reads it.
 #[derive(Clone)]
 struct Consul {
-    /// service → (node, address, port, tags, check status) per instance.
-    services: Arc<Mutex<BTreeMap<String, Vec<(String, String, u16, Vec<String>, String)>>>>,
+    services: Arc<Mutex<Catalog>>,
     /// The Raft index: bumped at every change, watched by blocking queries.
     index: watch::Sender<u64>,
     /// Query strings seen, to check what the client asks for.

@@ -418,7 +418,10 @@ impl WebDriver {
 
 /// Prometheus remote_write of `series` — (labels, timestamp ms, value),
 /// one sample each — to `base`; whether it was acknowledged (2xx).
-pub fn remote_write(base: &str, series: &[(Vec<(&str, String)>, i64, f64)]) -> bool {
+/// One sample to remote-write: labels, timestamp (ms), value.
+pub type Point<'a> = (Vec<(&'a str, String)>, i64, f64);
+
+pub fn remote_write(base: &str, series: &[Point<'_>]) -> bool {
     use prost::Message;
     use tiermon_proto::prometheus as pb;
     let req = pb::WriteRequest {

@@ -429,15 +429,15 @@ pub(crate) async fn run(cfg: ConsulSdConfig, sink: Sink) {
                     keep
                 });
                 for name in wanted {
-                    if !watches.contains_key(&name) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = watches.entry(name) {
                         let task = tokio::spawn(watch_service(
                             api.clone(),
-                            name.clone(),
+                            e.key().clone(),
                             found.clone(),
                             changed.clone(),
                             pause,
                         ));
-                        watches.insert(name, task);
+                        e.insert(task);
                     }
                 }
                 found.lock().expected = Some(watches.len());

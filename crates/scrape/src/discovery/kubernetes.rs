@@ -25,7 +25,7 @@ use crate::{Error, Result};
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// `kubernetes_sd_configs` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubernetesSdConfig {
     /// What each target is.
@@ -47,22 +47,6 @@ pub struct KubernetesSdConfig {
     pub authorization: Option<Authorization>,
     /// TLS settings.
     pub tls_config: Option<TlsConfig>,
-}
-
-impl Default for KubernetesSdConfig {
-    fn default() -> Self {
-        Self {
-            role: None,
-            api_server: None,
-            kubeconfig_file: None,
-            namespaces: Namespaces::default(),
-            selectors: Vec::new(),
-            attach_metadata: AttachMetadata::default(),
-            basic_auth: None,
-            authorization: None,
-            tls_config: None,
-        }
-    }
 }
 
 /// Kubernetes discovery roles (Prometheus' names).
