@@ -6,8 +6,10 @@
 //!
 //! Credentials: `access_key`/`secret_key`, else the standard environment
 //! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_SESSION_TOKEN`). The region: `region`, else `AWS_REGION` or
-//! `AWS_DEFAULT_REGION`.
+//! `AWS_SESSION_TOKEN`), else the instance's role through the instance
+//! metadata service (IMDSv2; `AWS_EC2_METADATA_SERVICE_ENDPOINT` moves it),
+//! kept until shortly before they expire. The region: `region`, else
+//! `AWS_REGION` or `AWS_DEFAULT_REGION`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,7 +83,7 @@ impl Ec2SdConfig {
             if v.is_some() {
                 return Err(Error::config(
                     format!("{key}.{k}"),
-                    "is not supported by tiermon: give access_key and secret_key, or the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables",
+                    "is not supported by tiermon: give access_key and secret_key, the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables, or run on an instance with a role",
                 ));
             }
         }
@@ -129,22 +131,130 @@ impl Ec2SdConfig {
             .or_else(|| env("AWS_DEFAULT_REGION"))
     }
 
-    fn credential(&self) -> std::result::Result<AwsCredential, String> {
+    /// Credentials from the configuration or the environment, if any.
+    fn static_credential(&self) -> Option<AwsCredential> {
         match (&self.access_key, &self.secret_key) {
-            (Some(k), Some(s)) => Ok(AwsCredential {
+            (Some(k), Some(s)) => Some(AwsCredential {
                 key_id: k.clone(),
                 secret_key: s.clone(),
                 token: None,
             }),
             _ => match (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-                (Some(k), Some(s)) => Ok(AwsCredential {
+                (Some(k), Some(s)) => Some(AwsCredential {
                     key_id: k,
                     secret_key: s,
                     token: env("AWS_SESSION_TOKEN"),
                 }),
-                _ => Err("no credentials: set access_key and secret_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()),
+                _ => None,
             },
         }
+    }
+}
+
+/// Where credentials come from, with the instance role's cached.
+#[derive(Debug)]
+struct Credentials {
+    imds: String,
+    cached: parking_lot::Mutex<Option<(std::sync::Arc<AwsCredential>, i64)>>,
+}
+
+/// The role's credentials as IMDS answers them.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    token: String,
+    expiration: String,
+}
+
+impl Credentials {
+    fn new(imds: String) -> Self {
+        Credentials {
+            imds: imds.trim_end_matches('/').to_owned(),
+            cached: parking_lot::Mutex::new(None),
+        }
+    }
+
+    async fn get(
+        &self,
+        cfg: &Ec2SdConfig,
+        http: &reqwest::Client,
+    ) -> std::result::Result<std::sync::Arc<AwsCredential>, String> {
+        if let Some(c) = cfg.static_credential() {
+            return Ok(std::sync::Arc::new(c));
+        }
+        let now = tiermon_model::now_ms();
+        if let Some((c, until)) = self.cached.lock().as_ref()
+            && now < *until
+        {
+            return Ok(c.clone());
+        }
+        let (c, expires) = self.fetch_role(http).await.map_err(|e| {
+            format!("no credentials: none in the configuration or the environment, and the instance metadata service gave none ({e})")
+        })?;
+        // Renewed five minutes before they expire (AWS rotates them well
+        // before that).
+        let c = std::sync::Arc::new(c);
+        *self.cached.lock() = Some((c.clone(), expires - 300_000));
+        Ok(c)
+    }
+
+    /// IMDSv2: a session token, the role's name, its credentials.
+    async fn fetch_role(
+        &self,
+        http: &reqwest::Client,
+    ) -> std::result::Result<(AwsCredential, i64), String> {
+        let t = Duration::from_secs(2);
+        let token = http
+            .put(format!("{}/latest/api/token", self.imds))
+            .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+            .timeout(t)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !token.status().is_success() {
+            return Err(format!("token: HTTP status {}", token.status()));
+        }
+        let token = token.text().await.map_err(|e| e.to_string())?;
+        let get = |path: String| {
+            let req = http
+                .get(format!("{}{path}", self.imds))
+                .header("X-aws-ec2-metadata-token", token.trim())
+                .timeout(t);
+            async move {
+                let r = req.send().await.map_err(|e| e.to_string())?;
+                let status = r.status();
+                let body = r.text().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("{path}: HTTP status {status}"));
+                }
+                Ok::<_, String>(body)
+            }
+        };
+        let base = "/latest/meta-data/iam/security-credentials/";
+        let roles = get(base.to_owned()).await?;
+        let role = roles
+            .lines()
+            .next()
+            .filter(|r| !r.trim().is_empty())
+            .ok_or("the instance has no role")?
+            .trim()
+            .to_owned();
+        let body = get(format!("{base}{role}")).await?;
+        let c: RoleCredentials =
+            serde_json::from_str(&body).map_err(|e| format!("role {role}: {e}"))?;
+        let expires = chrono::DateTime::parse_from_rfc3339(&c.expiration)
+            .map_err(|e| format!("role {role}: expiration {:?}: {e}", c.expiration))?
+            .timestamp_millis();
+        Ok((
+            AwsCredential {
+                key_id: c.access_key_id,
+                secret_key: c.secret_access_key,
+                token: Some(c.token),
+            },
+            expires,
+        ))
     }
 }
 
@@ -159,13 +269,21 @@ pub(crate) async fn run(cfg: Ec2SdConfig, sink: Sink) {
     };
     let what = format!("ec2_sd {}", cfg.region().unwrap_or_default());
     let every = cfg.refresh_interval.0;
-    run_polling(what, every, sink, || describe(&cfg, &http)).await
+    let creds = Credentials::new(
+        env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into()),
+    );
+    run_polling(what, every, sink, || async {
+        let credential = creds.get(&cfg, &http).await?;
+        describe(&cfg, &http, &credential).await
+    })
+    .await
 }
 
 /// The EC2 Query API: one signed POST.
 async fn call(
     cfg: &Ec2SdConfig,
     http: &reqwest::Client,
+    credential: &AwsCredential,
     params: &[(String, String)],
 ) -> std::result::Result<Bytes, String> {
     let region = cfg.region().ok_or("no region")?;
@@ -176,7 +294,6 @@ async fn call(
     let body: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params)
         .finish();
-    let credential = cfg.credential()?;
     let mut req = http::Request::builder()
         .method(http::Method::POST)
         .uri(&endpoint)
@@ -188,7 +305,7 @@ async fn call(
             body.clone(),
         )))
         .map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
-    AwsAuthorizer::new(&credential, "ec2", &region)
+    AwsAuthorizer::new(credential, "ec2", &region)
         .try_authorize(&mut req, None)
         .map_err(|e| format!("signing: {e}"))?;
     let mut r = http
@@ -379,9 +496,16 @@ fn base_params(action: &str) -> Vec<(String, String)> {
 async fn describe(
     cfg: &Ec2SdConfig,
     http: &reqwest::Client,
+    credential: &AwsCredential,
 ) -> std::result::Result<Vec<TargetGroup>, String> {
     let region = cfg.region().ok_or("no region")?;
-    let zones = call(cfg, http, &base_params("DescribeAvailabilityZones")).await?;
+    let zones = call(
+        cfg,
+        http,
+        credential,
+        &base_params("DescribeAvailabilityZones"),
+    )
+    .await?;
     let zones: DescribeZones = quick_xml::de::from_reader(&zones[..])
         .map_err(|e| format!("DescribeAvailabilityZones: bad answer: {e}"))?;
     let zone_ids: BTreeMap<String, String> = zones
@@ -403,7 +527,7 @@ async fn describe(
         if let Some(t) = &token {
             params.push(("NextToken".into(), t.clone()));
         }
-        let body = call(cfg, http, &params).await?;
+        let body = call(cfg, http, credential, &params).await?;
         let page: DescribeInstances = quick_xml::de::from_reader(&body[..])
             .map_err(|e| format!("DescribeInstances: bad answer: {e}"))?;
         for r in page.reservation_set.item {
@@ -514,6 +638,8 @@ fn target(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     /// An answer in the shape of EC2's documentation example.
@@ -589,6 +715,81 @@ mod tests {
         assert_eq!(t["__meta_ec2_subnet_id"], ",subnet-56f5f633,");
         assert_eq!(t["__meta_ec2_primary_ipv6_addresses"], ",2001:db8::1,");
         assert_eq!(t["__meta_ec2_public_ip"], "54.194.252.215");
+    }
+
+    /// IMDSv2 as the EC2 documentation describes it: a PUT for a session
+    /// token, which every GET must carry; the role's name; its credentials.
+    #[tokio::test]
+    async fn the_instance_role_credentials_come_from_imds_and_are_cached() {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, put};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fetched = Arc::new(AtomicUsize::new(0));
+        let authorized = |h: &HeaderMap| {
+            h.get("x-aws-ec2-metadata-token")
+                .is_some_and(|v| v == "tok-1")
+        };
+        let f = fetched.clone();
+        let app = axum::Router::new()
+            .route(
+                "/latest/api/token",
+                put(|h: HeaderMap| async move {
+                    if h.get("x-aws-ec2-metadata-token-ttl-seconds").is_none() {
+                        return (StatusCode::BAD_REQUEST, String::new());
+                    }
+                    (StatusCode::OK, "tok-1".to_owned())
+                }),
+            )
+            .route(
+                "/latest/meta-data/iam/security-credentials/",
+                get(move |h: HeaderMap| async move {
+                    if authorized(&h) { (StatusCode::OK, "scraper-role\n") } else { (StatusCode::UNAUTHORIZED, "") }
+                }),
+            )
+            .route(
+                "/latest/meta-data/iam/security-credentials/scraper-role",
+                get(move |h: HeaderMap| async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    if !authorized(&h) {
+                        return (StatusCode::UNAUTHORIZED, String::new());
+                    }
+                    let json = r#"{"Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": "ASIAEXAMPLE", "SecretAccessKey": "secret", "Token": "session", "Expiration": "2099-01-01T00:00:00Z"}"#;
+                    (StatusCode::OK, json.to_owned())
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let http = reqwest::Client::new();
+        let creds = Credentials::new(url);
+        let cfg = Ec2SdConfig {
+            region: Some("eu-west-1".into()),
+            ..Ec2SdConfig::default()
+        };
+        // (The environment must not hold credentials for this test.)
+        if cfg.static_credential().is_some() {
+            return;
+        }
+        let c = creds.get(&cfg, &http).await.unwrap();
+        assert_eq!(c.key_id, "ASIAEXAMPLE");
+        assert_eq!(c.token.as_deref(), Some("session"));
+        creds.get(&cfg, &http).await.unwrap();
+        assert_eq!(
+            fetched.load(Ordering::SeqCst),
+            1,
+            "cached until they expire"
+        );
+        // Configured keys win over the role.
+        let with_keys = Ec2SdConfig {
+            access_key: Some("AKIA".into()),
+            secret_key: Some("s".into()),
+            ..cfg.clone()
+        };
+        assert_eq!(creds.get(&with_keys, &http).await.unwrap().key_id, "AKIA");
+        // No metadata service: the error says where credentials may come from.
+        let none = Credentials::new("http://127.0.0.1:1".into());
+        let e = none.get(&cfg, &http).await.unwrap_err();
+        assert!(e.contains("instance metadata service"), "{e}");
     }
 
     #[test]
