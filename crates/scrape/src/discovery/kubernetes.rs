@@ -860,6 +860,9 @@ fn pod_group(pod: &Value) -> TargetGroup {
     group
 }
 
+/// The (port, protocol) pairs of a pod an endpoint slice covers.
+type Covered = Vec<(u64, String)>;
+
 fn slice_group(
     slice: &Value,
     services: &HashMap<String, &Value>,
@@ -893,6 +896,8 @@ fn slice_group(
         labels,
     };
     let ports = array(slice, &["ports"]);
+    // Pods the slice points at, with the (port, protocol) pairs it covers.
+    let mut seen: BTreeMap<String, (&Value, Covered)> = BTreeMap::new();
     for ep in array(slice, &["endpoints"]) {
         let mut base = BTreeMap::new();
         for (cond, name) in [
@@ -962,6 +967,10 @@ fn slice_group(
                 );
             }
             if let Some(pod) = pod {
+                seen.entry(key_of(pod))
+                    .or_insert((pod, Vec::new()))
+                    .1
+                    .push((port, proto.to_owned()));
                 with_port.extend(pod_labels(pod));
                 // The container that declares this port, if any.
                 'found: for (c, init, id) in containers(pod) {
@@ -980,6 +989,27 @@ fn slice_group(
                 let Some(a) = addr.as_str() else { continue };
                 let mut t = with_port.clone();
                 t.insert("__address__".into(), host_port(a, port as u16));
+                group.targets.push(t);
+            }
+        }
+    }
+    // As Prometheus: the other declared ports of those pods are targets too
+    // (a metrics port is often not part of the service).
+    for (pod, covered) in seen.values() {
+        let Some(ip) = str_at(pod, &["status", "podIP"]).filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        for (c, init, id) in containers(pod) {
+            for cp in array(c, &["ports"]) {
+                let n = cp.get("containerPort").and_then(Value::as_u64).unwrap_or(0);
+                let proto = str_at(cp, &["protocol"]).unwrap_or("TCP");
+                if covered.iter().any(|(p, pr)| *p == n && pr == proto) {
+                    continue;
+                }
+                let mut t = pod_labels(pod);
+                container_labels(c, init, &id, &mut t);
+                port_labels(cp, &mut t);
+                t.insert("__address__".into(), host_port(ip, n as u16));
                 group.targets.push(t);
             }
         }
@@ -1113,6 +1143,13 @@ mod tests {
         assert_eq!(t["__meta_kubernetes_pod_name"], "web-1");
         assert_eq!(t["__meta_kubernetes_pod_container_name"], "app");
         assert_eq!(t["__meta_kubernetes_pod_container_port_name"], "metrics");
+        // The pod's other declared port (http, not in the slice) is a
+        // target too, without endpoint labels.
+        assert_eq!(g.targets.len(), 2, "{:?}", g.targets);
+        let other = &g.targets[1];
+        assert_eq!(other["__address__"], "10.0.0.5:8080");
+        assert_eq!(other["__meta_kubernetes_pod_container_port_name"], "http");
+        assert!(!other.contains_key("__meta_kubernetes_endpointslice_port"));
     }
 
     fn node(name: &str, ip: &str) -> Value {
