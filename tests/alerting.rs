@@ -173,17 +173,8 @@ fn a_failing_host_reaches_the_webhook_and_a_crash_neither_loses_nor_repeats() {
         .clone();
     // The same alerts and the targets over gRPC, through the CLI.
     let cli = |args: &[&str]| -> Value {
-        let out = Command::new(bin())
-            .args(["query", "--server", &base, "--output", "json"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let args: Vec<&str> = ["--output", "json"].iter().chain(args).copied().collect();
+        serde_json::from_str(&crate::util::query_cli(&base, &args)).unwrap()
     };
     let grpc_alerts = cli(&["alerts", "--match", "{alertname=\"HostDown\"}"]);
     let grpc_alerts = grpc_alerts.as_array().unwrap();

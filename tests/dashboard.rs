@@ -376,17 +376,10 @@ fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
                 ),
             ),
         ));
-        let hosts: Vec<String> = fleet.hosts[d * HOSTS..(d + 1) * HOSTS]
-            .iter()
-            .map(|h| format!("'{}'", h.addr))
-            .collect();
         let scrape = dir.path().join(format!("{dc}-scrape.yml"));
         std::fs::write(
             &scrape,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
-                hosts.join(",")
-            ),
+            fleet.static_scrape_config(d * HOSTS..(d + 1) * HOSTS, 1),
         )
         .unwrap();
         secondaries.push(start(

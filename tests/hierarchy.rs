@@ -503,17 +503,10 @@ fn two_datacenters_a_partition_goes_dark_then_backfills_and_down_hosts_stay_apar
         let dc = format!("dc{}", d + 1);
         let ddir = dir.path().join(&dc);
         std::fs::create_dir_all(&ddir).unwrap();
-        let hosts: Vec<String> = fleet.hosts[d * HOSTS..(d + 1) * HOSTS]
-            .iter()
-            .map(|h| format!("'{}'", h.addr))
-            .collect();
         let scrape = ddir.join("scrape.yml");
         std::fs::write(
             &scrape,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
-                hosts.join(",")
-            ),
+            fleet.static_scrape_config(d * HOSTS..(d + 1) * HOSTS, 1),
         )
         .unwrap();
         let primary = Tier::new(

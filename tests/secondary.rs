@@ -228,19 +228,7 @@ fn prometheus_remote_writes_and_both_answer_alike() {
     assert!(body.contains("labelValueCountByLabelName"), "{body}");
 
     // The operators' CLI, over gRPC on the same port.
-    let cli = |args: &[&str]| {
-        let out = Command::new(crate::util::bin())
-            .args(["query", "--server", &base])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| crate::util::query_cli(&base, args);
     let json: Value = serde_json::from_str(&cli(&[
         "-o",
         "json",

@@ -16,6 +16,22 @@ pub fn bin() -> &'static str {
     })
 }
 
+/// `tiermon query --server <base> <args>`: its standard output; fails the
+/// test, with the error, when it fails.
+pub fn query_cli(base: &str, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["query", "--server", base])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A running `tiermon` server; killed (SIGKILL) when dropped.
 pub struct Tiermon {
     child: Child,

@@ -275,6 +275,19 @@ impl Fleet {
         )
     }
 
+    /// A Prometheus scrape configuration (job `node`, every
+    /// `interval_s` seconds) listing hosts `range` as static targets.
+    pub fn static_scrape_config(&self, range: std::ops::Range<usize>, interval_s: u64) -> String {
+        let hosts: Vec<String> = self.hosts[range]
+            .iter()
+            .map(|h| format!("'{}'", h.addr))
+            .collect();
+        format!(
+            "global:\n  scrape_interval: {interval_s}s\nscrape_configs:\n  - job_name: node\n    static_configs: [{{targets: [{}]}}]\n",
+            hosts.join(",")
+        )
+    }
+
     /// Writes the fleet as a file_sd file and a Prometheus scrape
     /// configuration (job `node`, every `interval_s` seconds) into `dir`;
     /// returns the scrape configuration's path.
