@@ -13,8 +13,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::fleetsim::{Fleet, Mode};
+use crate::fleetsim::{self, Fleet, Mode};
 use crate::util::{Guard, Tiermon, WebDriver as Client, eventually, free_port, peer};
+
+/// The runtime the browser client and the fleet simulator run on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 async fn js(c: &Client, script: &str) -> Value {
     c.execute(script).await.unwrap_or(Value::Null)
@@ -127,10 +136,7 @@ fn the_heat_map_draws_ten_thousand_hosts() {
     let (Some(chromium), Some(chromedriver)) = (peer("chromium"), peer("chromedriver")) else {
         return;
     };
-    let n = std::env::var("TIERMON_DASH_CELLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000usize);
+    let n = fleetsim::env("TIERMON_DASH_CELLS", 10_000) as usize;
     let dir = tempfile::tempdir().unwrap();
     let s = Tiermon::start(
         "primary",
@@ -141,11 +147,7 @@ fn the_heat_map_draws_ten_thousand_hosts() {
         &[],
     );
     write_up(&s.url(""), n, 4);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let (_driver, c) = browser(&chromium, &chromedriver, &dir.path().join("profile")).await;
         c.goto(&s.url("/#/fleet")).await.unwrap();
@@ -172,23 +174,13 @@ fn the_dashboard_in_a_real_browser() {
     let (Some(chromium), Some(chromedriver)) = (peer("chromium"), peer("chromedriver")) else {
         return;
     };
-    let hosts = std::env::var("TIERMON_DASH_HOSTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300usize);
+    let hosts = fleetsim::env("TIERMON_DASH_HOSTS", 300) as usize;
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let fleet = rt
         .block_on(Fleet::start(hosts, 8, free_port()))
         .expect("the fleet simulator binds 127.10.0.x");
-    let interval = std::env::var("TIERMON_DASH_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2u64);
+    let interval = fleetsim::env("TIERMON_DASH_INTERVAL", 2);
     let scrape = fleet.write_scrape_config(dir.path(), interval);
     let rules = dir.path().join("rules.yml");
     std::fs::write(
@@ -328,11 +320,7 @@ fn the_global_tier_shows_every_datacenter_and_one_gone_dark() {
     };
     const HOSTS: usize = 6;
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let fleet = rt
         .block_on(Fleet::start(2 * HOSTS, 8, free_port()))
         .expect("the fleet simulator binds 127.10.0.x");

@@ -172,14 +172,7 @@ impl Scraping {
                 })
                 .collect()
         }));
-        let pb = |l: &tiermon_model::Labels| -> Vec<v1::Label> {
-            l.iter()
-                .map(|x| v1::Label {
-                    name: x.name.to_string(),
-                    value: x.value.to_string(),
-                })
-                .collect()
-        };
+        let pb = tiermon_api::labels_pb;
         api.serve_targets(std::sync::Arc::new(move || {
             let (active, dropped) = manager.targets();
             let target = |t: tiermon_scrape::TargetView| {

@@ -37,7 +37,8 @@ fn status(e: ApiError) -> Status {
     }
 }
 
-fn labels_pb(l: &Labels) -> Vec<v1::Label> {
+/// Labels as the proto carries them.
+pub fn labels_pb(l: &Labels) -> Vec<v1::Label> {
     l.iter()
         .map(|x| v1::Label {
             name: x.name.to_string(),

@@ -15,7 +15,7 @@ mod params;
 mod write;
 
 pub use fanout::{DATACENTER, Primaries};
-pub use grpc::QueryService;
+pub use grpc::{QueryService, labels_pb};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

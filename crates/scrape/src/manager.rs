@@ -599,11 +599,10 @@ fn labels_json(l: &Labels) -> Json {
     )
 }
 
+/// Prometheus' time of a target never scraped, else RFC 3339.
 fn rfc3339(ms: i64) -> String {
     if ms == 0 {
         return "0001-01-01T00:00:00Z".into();
     }
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+    tiermon_model::rfc3339(ms)
 }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tiermon_exposition::{Entry, Format, MetricType, Parser, SeriesCache};
@@ -152,11 +152,7 @@ const INLINE_INGEST_BYTES: usize = 256 << 10;
 /// How close to its scheduled time a scrape must start to be stamped with it.
 const TIMESTAMP_TOLERANCE_MS: i64 = 25;
 
-pub(crate) fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use tiermon_model::now_ms as wall_ms;
 
 /// The first scheduled time after `now` for a target: the target's slot
 /// within the interval, the same in every interval.
