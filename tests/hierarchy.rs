@@ -277,6 +277,46 @@ fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_throu
         assert_eq!(g, want(k), "series k={k} at the global tier");
     }
 
+    // The windows themselves reached the global tier: its over-time
+    // functions see every sample the primary had in them, not only each
+    // window's last.
+    let at = format!("{:.3}", (last_window_end - 1) as f64 / 1000.0);
+    let range = format!("{}ms", last_window_end - first_window * 60_000);
+    for f in ["count", "sum", "min", "max", "avg"] {
+        let q = format!("{f}_over_time(verify_value{{datacenter=\"dc1\"}}[{range}])");
+        let (status, body) = http(
+            "POST",
+            &format!("{}/api/v1/query", global.url()),
+            &[("query", &q), ("time", &at)],
+            None,
+        );
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let result = v["data"]["result"].as_array().unwrap();
+        assert_eq!(result.len(), SERIES, "{q}: {body}");
+        for r in result {
+            let k: usize = r["metric"]["k"].as_str().unwrap().parse().unwrap();
+            let got: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+            let vals: Vec<f64> = expect(k)
+                .into_iter()
+                .filter(|&(t, _)| t < last_window_end)
+                .map(|(_, v)| v)
+                .collect();
+            let sum: f64 = vals.iter().sum();
+            let want = match f {
+                "count" => vals.len() as f64,
+                "sum" => sum,
+                "min" => vals.iter().copied().fold(f64::INFINITY, f64::min),
+                "max" => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                _ => sum / vals.len() as f64,
+            };
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{q} for k={k}: {got}, want {want}"
+            );
+        }
+    }
+
     // Liveness: the global tier sees the datacenter reporting, and the
     // secondary behind it; once the primary dies, the datacenter goes dark
     // while its last reports (up, …) are unchanged.

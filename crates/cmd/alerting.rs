@@ -127,6 +127,9 @@ pub(crate) struct Setup<'a> {
     pub(crate) listen: SocketAddr,
     /// Labels that name the tier on its alerts (`datacenter`, `tier`).
     pub(crate) external_labels: Vec<(String, String)>,
+    /// Whether the rules read received minute windows (the global tier;
+    /// see `tiermon_api::DbQueryable::windowed`).
+    pub(crate) windows: bool,
 }
 
 impl Alerting {
@@ -178,7 +181,11 @@ impl Alerting {
         let manager = tiermon_rules::Manager::new(
             tiermon_rules::Context {
                 engine,
-                store: Arc::new(tiermon_api::DbQueryable(s.db.clone())),
+                store: Arc::new(if s.windows {
+                    tiermon_api::DbQueryable::windowed(s.db.clone())
+                } else {
+                    tiermon_api::DbQueryable::new(s.db.clone())
+                }),
                 out: Arc::new(DbOut(s.db.clone())),
                 notifiers,
             },

@@ -29,6 +29,8 @@ pub(crate) async fn serve(
     let primaries = tiermon_api::Primaries::new(&cfg.primaries, cfg.query.timeout)
         .map_err(|e| anyhow::anyhow!("config key `global.primaries`: {e}"))?;
     let api = tier::api(&db, &cfg.query, primaries);
+    // The primaries send minute windows: the over-time functions read them.
+    api.read_windows(true);
     let receiver = Receiver::new(
         db.clone(),
         ReceiverOptions {
@@ -46,6 +48,7 @@ pub(crate) async fn serve(
         key: "global",
         listen: listener.local_addr()?,
         external_labels: vec![("tier".into(), "global".into())],
+        windows: true,
     })?;
     alerting.reload_on_sighup();
     alerting.serve_on(&api, id.clone());

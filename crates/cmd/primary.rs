@@ -64,6 +64,7 @@ pub(crate) async fn serve(
         key: "primary",
         listen: listener.local_addr()?,
         external_labels: vec![("datacenter".into(), dc.clone())],
+        windows: false,
     })?;
     alerting.reload_on_sighup();
     alerting.serve_on(&api, id.clone());

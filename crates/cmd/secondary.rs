@@ -111,6 +111,7 @@ pub(crate) async fn serve(
         key: "secondary",
         listen: listener.local_addr()?,
         external_labels: vec![("datacenter".into(), datacenter.clone())],
+        windows: false,
     })?;
     {
         let a = alerting.clone();

@@ -29,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 use tiermon_model::Matcher;
-use tiermon_promql::{Engine, Queryable, Series, Value};
-use tiermon_tsdb::Db;
+use tiermon_promql::{Engine, Queryable, Series, Value, WindowField};
+use tiermon_tsdb::{Db, Resolution};
 use tokio::sync::Semaphore;
 
 use params::Params;
@@ -122,6 +122,8 @@ struct Inner {
     /// Where full-resolution queries go (the global tier's primaries).
     primaries: Primaries,
     providers: Providers,
+    /// See [`Api::read_windows`].
+    windows: AtomicBool,
 }
 
 async fn not_found(
@@ -147,12 +149,30 @@ async fn not_found(
 
 /// [`Queryable`] over a [`Db`].
 #[derive(Debug, Clone)]
-pub struct DbQueryable(pub Db);
+pub struct DbQueryable {
+    db: Db,
+    /// Whether the over-time functions read the minute windows received
+    /// from below ([`Queryable::select_windows`]): at the global tier.
+    windows: bool,
+}
+
+impl DbQueryable {
+    /// Reads `db`'s raw samples.
+    pub fn new(db: Db) -> Self {
+        Self { db, windows: false }
+    }
+
+    /// Reads `db`'s raw samples, and for the over-time functions the
+    /// minute windows `Db::put_aggregates` stored (the global tier's).
+    pub fn windowed(db: Db) -> Self {
+        Self { db, windows: true }
+    }
+}
 
 impl Queryable for DbQueryable {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
         let got = self
-            .0
+            .db
             .select(matchers, mint, maxt)
             .map_err(|e| e.to_string())?;
         Ok(got
@@ -162,6 +182,61 @@ impl Queryable for DbQueryable {
                 samples: s.samples.iter().map(|x| (x.t, x.v)).collect(),
             })
             .collect())
+    }
+
+    fn select_windows(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        field: WindowField,
+    ) -> Result<Option<Vec<Series>>, String> {
+        if !self.windows {
+            return Ok(None);
+        }
+        let res = Resolution::OneMinute;
+        // A window ends after it starts: its last sample may be in range
+        // when its start is a window before.
+        let windows = self
+            .db
+            .select_aggregates(matchers, res, mint.saturating_sub(res.window_ms()), maxt)
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(windows.len());
+        let mut have = std::collections::HashSet::with_capacity(windows.len());
+        for (labels, aggs) in windows {
+            let samples: Vec<(i64, f64)> = aggs
+                .iter()
+                .filter(|a| a.last_t >= mint && a.last_t <= maxt)
+                .map(|a| {
+                    let v = match field {
+                        WindowField::Min => a.min,
+                        WindowField::Max => a.max,
+                        WindowField::Sum => a.sum,
+                        WindowField::Count => a.count as f64,
+                    };
+                    (a.last_t, v)
+                })
+                .collect();
+            if !samples.is_empty() {
+                have.insert(labels.clone());
+                out.push(Series { labels, samples });
+            }
+        }
+        // The rest (the tier's own series): each raw sample a window of one.
+        for mut s in self.select(matchers, mint, maxt)? {
+            if have.contains(&s.labels) {
+                continue;
+            }
+            if field == WindowField::Count {
+                for x in &mut s.samples {
+                    if x.1.to_bits() != tiermon_model::STALE_NAN.to_bits() {
+                        x.1 = 1.0;
+                    }
+                }
+            }
+            out.push(s);
+        }
+        Ok(Some(out))
     }
 }
 
@@ -185,6 +260,7 @@ impl Api {
                 version,
                 primaries,
                 providers: Providers::default(),
+                windows: AtomicBool::new(false),
             }),
         }
     }
@@ -207,13 +283,23 @@ impl Api {
         let _ = self.inner.providers.targets.set(f);
     }
 
+    /// Makes queries read the minute windows received from below for the
+    /// over-time functions (see [`DbQueryable::windowed`]): at the global
+    /// tier, whose raw series hold only each window's last sample.
+    pub fn read_windows(&self, on: bool) {
+        self.inner.windows.store(on, Ordering::Relaxed);
+    }
+
     /// The store a query reads: this tier's own, or — at full resolution,
     /// where primaries are known — the primaries with this tier's store
     /// for what they cannot answer. Warnings about parts of the hierarchy
     /// that did not answer collect in the returned list.
     pub(crate) fn store(&self, full_resolution: bool) -> (Box<dyn Queryable>, Warnings) {
         let warnings = Warnings::default();
-        let local = DbQueryable(self.inner.db.clone());
+        let local = DbQueryable {
+            db: self.inner.db.clone(),
+            windows: self.inner.windows.load(Ordering::Relaxed),
+        };
         if !full_resolution || self.inner.primaries.is_empty() {
             return (Box::new(local), warnings);
         }

@@ -375,7 +375,7 @@ async fn session(
                 continue;
             }
             budget = opts.batch_samples.max(1);
-            encoder.commit(&defined);
+            encoder.commit(defined);
             after = batch.seq;
             last_sent = std::time::Instant::now();
             in_flight.push_back((batch.seq, batch.samples, false));

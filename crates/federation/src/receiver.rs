@@ -12,7 +12,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tiermon_model::{Labels, is_stale_nan};
 use tiermon_proto::v1;
-use tiermon_tsdb::Db;
+use tiermon_tsdb::{Aggregate, Db, Resolution};
 use tonic::codegen::tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -231,14 +231,17 @@ impl Receiver {
         // last timestamp (see ARCHITECTURE.md). A series of a compact batch
         // is named by the stream's reference, whose labels, hash and local
         // reference the stream's dictionary keeps.
-        let entries: Vec<(Entry, Vec<(i64, f64)>)> = match compact {
+        // The windows themselves are stored too, once the series exist
+        // (`Db::put_aggregates`), for the over-time functions.
+        type Item = (Entry, Vec<(i64, f64)>, Vec<v1::Aggregate>);
+        let entries: Vec<Item> = match compact {
             Some(decoded) => decoded
                 .into_iter()
-                .map(|d| (Entry::Stream(d.r), d.points))
+                .map(|d| (Entry::Stream(d.r), d.points, d.aggregates))
                 .collect(),
             None => batch
                 .series
-                .iter()
+                .iter_mut()
                 .map(|s| {
                     let points = s
                         .samples
@@ -246,10 +249,12 @@ impl Receiver {
                         .map(|x| (x.timestamp_ms, x.value))
                         .chain(s.aggregates.iter().map(|a| (a.last_timestamp_ms, a.last)))
                         .collect();
-                    (Entry::Plain(series_labels(s)), points)
+                    let aggs = std::mem::take(&mut s.aggregates);
+                    (Entry::Plain(series_labels(s)), points, aggs)
                 })
                 .collect(),
         };
+        let mut windows: Vec<(Resolution, tiermon_tsdb::SeriesRef, Aggregate)> = Vec::new();
         let mut app = inner.db.appender();
         let mut errors: Vec<String> = Vec::new();
         let mut deduplicated = 0u64;
@@ -257,7 +262,7 @@ impl Receiver {
         {
             let mut dedup = inner.dedup.lock();
             let replica = (!sender.replica.is_empty()).then(|| replica_hash(&sender));
-            for (entry, points) in entries {
+            for (entry, points, aggs) in entries {
                 let mut plain_local = None;
                 let (labels, id, local) = match &entry {
                     Entry::Plain(l) => (
@@ -304,9 +309,27 @@ impl Receiver {
                         },
                     }
                 }
+                if let Some(r) = *local {
+                    windows.extend(aggs.iter().filter_map(|a| {
+                        let res = match a.end_ms.wrapping_sub(a.start_ms) {
+                            60_000 => Resolution::OneMinute,
+                            3_600_000 => Resolution::OneHour,
+                            _ => return None,
+                        };
+                        Some((res, r, aggregate(a)))
+                    }));
+                }
             }
         }
         let res = app.commit()?;
+        for want in [Resolution::OneMinute, Resolution::OneHour] {
+            let these: Vec<_> = windows
+                .iter()
+                .filter(|w| w.0 == want)
+                .map(|&(_, r, a)| (r, a))
+                .collect();
+            inner.db.put_aggregates(want, &these)?;
+        }
         let rejected = res.rejected.len() as u64 + invalid;
         for (_, e) in res
             .rejected
@@ -521,6 +544,20 @@ fn replica_hash(s: &v1::Sender) -> u64 {
 
 /// The labels of a pushed series, checked as remote_write intake checks
 /// them.
+/// A window as the storage keeps it.
+fn aggregate(a: &v1::Aggregate) -> Aggregate {
+    Aggregate {
+        start: a.start_ms,
+        min: a.min,
+        max: a.max,
+        sum: a.sum,
+        count: a.count,
+        last: a.last,
+        last_t: a.last_timestamp_ms,
+        counter: a.counter,
+    }
+}
+
 fn series_labels(s: &v1::Series) -> Result<Labels, String> {
     if s.labels.is_empty() {
         return Err("a series without labels".into());

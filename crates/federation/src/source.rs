@@ -433,6 +433,9 @@ impl DownsampleSource {
                 }],
             });
         }
+        // In reference order: the compact form's reference column is then
+        // a run of small steps.
+        out.sort_by_key(|e| e.r);
         let out = Arc::new(out);
         *self.cache.lock() = Some((w, out.clone(), raw));
         Ok((out, raw))

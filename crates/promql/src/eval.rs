@@ -13,7 +13,7 @@ use promql_parser::parser::{
 use tiermon_model::{Labels, LabelsBuilder, METRIC_NAME, MatchOp, Matcher, STALE_NAN};
 
 use crate::functions;
-use crate::{Error, Options, Queryable, Sample, Series, Value};
+use crate::{Error, Options, Queryable, Sample, Series, Value, WindowField};
 
 /// Evaluates PromQL queries.
 #[derive(Debug, Clone)]
@@ -465,6 +465,55 @@ impl Ev<'_> {
             range,
             ends,
         })
+    }
+
+    /// `ms` read as `field` of downsampled windows, when the store keeps
+    /// them ([`Queryable::select_windows`]).
+    pub(crate) fn matrix_windows(
+        &mut self,
+        ms: &MatrixSelector,
+        field: WindowField,
+    ) -> Result<Option<Mat>, Error> {
+        let vs = &ms.vs;
+        let range = millis(&ms.range);
+        let ends = self.read_times(&vs.at, &vs.offset);
+        let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
+            return Ok(None);
+        };
+        if !vs.matchers.or_matchers.is_empty() {
+            return Err(Error::BadData(
+                "\"or\" inside a selector is not supported".into(),
+            ));
+        }
+        let matchers = selector_matchers(vs)?;
+        let Some(mut series) = self
+            .store
+            .select_windows(&matchers, lo - range, hi, field)
+            .map_err(Error::Storage)?
+        else {
+            return Ok(None);
+        };
+        if series.len() > self.opts.max_series {
+            return Err(Error::Limit(format!(
+                "selector {vs} matches {} series, over the limit of {} per selector",
+                series.len(),
+                self.opts.max_series
+            )));
+        }
+        let n: usize = series.iter().map(|s| s.samples.len()).sum();
+        self.charge(n)?;
+        for s in &mut series {
+            s.samples
+                .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
+            s.samples.sort_by_key(|&(t, _)| t);
+        }
+        series.retain(|s| !s.samples.is_empty());
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(Some(Mat {
+            series,
+            range,
+            ends,
+        }))
     }
 
     fn subquery(&mut self, sq: &SubqueryExpr) -> Result<Mat, Error> {
@@ -999,6 +1048,128 @@ mod tests {
                         .collect(),
                 })
                 .collect())
+        }
+    }
+
+    /// The windows of [`Mem`]'s series: per minute, the field at the
+    /// window's last sample, as the global tier keeps them.
+    struct Windowed(Mem);
+
+    impl Queryable for Windowed {
+        fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
+            // Raw reads see only each window's last sample.
+            let mut got = self.0.select(m, mint, maxt)?;
+            for s in &mut got {
+                let mut last: Vec<(i64, f64)> = Vec::new();
+                for &(t, v) in &s.samples {
+                    match last.last_mut() {
+                        Some(l) if l.0 / 60_000 == t / 60_000 => *l = (t, v),
+                        _ => last.push((t, v)),
+                    }
+                }
+                s.samples = last;
+            }
+            Ok(got)
+        }
+
+        fn select_windows(
+            &self,
+            m: &[Matcher],
+            mint: i64,
+            maxt: i64,
+            field: WindowField,
+        ) -> Result<Option<Vec<Series>>, String> {
+            // All of each window whose last sample is in range.
+            let got = self.0.select(m, mint - 60_000, maxt)?;
+            Ok(Some(
+                got.into_iter()
+                    .map(|s| {
+                        let mut w: Vec<(i64, Vec<f64>)> = Vec::new();
+                        for &(t, v) in &s.samples {
+                            match w.last_mut() {
+                                Some(l) if l.0 / 60_000 == t / 60_000 => {
+                                    l.0 = t;
+                                    l.1.push(v);
+                                }
+                                _ => w.push((t, vec![v])),
+                            }
+                        }
+                        let samples = w
+                            .into_iter()
+                            .filter(|(t, _)| *t >= mint && *t <= maxt)
+                            .map(|(t, vs)| {
+                                let v = match field {
+                                    WindowField::Min => {
+                                        vs.iter().copied().fold(f64::INFINITY, f64::min)
+                                    }
+                                    WindowField::Max => {
+                                        vs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                                    }
+                                    WindowField::Sum => vs.iter().sum(),
+                                    WindowField::Count => vs.len() as f64,
+                                };
+                                (t, v)
+                            })
+                            .collect();
+                        Series {
+                            labels: s.labels,
+                            samples,
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    #[test]
+    fn over_time_functions_read_whole_windows_where_the_store_keeps_them() {
+        let e = Engine::default();
+        // A wave sampled every 15 s; windows of a minute, ranges aligned
+        // with them, so the windows answer exactly what raw data would.
+        let raw = || {
+            Mem(vec![Series {
+                labels: Labels::from_pairs([("__name__", "x"), ("job", "a")]),
+                samples: (0..80)
+                    .map(|i| (i * 15_000, ((i * 7) % 11) as f64))
+                    .collect(),
+            }])
+        };
+        for f in ["min", "max", "sum", "count", "avg"] {
+            let q = format!("{f}_over_time(x[5m])");
+            let want = e.range(&raw(), &q, 299_999, 1_199_999, 60_000).unwrap();
+            let got = e
+                .range(&Windowed(raw()), &q, 299_999, 1_199_999, 60_000)
+                .unwrap();
+            let (Value::Matrix(g), Value::Matrix(w)) = (&got, &want) else {
+                panic!("not matrices");
+            };
+            assert_eq!(g.len(), w.len(), "{q}");
+            for (a, b) in g.iter().zip(w) {
+                assert_eq!(a.labels, b.labels, "{q}");
+                assert_eq!(a.samples.len(), b.samples.len(), "{q}");
+                for (x, y) in a.samples.iter().zip(&b.samples) {
+                    // avg: Σsum/Σcount rounds differently from Prometheus'
+                    // running mean.
+                    assert!(
+                        x.0 == y.0 && (x.1 - y.1).abs() < 1e-9,
+                        "{q}: {x:?} vs {y:?}"
+                    );
+                }
+            }
+            // Through the raw reads (each window's last sample only), the
+            // answer would differ.
+            if f != "avg" {
+                let lasts = e
+                    .range(
+                        &Windowed(raw()),
+                        &format!("{f}_over_time(x[5m:1m])"),
+                        299_999,
+                        1_199_999,
+                        60_000,
+                    )
+                    .unwrap();
+                assert_ne!(lasts, want, "{q}");
+            }
         }
     }
 

@@ -6,8 +6,8 @@ use chrono::{DateTime, Datelike, Timelike};
 use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier};
 use tiermon_model::{Labels, METRIC_NAME, is_valid_label_name};
 
-use crate::Error;
 use crate::eval::{Ev, Mat, VSeries, Val, dedup, drop_name, format_float, labels_with};
+use crate::{Error, WindowField};
 
 fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
@@ -75,6 +75,84 @@ fn map_vector(vs: Vec<VSeries>, f: impl Fn(f64, usize) -> Option<f64>) -> Result
         })
         .collect();
     Ok(Val::Vector(dedup(out)?))
+}
+
+/// `min`, `max`, `sum`, `count` and `avg_over_time` over a store's
+/// downsampled windows ([`crate::Queryable::select_windows`]): the
+/// minimum of the windows' minimums, the sum of their counts, the sum of
+/// their sums over the sum of their counts… `None` when the store keeps no
+/// windows (or for another function).
+fn over_windows(
+    ev: &mut Ev<'_>,
+    name: &str,
+    ms: &promql_parser::parser::MatrixSelector,
+) -> Result<Option<Val>, Error> {
+    let field = match name {
+        "min_over_time" => WindowField::Min,
+        "max_over_time" => WindowField::Max,
+        "sum_over_time" | "avg_over_time" => WindowField::Sum,
+        "count_over_time" => WindowField::Count,
+        _ => return Ok(None),
+    };
+    let Some(m) = ev.matrix_windows(ms, field)? else {
+        return Ok(None);
+    };
+    let sum = |w: &[(i64, f64)]| {
+        let (s, c) = w
+            .iter()
+            .fold((0.0, 0.0), |(s, c), &(_, v)| kahan_inc(v, s, c));
+        if s.is_infinite() { s } else { s + c }
+    };
+    if name != "avg_over_time" {
+        return map_matrix(
+            &m,
+            |w, _| {
+                let vals = w.iter().map(|&(_, v)| v);
+                Some(match field {
+                    WindowField::Min => {
+                        vals.fold(f64::NAN, |a, v| if a.is_nan() || v < a { v } else { a })
+                    }
+                    WindowField::Max => {
+                        vals.fold(f64::NAN, |a, v| if a.is_nan() || v > a { v } else { a })
+                    }
+                    WindowField::Sum | WindowField::Count => sum(w),
+                })
+            },
+            false,
+        )
+        .map(Some);
+    }
+    let Some(counts) = ev.matrix_windows(ms, WindowField::Count)? else {
+        return Ok(None);
+    };
+    // Both are sorted by labels; a series whose count is missing (gone
+    // between the two reads) is left out.
+    let by_labels: HashMap<&Labels, usize> = counts
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (&s.labels, i))
+        .collect();
+    let mut out = Vec::with_capacity(m.series.len());
+    for (s, series) in m.series.iter().enumerate() {
+        let Some(&cs) = by_labels.get(&series.labels) else {
+            continue;
+        };
+        let v: Vec<Option<f64>> = (0..m.ends.len())
+            .map(|i| {
+                let (w, wc) = (m.window(s, i), counts.window(cs, i));
+                (!w.is_empty() && !wc.is_empty()).then(|| sum(w) / sum(wc))
+            })
+            .collect();
+        if v.iter().any(Option::is_some) {
+            out.push(VSeries {
+                labels: drop_name(&series.labels),
+                v,
+                ts: None,
+            });
+        }
+    }
+    Ok(Some(Val::Vector(dedup(out)?)))
 }
 
 /// Applies a window function to every series and step of a range vector.
@@ -642,6 +720,11 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
         "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
         | "count_over_time" | "stddev_over_time" | "stdvar_over_time" | "last_over_time"
         | "present_over_time" => {
+            if let Expr::MatrixSelector(ms) = arg(c, 0)?
+                && let Some(v) = over_windows(ev, name, ms)?
+            {
+                return Ok(v);
+            }
             let m = ev.eval_matrix(arg(c, 0)?)?;
             let keep = name == "last_over_time";
             map_matrix(

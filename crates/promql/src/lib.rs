@@ -28,6 +28,38 @@ pub trait Queryable: Send + Sync {
     /// Series matching all `matchers` with their samples in `[mint, maxt]`
     /// (ms, inclusive), staleness markers included.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String>;
+
+    /// For stores that hold downsampled windows (the global tier): series
+    /// matching `matchers` with, per window whose last sample is in
+    /// `[mint, maxt]`, `field` of the window at that sample's time; a
+    /// series without windows there gives its raw samples, each a window
+    /// of one. `min_over_time`, `max_over_time`, `sum_over_time`,
+    /// `count_over_time` and `avg_over_time` over a plain range selector
+    /// read through this, so that they see every raw sample a window
+    /// summarises, not only its last. `None` (the default): the store
+    /// holds raw samples, read with [`Self::select`].
+    fn select_windows(
+        &self,
+        _matchers: &[Matcher],
+        _mint: i64,
+        _maxt: i64,
+        _field: WindowField,
+    ) -> Result<Option<Vec<Series>>, String> {
+        Ok(None)
+    }
+}
+
+/// A summary a downsampled window keeps of its raw samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowField {
+    /// The smallest sample.
+    Min,
+    /// The largest sample.
+    Max,
+    /// The sum of the samples.
+    Sum,
+    /// How many samples.
+    Count,
 }
 
 /// One element of an instant vector.

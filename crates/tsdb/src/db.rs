@@ -855,7 +855,10 @@ impl Db {
             if p + width > closed_before {
                 continue;
             }
-            if !self.has_partition(Resolution::OneMinute, p)? {
+            // The hour windows are written last: a partition without them
+            // is not downsampled yet (its minute windows may be there:
+            // received from below, see `put_aggregates`).
+            if !self.has_partition(Resolution::OneHour, p)? {
                 if self.compact_partition(p)? {
                     report.compacted.push(p);
                 }
@@ -1100,6 +1103,20 @@ impl Db {
         let width = self.inner.opts.partition_ms();
         let mut batch = WriteBatch::default();
         self.for_each_series(Resolution::Raw, p, |r, group| {
+            // Minute windows stored by `put_aggregates` are the series'
+            // own; only the hour windows are computed, from them.
+            let received = self.read_windows(ccf, Resolution::OneMinute, p, r)?;
+            if !received.is_empty() {
+                let h1 = downsample::rollup(&received, Resolution::OneHour.window_ms());
+                if let (Some(first), Some(last)) = (h1.first(), h1.last()) {
+                    batch.put_cf(
+                        ccf,
+                        keys::chunk(Resolution::OneHour.id(), p, r, first.start, 0),
+                        chunk_value(ENC_AGG, last.start, &downsample::encode(&h1)),
+                    );
+                }
+                return Ok(());
+            }
             let mut parts = Vec::with_capacity(group.len());
             for (k, v) in group {
                 parts.push((k.seq, decode_chunk(v)?));
@@ -1132,6 +1149,76 @@ impl Db {
         rocks
             .write(batch)
             .map_err(Error::rocks("writing aggregates"))
+    }
+
+    /// The windows of series `r` stored locally in partition `p` of `res`,
+    /// by start, each window once.
+    fn read_windows(
+        &self,
+        ccf: &ColumnFamily,
+        res: Resolution,
+        p: i64,
+        r: SeriesRef,
+    ) -> Result<Vec<Aggregate>> {
+        let prefix = keys::series_prefix(res.id(), p, r);
+        let mut out = Vec::new();
+        for item in self.inner.rocks.prefix_iterator_cf(ccf, prefix) {
+            let (k, v) = item.map_err(Error::rocks("reading aggregates"))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let (enc, _, payload) = split_value(&v)?;
+            if enc != ENC_AGG {
+                return Err(Error::Corrupt {
+                    what: "aggregate chunk encoding".into(),
+                });
+            }
+            out.extend(downsample::decode(payload)?);
+        }
+        out.sort_by_key(|a| a.start);
+        out.dedup_by_key(|a| a.start);
+        Ok(out)
+    }
+
+    /// Stores windows computed elsewhere — the global tier's minute windows
+    /// come from the primaries — for series that exist here; durable when
+    /// it returns. Storing a window again replaces it. The partition's
+    /// hour windows are rolled up from them when it closes; `select`
+    /// keeps reading the series' raw samples.
+    pub fn put_aggregates(
+        &self,
+        res: Resolution,
+        windows: &[(SeriesRef, Aggregate)],
+    ) -> Result<()> {
+        if res == Resolution::Raw {
+            return Err(Error::Corrupt {
+                what: "aggregates of the raw resolution".into(),
+            });
+        }
+        if windows.is_empty() {
+            return Ok(());
+        }
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        let width = self.inner.opts.partition_ms();
+        let mut batch = WriteBatch::default();
+        for (r, a) in windows {
+            // Sequence 1: apart from the windows computed here (0).
+            batch.put_cf(
+                ccf,
+                keys::chunk(res.id(), partition_of(a.start, width), *r, a.start, 1),
+                chunk_value(
+                    ENC_AGG,
+                    a.start,
+                    &downsample::encode(std::slice::from_ref(a)),
+                ),
+            );
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(self.inner.opts.wal_fsync);
+        rocks
+            .write_opt(batch, &wo)
+            .map_err(Error::rocks("writing received aggregates"))
     }
 
     /// Deletes partitions past their resolution's retention, then the

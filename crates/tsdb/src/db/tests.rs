@@ -354,6 +354,90 @@ fn maintain_compacts_downsamples_and_deletes_old_partitions() {
 }
 
 #[test]
+fn received_windows_are_kept_whole_and_rolled_up_to_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = 3_600_000i64;
+    let db = Db::open(dir.path(), opts()).unwrap();
+    // As at the global tier: each window's last sample as a raw sample,
+    // the window itself through put_aggregates; and a series of the
+    // tier's own, raw only.
+    let (got, own) = (labels("got", &[]), labels("own", &[]));
+    let mut app = db.appender();
+    let r = app.append(&got, 45_000, 3.0).unwrap();
+    let o = app.append(&own, 0, 1.0).unwrap();
+    let mut windows = Vec::new();
+    for w in 0..120i64 {
+        let last_t = w * 60_000 + 45_000;
+        if w > 0 {
+            app.append_ref(r, last_t, 3.0 + w as f64);
+        }
+        windows.push((
+            r,
+            Aggregate {
+                start: w * 60_000,
+                min: -(w as f64),
+                max: 100.0 + w as f64,
+                sum: 10.0,
+                count: 4,
+                last: 3.0 + w as f64,
+                last_t,
+                counter: 3.0 + w as f64,
+            },
+        ));
+    }
+    for i in 1..480 {
+        app.append_ref(o, i * 15_000, (i % 5) as f64);
+    }
+    app.commit().unwrap();
+    db.put_aggregates(Resolution::OneMinute, &windows[..60])
+        .unwrap();
+    db.put_aggregates(Resolution::OneMinute, &windows[60..])
+        .unwrap();
+    // Stored again (a retried batch): replaced, not doubled.
+    db.put_aggregates(Resolution::OneMinute, &windows[10..20])
+        .unwrap();
+    assert!(db.put_aggregates(Resolution::Raw, &windows[..1]).is_err());
+    let m = aggregates(&db, Resolution::OneMinute, &[eq("__name__", "got")]);
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].1, windows.iter().map(|w| w.1).collect::<Vec<_>>());
+    // Survives a restart.
+    drop(db);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        aggregates(&db, Resolution::OneMinute, &[eq("__name__", "got")])[0]
+            .1
+            .len(),
+        120
+    );
+    db.flush_head().unwrap();
+    let report = db.maintain(3 * hour).unwrap();
+    assert!(
+        report.downsampled.contains(&(Resolution::OneHour, 0)),
+        "{report:?}"
+    );
+    // The received minutes stay as they were; the hours roll them up.
+    let m = aggregates(&db, Resolution::OneMinute, &[eq("__name__", "got")]);
+    assert_eq!(m[0].1, windows.iter().map(|w| w.1).collect::<Vec<_>>());
+    let h = aggregates(&db, Resolution::OneHour, &[eq("__name__", "got")]);
+    assert_eq!(h[0].1.len(), 2);
+    assert_eq!(
+        (h[0].1[0].min, h[0].1[0].max, h[0].1[0].count),
+        (-59.0, 159.0, 240)
+    );
+    assert_eq!(h[0].1[1].sum, 600.0);
+    // The tier's own series is downsampled from its raw samples.
+    let own_m = aggregates(&db, Resolution::OneMinute, &[eq("__name__", "own")]);
+    assert_eq!(own_m[0].1.len(), 120);
+    assert_eq!(own_m[0].1[0].count, 4);
+    assert_eq!(
+        aggregates(&db, Resolution::OneHour, &[eq("__name__", "own")])[0]
+            .1
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn max_bytes_deletes_the_oldest_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(
