@@ -181,30 +181,30 @@ pub fn fleet(series: usize) -> Vec<Spec> {
         }
     }
     let host_seed: Vec<u64> = (0..hosts).map(|_| next()).collect();
-    for h in 0..hosts {
+    for (h, &seed) in host_seed.iter().enumerate() {
         for (b, le) in LE.iter().enumerate() {
             out.push(Spec {
                 name: "http_request_duration_seconds_bucket",
                 labels: vec![inst(h), job(), ("le", le.to_string())],
                 kind: Kind::Bucket { b },
-                seed: host_seed[h],
+                seed,
             });
         }
     }
-    for h in 0..hosts {
+    for (h, &seed) in host_seed.iter().enumerate() {
         out.push(Spec {
             name: "http_request_duration_seconds_sum",
             labels: vec![inst(h), job()],
             kind: Kind::Sum,
-            seed: host_seed[h],
+            seed,
         });
     }
-    for h in 0..hosts {
+    for (h, &seed) in host_seed.iter().enumerate() {
         out.push(Spec {
             name: "http_request_duration_seconds_count",
             labels: vec![inst(h), job()],
             kind: Kind::Bucket { b: 11 },
-            seed: host_seed[h],
+            seed,
         });
     }
     for h in 0..hosts {
