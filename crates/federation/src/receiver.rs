@@ -542,8 +542,6 @@ fn replica_hash(s: &v1::Sender) -> u64 {
     h
 }
 
-/// The labels of a pushed series, checked as remote_write intake checks
-/// them.
 /// A window as the storage keeps it.
 fn aggregate(a: &v1::Aggregate) -> Aggregate {
     Aggregate {
@@ -558,6 +556,8 @@ fn aggregate(a: &v1::Aggregate) -> Aggregate {
     }
 }
 
+/// The labels of a pushed series, checked as remote_write intake checks
+/// them.
 fn series_labels(s: &v1::Series) -> Result<Labels, String> {
     if s.labels.is_empty() {
         return Err("a series without labels".into());
