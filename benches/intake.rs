@@ -67,7 +67,18 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn start(store: &str, dir: &Path, port: u16) -> Child {
+/// A store's process, killed when dropped (also when a measurement
+/// panics).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(store: &str, dir: &Path, port: u16) -> Running {
     let data = dir.join(format!("{store}-data"));
     let mut cmd = match store {
         "tiermon" => {
@@ -105,10 +116,12 @@ fn start(store: &str, dir: &Path, port: u16) -> Child {
         other => panic!("unknown store {other}"),
     };
     let log = std::fs::File::create(dir.join(format!("{store}.log"))).expect("log");
-    cmd.stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {store}: {e} (benches/query.sh installs it)"))
+    Running(
+        cmd.stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {store}: {e} (benches/query.sh installs it)")),
+    )
 }
 
 fn main() {
@@ -148,7 +161,7 @@ fn main() {
     for store in stores.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut child = start(store, work.path(), port);
+        let child = start(store, work.path(), port);
         let ready = if store == "prometheus" {
             "/-/ready"
         } else {
@@ -184,7 +197,7 @@ fn main() {
             .map(|i| nodedata::write_bodies(&specs, &labels, i..i + 1, first, per_req))
             .collect();
         let samples = specs.len() as f64 * steps as f64;
-        let cpu0 = cpu_seconds(child.id());
+        let cpu0 = cpu_seconds(child.0.id());
         let t0 = Instant::now();
         // Step after step: a series' samples arrive in order (as a
         // sender's shards keep them), whatever the concurrency.
@@ -192,14 +205,13 @@ fn main() {
             rt.block_on(nodedata::send_all(&client, &url, bodies, concurrency));
         }
         let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(child.id()) - cpu0;
+        let cpu = cpu_seconds(child.0.id()) - cpu0;
         println!(
             "| {store} | {:.0} | {:.2} | {:.0} MiB |",
             samples / wall,
             cpu / (samples / 1e6),
-            rss(child.id()) as f64 / (1 << 20) as f64
+            rss(child.0.id()) as f64 / (1 << 20) as f64
         );
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
     }
 }
