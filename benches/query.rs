@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 #[path = "nodedata/mod.rs"]
 mod nodedata;
 
-use nodedata::{STEP_MS, Spec, fleet};
+use nodedata::{STEP_MS, Spec, env_or, fleet, free_port};
 
 /// The dashboard queries.
 const QUERIES: [&str; 5] = [
@@ -48,20 +48,6 @@ const QUERIES: [&str; 5] = [
     r#"sum by (code) (rate(http_requests_total[5m]))"#,
     r#"avg(node_load1)"#,
 ];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Store {
     name: &'static str,

@@ -378,16 +378,26 @@ impl Ev<'_> {
     }
 
     fn select(&mut self, vs: &VectorSelector, mint: i64, maxt: i64) -> Result<Vec<Series>, Error> {
+        let got = self.select_from(vs, |store, m| store.select(m, mint, maxt).map(Some))?;
+        Ok(got.unwrap_or_default())
+    }
+
+    /// The series `read` gives for `vs`' matchers (`None`: the store has
+    /// no such data), under the per-selector limits, samples by time.
+    fn select_from(
+        &mut self,
+        vs: &VectorSelector,
+        read: impl FnOnce(&dyn Queryable, &[Matcher]) -> Result<Option<Vec<Series>>, String>,
+    ) -> Result<Option<Vec<Series>>, Error> {
         if !vs.matchers.or_matchers.is_empty() {
             return Err(Error::BadData(
                 "\"or\" inside a selector is not supported".into(),
             ));
         }
         let matchers = selector_matchers(vs)?;
-        let mut series = self
-            .store
-            .select(&matchers, mint, maxt)
-            .map_err(Error::Storage)?;
+        let Some(mut series) = read(self.store, &matchers).map_err(Error::Storage)? else {
+            return Ok(None);
+        };
         if series.len() > self.opts.max_series {
             return Err(Error::Limit(format!(
                 "selector {vs} matches {} series, over the limit of {} per selector",
@@ -400,7 +410,7 @@ impl Ev<'_> {
         for s in &mut series {
             s.samples.sort_by_key(|&(t, _)| t);
         }
-        Ok(series)
+        Ok(Some(series))
     }
 
     /// The time each step reads at: `@` or the step, minus the offset.
@@ -480,35 +490,17 @@ impl Ev<'_> {
         let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
             return Ok(None);
         };
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err(Error::BadData(
-                "\"or\" inside a selector is not supported".into(),
-            ));
-        }
-        let matchers = selector_matchers(vs)?;
-        let Some(mut series) = self
-            .store
-            .select_windows(&matchers, lo - range, hi, field)
-            .map_err(Error::Storage)?
+        let Some(mut series) = self.select_from(vs, |store, m| {
+            store.select_windows(m, lo - range, hi, field)
+        })?
         else {
             return Ok(None);
         };
-        if series.len() > self.opts.max_series {
-            return Err(Error::Limit(format!(
-                "selector {vs} matches {} series, over the limit of {} per selector",
-                series.len(),
-                self.opts.max_series
-            )));
-        }
-        let n: usize = series.iter().map(|s| s.samples.len()).sum();
-        self.charge(n)?;
         for s in &mut series {
             s.samples
                 .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
-            s.samples.sort_by_key(|&(t, _)| t);
         }
         series.retain(|s| !s.samples.is_empty());
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(Some(Mat {
             series,
             range,

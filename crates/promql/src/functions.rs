@@ -125,8 +125,8 @@ fn over_windows(
     let Some(counts) = ev.matrix_windows(ms, WindowField::Count)? else {
         return Ok(None);
     };
-    // Both are sorted by labels; a series whose count is missing (gone
-    // between the two reads) is left out.
+    // Sums and counts are matched by labels; a series whose count is
+    // missing (gone between the two reads) is left out.
     let by_labels: HashMap<&Labels, usize> = counts
         .series
         .iter()
