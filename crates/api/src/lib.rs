@@ -124,6 +124,8 @@ struct Inner {
     providers: Providers,
     /// See [`Api::read_windows`].
     windows: AtomicBool,
+    /// remote_write's series cache.
+    writes: Arc<write::SeriesCache>,
 }
 
 async fn not_found(
@@ -251,6 +253,7 @@ impl Api {
         primaries: Primaries,
     ) -> Self {
         let queries = Arc::new(Semaphore::new(limits.max_concurrent_queries.max(1)));
+        let writes = Arc::new(write::SeriesCache::new(db.options().max_series));
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -261,6 +264,7 @@ impl Api {
                 primaries,
                 providers: Providers::default(),
                 windows: AtomicBool::new(false),
+                writes,
             }),
         }
     }
@@ -356,6 +360,10 @@ impl Api {
 
     pub(crate) fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    pub(crate) fn write_cache(&self) -> Arc<write::SeriesCache> {
+        self.inner.writes.clone()
     }
 
     pub(crate) fn limits(&self) -> &Limits {

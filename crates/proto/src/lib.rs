@@ -20,6 +20,8 @@ pub mod prometheus {
     tonic::include_proto!("prometheus");
 }
 
+pub mod remote_write;
+
 #[cfg(test)]
 mod tests {
     use super::v1;
