@@ -40,20 +40,37 @@ impl BitWriter {
         self.used = (self.used + 1) % 8;
     }
 
-    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first.
+    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first:
+    /// the rest of the partial last byte, then whole bytes, then the
+    /// remainder, with one capacity check.
     #[inline]
     pub(crate) fn write_bits(&mut self, v: u64, mut n: u32) {
-        while n > 0 {
-            if self.used == 0 {
-                self.push_byte();
-            }
+        if n == 0 {
+            return;
+        }
+        // New bytes this write starts (the partial last byte has room).
+        let new = ((self.used as u32 + n).div_ceil(8) - u32::from(self.used != 0)) as usize;
+        if self.bytes.capacity() - self.bytes.len() < new {
+            self.bytes.reserve_exact(32);
+        }
+        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+        if self.used != 0 {
             let free = 8 - self.used as u32;
             let take = free.min(n);
             let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
-            let last = self.bytes.len() - 1;
-            self.bytes[last] |= chunk << (free - take);
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= chunk << (free - take);
+            }
             self.used = ((self.used as u32 + take) % 8) as u8;
             n -= take;
+        }
+        while n >= 8 {
+            n -= 8;
+            self.bytes.push((v >> n) as u8);
+        }
+        if n > 0 {
+            self.bytes.push(((v << (8 - n)) & 0xff) as u8);
+            self.used = n as u8;
         }
     }
 }
