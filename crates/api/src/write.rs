@@ -37,7 +37,7 @@ type Map = HashMap<u128, SeriesRef, foldhash::fast::FixedState>;
 impl std::fmt::Debug for SeriesCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SeriesCache")
-            .field("len", &self.map.read().len())
+            .field("len", &self.len())
             .finish()
     }
 }
