@@ -49,16 +49,6 @@ impl XorChunk {
         self.w.bytes.len()
     }
 
-    /// The last byte written (0 when empty). Reading it brings the chunk's
-    /// state and the end of its stream into cache: a caller about to
-    /// append to many chunks spread over memory touches them all first,
-    /// and the processor fetches them in parallel rather than one miss at
-    /// a time.
-    #[inline]
-    pub fn touch(&self) -> u8 {
-        self.w.bytes.last().copied().unwrap_or(0)
-    }
-
     /// Heap bytes held.
     pub fn heap_size(&self) -> usize {
         self.w.bytes.capacity()
