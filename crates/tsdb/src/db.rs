@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, ReadOptions, WriteBatch};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, IteratorMode, WriteBatch};
 use tiermon_chunkenc::XorChunk;
 use tiermon_model::{Labels, Matcher, Sample};
 
 use crate::downsample::{self, Aggregate, Resolution};
 use crate::head::{Head, SampleError, SealedChunk, SeriesRef, partition_of};
 use crate::keys::{self, CF_CHUNKS, CF_HEAD, CF_META, CF_SERIES};
+use crate::spans::Spans;
 use crate::tier::{BlockMeta, BlockWriter, StoredChunk, Tier};
 use crate::wal::{self, Record, Wal};
 use crate::{Error, Options, Result};
@@ -56,6 +57,8 @@ struct Inner {
     wal_holds: Mutex<std::collections::HashMap<String, u64>>,
     /// Identity of this database's WAL; a new data folder gets a new one.
     wal_epoch: u64,
+    /// Longest raw chunk of each partition, where reads start.
+    spans: Spans,
 }
 
 /// A series and its samples in the asked range, oldest first.
@@ -183,6 +186,7 @@ impl Db {
         })?;
         head.next_seq = get_u64(&rocks, meta, keys::META_NEXT_SEQ)?.unwrap_or(0);
         let checkpoint = get_u64(&rocks, meta, keys::META_CHECKPOINT)?.unwrap_or(0);
+        let spans = Spans::load(&rocks, meta, opts.partition_ms())?;
         let tier = match &opts.blob {
             None => None,
             Some(b) => Some(Tier::new(b, load_manifest(&rocks, meta)?)?),
@@ -273,8 +277,17 @@ impl Db {
                 tier,
                 wal_holds: Mutex::new(std::collections::HashMap::new()),
                 wal_epoch,
+                spans,
             }),
         };
+        if db.inner.spans.is_empty() {
+            // Written before spans were recorded (or empty): read the
+            // partitions there are from their start.
+            let ps = db.partitions(Resolution::Raw)?;
+            db.inner
+                .spans
+                .assume_widest(&db.inner.rocks, cf(&db.inner.rocks, CF_META)?, &ps)?;
+        }
         db.write_pending()?;
         tracing::info!(
             dir = %dir.display(),
@@ -439,9 +452,13 @@ impl Db {
             );
         }
         batch.put_cf(&mcf, keys::META_NEXT_SEQ, next_seq.to_be_bytes());
-        rocks
-            .write(batch)
-            .map_err(Error::rocks("writing sealed chunks"))
+        self.inner.spans.write(
+            rocks,
+            mcf,
+            batch,
+            chunks.iter().map(|c| (c.partition, c.max_t - c.min_t)),
+            "writing sealed chunks",
+        )
     }
 
     /// Writes the head to RocksDB and deletes the WAL before that point, so
@@ -586,9 +603,12 @@ impl Db {
         // Local data first, then blob storage: a partition tiered in
         // between is then seen twice (merged), never missed.
         let mut runs = Vec::with_capacity(snaps.len());
+        let rocks = &self.inner.rocks;
+        let mut it = rocks.raw_iterator_cf(cf(rocks, CF_CHUNKS)?);
         for s in &snaps {
-            runs.push(self.local_runs(s, mint, maxt)?);
+            runs.push(self.local_runs(&mut it, s, mint, maxt)?);
         }
+        drop(it);
         let mut blob = self.blob_chunks(Resolution::Raw, &snaps, mint, maxt)?;
         let mut out = Vec::with_capacity(snaps.len());
         for (s, mut parts) in snaps.into_iter().zip(runs) {
@@ -1065,6 +1085,7 @@ impl Db {
         let ccf = cf(rocks, CF_CHUNKS)?;
         let mut changed = false;
         let mut batch = WriteBatch::default();
+        let mut span = 0i64;
         self.for_each_series(Resolution::Raw, p, |r, group| {
             if group.len() < 2 {
                 return Ok(());
@@ -1079,6 +1100,7 @@ impl Db {
             if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
                 let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
                 let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
+                span = span.max(t1 - t0);
                 batch.put_cf(
                     ccf,
                     keys::chunk(0, p, r, t0, seq),
@@ -1089,9 +1111,13 @@ impl Db {
             Ok(())
         })?;
         if changed {
-            rocks
-                .write(batch)
-                .map_err(Error::rocks("writing compacted chunks"))?;
+            self.inner.spans.write(
+                rocks,
+                cf(rocks, CF_META)?,
+                batch,
+                [(p, span)],
+                "writing compacted chunks",
+            )?;
         }
         Ok(changed)
     }
@@ -1296,14 +1322,19 @@ impl Db {
 
     fn delete_partition(&self, ccf: &ColumnFamily, res: Resolution, p: i64) -> Result<()> {
         let width = self.inner.opts.partition_ms();
-        self.inner
-            .rocks
+        let rocks = &self.inner.rocks;
+        rocks
             .delete_range_cf(
                 ccf,
                 keys::partition_prefix(res.id(), p),
                 keys::partition_prefix(res.id(), p.saturating_add(width)),
             )
-            .map_err(Error::rocks("deleting a partition"))
+            .map_err(Error::rocks("deleting a partition"))?;
+        if res == Resolution::Raw {
+            // Chunks written since are read from the partition's start.
+            self.inner.spans.forget(rocks, cf(rocks, CF_META)?, p)?;
+        }
+        Ok(())
     }
 
     /// Bytes of the chunks column family, live files and memtables.
@@ -1369,34 +1400,48 @@ impl Db {
             .collect()
     }
 
-    /// Runs of one series from RocksDB and the head.
-    fn local_runs(&self, s: &HeadSnapshot, mint: i64, maxt: i64) -> Result<Vec<Run>> {
-        let rocks = &self.inner.rocks;
+    /// Runs of one series from RocksDB and the head. `it` iterates the
+    /// chunks column family; one serves every series of a read, seeking
+    /// forward (creating an iterator costs more than a seek).
+    fn local_runs(
+        &self,
+        it: &mut rocksdb::DBRawIterator<'_>,
+        s: &HeadSnapshot,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Run>> {
         let width = self.inner.opts.partition_ms();
-        let ccf = cf(rocks, CF_CHUNKS)?;
         let mut parts: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
         // Only partitions where the series has data.
         let last = maxt.min(s.max_t);
         let mut p = partition_of(mint.max(s.min_t), width);
         while p <= last {
+            // Chunks are keyed by their first sample: the first one that
+            // can reach `mint` starts no earlier than the partition's
+            // longest chunk before it, and none after `maxt` can.
+            let from = mint.saturating_sub(self.inner.spans.get(p)).max(p);
             let prefix = keys::series_prefix(0, p, s.r);
-            let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(keys::series_prefix(0, p, s.r + 1).to_vec());
-            for item in rocks.iterator_cf_opt(
-                &ccf,
-                opts,
-                IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-            ) {
-                let (k, v) = item.map_err(Error::rocks("reading chunks"))?;
-                let key = keys::parse_chunk(&k).ok_or_else(|| Error::Corrupt {
+            it.seek(keys::chunk(0, p, s.r, from, 0));
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let key = keys::parse_chunk(k).ok_or_else(|| Error::Corrupt {
                     what: "chunk key".into(),
                 })?;
-                let (_, max_t, _) = split_value(&v)?;
-                if key.min_t > maxt || max_t < mint {
-                    continue;
+                if key.min_t > maxt {
+                    break;
                 }
-                parts.push((key.seq, decode_chunk(&v)?));
+                let (_, max_t, _) = split_value(v)?;
+                if max_t >= mint {
+                    parts.push((key.seq, decode_chunk(v)?));
+                }
+                it.next();
             }
+            it.status().map_err(Error::rocks("reading chunks"))?;
             p = match p.checked_add(width) {
                 Some(n) => n,
                 None => break,
@@ -1456,6 +1501,22 @@ fn merge(mut parts: Vec<Run>) -> Vec<(i64, f64)> {
             }
         });
         return only;
+    }
+    // The usual case: in-order chunks, one after the other.
+    parts.retain(|(_, v)| !v.is_empty());
+    parts.sort_by_key(|(seq, v)| (v[0].0, *seq));
+    let apart = parts
+        .windows(2)
+        .all(|w| w[0].1[w[0].1.len() - 1].0 < w[1].1[0].0)
+        && parts
+            .iter()
+            .all(|(_, v)| v.windows(2).all(|w| w[0].0 < w[1].0));
+    if apart {
+        let mut out = Vec::with_capacity(parts.iter().map(|(_, v)| v.len()).sum());
+        for (_, v) in parts {
+            out.extend_from_slice(&v);
+        }
+        return out;
     }
     let mut all: Vec<(i64, u64, usize, f64)> =
         Vec::with_capacity(parts.iter().map(|(_, v)| v.len()).sum());

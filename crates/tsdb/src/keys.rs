@@ -43,6 +43,23 @@ pub(crate) fn parse_tier(k: &[u8]) -> Option<(u8, i64, u32)> {
     ))
 }
 
+/// Prefix of the chunk span records in `meta`: `"span/" | partition (8,
+/// sign-flipped BE)`, the longest raw chunk of the partition (`max_t -
+/// min_t`, i64 BE).
+pub(crate) const META_SPAN: &[u8] = b"span/";
+
+pub(crate) fn span(partition: i64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..5].copy_from_slice(META_SPAN);
+    k[5..].copy_from_slice(&flip(partition));
+    k
+}
+
+pub(crate) fn parse_span(k: &[u8]) -> Option<i64> {
+    let rest = k.strip_prefix(META_SPAN)?;
+    (rest.len() == 8).then(|| unflip(rest))
+}
+
 fn flip(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
@@ -131,5 +148,8 @@ mod tests {
         assert!(d.starts_with(&partition_prefix(0, 0)));
         assert_eq!(parse_tier(&tier(2, -5, 7)), Some((2, -5, 7)));
         assert_eq!(parse_tier(b"tier/x"), None);
+        assert_eq!(parse_span(&span(-86_400_000)), Some(-86_400_000));
+        assert!(span(-1) < span(0) && span(0) < span(i64::MAX));
+        assert_eq!(parse_span(b"span/x"), None);
     }
 }

@@ -26,6 +26,7 @@ mod db;
 mod downsample;
 mod head;
 mod keys;
+mod spans;
 mod tier;
 mod wal;
 

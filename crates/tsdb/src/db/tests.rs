@@ -798,3 +798,118 @@ fn wal_read_returns_each_commit_once_in_order_and_holds_keep_segments() {
     let db = Db::open(dir.path(), small).unwrap();
     assert_eq!(db.wal_epoch(), epoch);
 }
+
+#[test]
+fn narrow_reads_find_chunks_that_started_long_before() {
+    // In partition [0, 1 h): a sparse series whose first chunk spans 50
+    // minutes and a dense one whose chunks span seconds. A read seeks to
+    // `mint` minus the partition's longest chunk, so it must still find
+    // the sparse chunk from a range near that chunk's end.
+    let dir = tempfile::tempdir().unwrap();
+    let sparse = labels("sparse", &[]);
+    let dense = labels("dense", &[]);
+    let mut want: Vec<(i64, f64, bool)> = Vec::new();
+    {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let mut app = db.appender();
+        for i in 0..144i64 {
+            // Few changes, so that 120 samples fit a chunk's bytes.
+            let v = (i / 50) as f64;
+            app.append(&sparse, i * 25_000, v).unwrap();
+            want.push((i * 25_000, v, true));
+        }
+        for i in 0..3600i64 {
+            // Values with noise, so that a chunk fills its bytes quickly.
+            let v = ((i * 7919) % 1013) as f64 / 7.0;
+            app.append(&dense, i * 1000, v).unwrap();
+            want.push((i * 1000, v, false));
+        }
+        app.commit().unwrap();
+        db.flush_head().unwrap();
+        assert_eq!(
+            db.inner.spans.get(0),
+            119 * 25_000,
+            "the sparse chunk is the longest"
+        );
+    }
+    let check = |db: &Db| {
+        for (mint, maxt) in [
+            (2_900_000, 2_910_000),
+            (2_975_000, 2_975_000),
+            (1_000, 1_000),
+            (3_000_000, 3_599_000),
+            (0, 3_600_000),
+        ] {
+            for (l, is_sparse) in [(&sparse, true), (&dense, false)] {
+                let m = [eq("__name__", l.get("__name__").unwrap())];
+                let got: Vec<(i64, u64)> = values(db, &m, mint, maxt)
+                    .into_iter()
+                    .flat_map(|(_, v)| v)
+                    .collect();
+                let expect: Vec<(i64, u64)> = want
+                    .iter()
+                    .filter(|&&(t, _, s)| s == is_sparse && t >= mint && t <= maxt)
+                    .map(|&(t, v, _)| (t, v.to_bits()))
+                    .collect();
+                assert_eq!(got, expect, "{l} in [{mint}, {maxt}]");
+            }
+        }
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    check(&db);
+    // A database written before spans were recorded: reads start at the
+    // partition's start.
+    let rocks = &db.inner.rocks;
+    rocks
+        .delete_cf(cf(rocks, CF_META).unwrap(), keys::span(0))
+        .unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.inner.spans.get(0), 3_600_000);
+    check(&db);
+    // A short chunk written now must not narrow what the old ones need.
+    let mut app = db.appender();
+    for i in 0..10 {
+        app.append(&labels("late", &[]), 3_590_000 + i * 1000, 1.0)
+            .unwrap();
+    }
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.inner.spans.get(0), 3_600_000);
+    check(&db);
+}
+
+proptest::proptest! {
+    /// Merging runs keeps, per timestamp, the sample of the latest run
+    /// (and within a run the last one), whether the runs lie apart in
+    /// time (the concatenating fast path) or overlap.
+    #[test]
+    fn merge_keeps_the_latest_write_of_each_timestamp(
+        runs in proptest::collection::vec(
+            (proptest::bool::ANY, 0i64..400, proptest::collection::vec((1i64..20, proptest::num::f64::ANY), 0..30)),
+            0..5,
+        ),
+    ) {
+        let mut parts = Vec::new();
+        let mut model = std::collections::BTreeMap::new();
+        for (seq, (sorted, start, steps)) in runs.into_iter().enumerate() {
+            let mut t = start * 10;
+            let run: Vec<(i64, f64)> = steps
+                .into_iter()
+                .map(|(d, v)| {
+                    t = if sorted { t + d } else { start * 10 + d * 7 % 23 };
+                    (t, v)
+                })
+                .collect();
+            for &(t, v) in &run {
+                model.insert(t, v.to_bits());
+            }
+            parts.push((seq as u64, run));
+        }
+        let got: Vec<(i64, u64)> = merge(parts).into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = model.into_iter().collect();
+        proptest::prop_assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,122 @@
+//! The longest raw chunk of each partition, so that a read seeks straight
+//! to the first chunk that can reach its range instead of walking every
+//! chunk a series has in the partition (a day of them, for an instant
+//! query at the end of the day).
+//!
+//! A chunk whose newest sample is at or after `mint` starts at or after
+//! `mint - span`, where `span` bounds every chunk of the partition
+//! (`max_t - min_t`). The bound is kept in `meta` under
+//! [`keys::META_SPAN`] and only ever grows; it is raised in the same
+//! RocksDB write as the chunk that raises it, so a chunk is never readable
+//! with a bound too small for it. A partition without a record is read
+//! from its start.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use rocksdb::{ColumnFamily, DB, IteratorMode, WriteBatch};
+
+use crate::keys;
+use crate::{Error, Result};
+
+pub(crate) struct Spans {
+    /// Partition width: no chunk spans more, so the bound of a partition
+    /// without a record.
+    width: i64,
+    known: Mutex<HashMap<i64, i64>>,
+}
+
+impl Spans {
+    /// The bounds recorded in `meta`.
+    pub(crate) fn load(rocks: &DB, meta: &ColumnFamily, width: i64) -> Result<Spans> {
+        let mut known = HashMap::new();
+        for item in rocks.iterator_cf(
+            meta,
+            IteratorMode::From(keys::META_SPAN, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(Error::rocks("reading chunk spans"))?;
+            if !k.starts_with(keys::META_SPAN) {
+                break;
+            }
+            let corrupt = || Error::Corrupt {
+                what: "chunk span record".into(),
+            };
+            let p = keys::parse_span(&k).ok_or_else(corrupt)?;
+            let s = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
+            known.insert(p, s);
+        }
+        Ok(Spans {
+            width,
+            known: Mutex::new(known),
+        })
+    }
+
+    /// Whether any bound is recorded (a database written before bounds
+    /// were kept has none).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.known.lock().is_empty()
+    }
+
+    /// Longest chunk of raw partition `p`, at most the partition width.
+    pub(crate) fn get(&self, p: i64) -> i64 {
+        self.known.lock().get(&p).copied().unwrap_or(self.width)
+    }
+
+    /// Writes `batch`, which puts raw chunks of the given `(partition,
+    /// max_t - min_t)`, adding the records of the bounds they raise.
+    pub(crate) fn write(
+        &self,
+        rocks: &DB,
+        meta: &ColumnFamily,
+        mut batch: WriteBatch,
+        chunks: impl IntoIterator<Item = (i64, i64)>,
+        what: &'static str,
+    ) -> Result<()> {
+        let mut raise: Vec<(i64, i64)> = Vec::new();
+        for (p, span) in chunks {
+            match raise.iter_mut().find(|(q, _)| *q == p) {
+                Some(e) => e.1 = e.1.max(span),
+                None => raise.push((p, span)),
+            }
+        }
+        let mut known = self.known.lock();
+        raise.retain(|(p, span)| known.get(p).is_none_or(|k| span > k));
+        if raise.is_empty() {
+            drop(known);
+            return rocks.write(batch).map_err(Error::rocks(what));
+        }
+        // Held through the write: a smaller bound written concurrently
+        // must not land after a larger one.
+        for &(p, span) in &raise {
+            batch.put_cf(meta, keys::span(p), span.to_be_bytes());
+        }
+        rocks.write(batch).map_err(Error::rocks(what))?;
+        known.extend(raise);
+        Ok(())
+    }
+
+    /// Records the widest bound for partitions written before bounds were
+    /// kept.
+    pub(crate) fn assume_widest(&self, rocks: &DB, meta: &ColumnFamily, ps: &[i64]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for &p in ps {
+            batch.put_cf(meta, keys::span(p), self.width.to_be_bytes());
+        }
+        let mut known = self.known.lock();
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("recording chunk spans"))?;
+        known.extend(ps.iter().map(|&p| (p, self.width)));
+        Ok(())
+    }
+
+    /// Forgets partition `p` (deleted by retention).
+    pub(crate) fn forget(&self, rocks: &DB, meta: &ColumnFamily, p: i64) -> Result<()> {
+        let mut known = self.known.lock();
+        rocks
+            .delete_cf(meta, keys::span(p))
+            .map_err(Error::rocks("deleting a chunk span"))?;
+        known.remove(&p);
+        Ok(())
+    }
+}
