@@ -108,6 +108,19 @@ impl<'a> BitReader<'a> {
         if self.pos + n as usize > self.end {
             return None;
         }
+        let i = self.pos / 8;
+        let off = (self.pos % 8) as u32;
+        // Common case: the bits lie within 8 bytes that can be loaded at once.
+        if n > 0
+            && n + off <= 64
+            && let Some(word) = self.bytes.get(i..i + 8)
+        {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(word);
+            let v = (u64::from_be_bytes(b) << off) >> (64 - n);
+            self.pos += n as usize;
+            return Some(v);
+        }
         let mut v = 0u64;
         while n > 0 {
             let byte = self.bytes[self.pos / 8];
