@@ -84,6 +84,7 @@ pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Op
         wal_fsync: s.wal_fsync,
         max_series: s.max_series,
         blob,
+        block_cache_bytes: s.block_cache_bytes,
         ..Options::default()
     })
 }

@@ -107,6 +107,8 @@ pub struct StorageConfig {
     pub checkpoint_every: Duration,
     /// Tiering of old partitions to blob storage.
     pub blob: BlobConfig,
+    /// Bytes of the cache of uncompressed chunk blocks that queries read.
+    pub block_cache_bytes: usize,
 }
 
 impl Default for StorageConfig {
@@ -124,6 +126,7 @@ impl Default for StorageConfig {
             maintain_every: Duration::from_secs(300),
             checkpoint_every: Duration::from_secs(300),
             blob: BlobConfig::default(),
+            block_cache_bytes: 128 << 20,
         }
     }
 }

@@ -170,6 +170,9 @@ impl Db {
         // the cold levels only.
         chunk_opts.set_compression_type(rocksdb::DBCompressionType::None);
         chunk_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(opts.block_cache_bytes));
+        chunk_opts.set_block_based_table_factory(&table);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
             ColumnFamilyDescriptor::new(CF_SERIES, lz4()),

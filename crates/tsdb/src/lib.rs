@@ -86,6 +86,10 @@ pub struct Options {
     /// Tiering of old partitions to blob storage; `None` keeps everything
     /// in RocksDB.
     pub blob: Option<BlobOptions>,
+    /// Bytes of RocksDB's cache of uncompressed chunk blocks: dashboards
+    /// re-read the same recent blocks, and a miss costs a read and a
+    /// decompression.
+    pub block_cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -107,6 +111,7 @@ impl Default for Options {
             max_label_value_len: 4096,
             max_samples_per_commit: 10_000_000,
             blob: None,
+            block_cache_bytes: 128 << 20,
         }
     }
 }
