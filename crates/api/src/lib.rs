@@ -175,15 +175,29 @@ impl Queryable for DbQueryable {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
         let got = self
             .db
-            .select(matchers, mint, maxt)
+            .select_pairs(matchers, mint, maxt)
             .map_err(|e| e.to_string())?;
         Ok(got
             .into_iter()
-            .map(|s| Series {
-                labels: s.labels,
-                samples: s.samples.iter().map(|x| (x.t, x.v)).collect(),
-            })
+            .map(|(labels, samples)| Series { labels, samples })
             .collect())
+    }
+
+    fn select_batches(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        batch: usize,
+        f: &mut dyn FnMut(Vec<Series>) -> bool,
+    ) -> Result<(), String> {
+        self.db
+            .select_batches(matchers, mint, maxt, batch, |b| {
+                f(b.into_iter()
+                    .map(|(labels, samples)| Series { labels, samples })
+                    .collect())
+            })
+            .map_err(|e| e.to_string())
     }
 
     fn select_windows(

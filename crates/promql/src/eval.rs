@@ -477,6 +477,72 @@ impl Ev<'_> {
         })
     }
 
+    /// `ms` read in batches of series, each batch handed to `f` as a
+    /// matrix of its own (same range and steps), under the same limits as
+    /// [`Self::matrix_selector`]: only one batch's samples are held at a
+    /// time.
+    pub(crate) fn matrix_selector_batches(
+        &mut self,
+        ms: &MatrixSelector,
+        mut f: impl FnMut(Mat),
+    ) -> Result<(), Error> {
+        /// Series per batch: enough to amortise a read, few enough that a
+        /// day of 15 s samples stays in the processor's caches' reach.
+        const BATCH: usize = 256;
+        let vs = &ms.vs;
+        if !vs.matchers.or_matchers.is_empty() {
+            return Err(Error::BadData(
+                "\"or\" inside a selector is not supported".into(),
+            ));
+        }
+        let range = millis(&ms.range);
+        let ends = self.read_times(&vs.at, &vs.offset);
+        let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
+            return Ok(());
+        };
+        let matchers = selector_matchers(vs)?;
+        let store = self.store;
+        let mut seen = 0usize;
+        let mut failed: Option<Error> = None;
+        let read = store.select_batches(&matchers, lo - range, hi, BATCH, &mut |mut series| {
+            seen += series.len();
+            if seen > self.opts.max_series {
+                failed = Some(Error::Limit(format!(
+                    "selector {vs} matches more than {} series, the limit per selector",
+                    self.opts.max_series
+                )));
+                return false;
+            }
+            let n: usize = series.iter().map(|s| s.samples.len()).sum();
+            if let Err(e) = self.charge(n) {
+                failed = Some(e);
+                return false;
+            }
+            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                failed = Some(Error::Execution(
+                    "query cancelled: it ran past its timeout".into(),
+                ));
+                return false;
+            }
+            for s in &mut series {
+                s.samples.sort_by_key(|&(t, _)| t);
+                s.samples
+                    .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
+            }
+            series.retain(|s| !s.samples.is_empty());
+            f(Mat {
+                series,
+                range,
+                ends: ends.clone(),
+            });
+            true
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        read.map_err(Error::Storage)
+    }
+
     /// `ms` read as `field` of downsampled windows, when the store keeps
     /// them ([`Queryable::select_windows`]).
     pub(crate) fn matrix_windows(
@@ -1201,6 +1267,106 @@ mod tests {
             e.instant(&store(), "sum(", 0),
             Err(Error::BadData(_))
         ));
+    }
+
+    /// Counts the batches a store is read in and the largest one.
+    struct Batches(Mem, std::sync::Mutex<(usize, usize)>);
+
+    impl Queryable for Batches {
+        fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String> {
+            self.0.select(m, mint, maxt)
+        }
+
+        fn select_batches(
+            &self,
+            m: &[Matcher],
+            mint: i64,
+            maxt: i64,
+            batch: usize,
+            f: &mut dyn FnMut(Vec<Series>) -> bool,
+        ) -> Result<(), String> {
+            for b in self.0.select(m, mint, maxt)?.chunks(batch) {
+                let mut seen = self.1.lock().unwrap();
+                seen.0 += 1;
+                seen.1 = seen.1.max(b.len());
+                drop(seen);
+                if !f(b.to_vec()) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn range_functions_over_a_selector_read_it_in_batches_and_miss_nothing() {
+        // 600 series, some with a stale marker and one with nothing but.
+        let series: Vec<Series> = (0..600)
+            .map(|i| Series {
+                labels: Labels::from_pairs([("__name__", "x".to_owned()), ("i", i.to_string())]),
+                samples: (0..40)
+                    .map(|k| {
+                        let v = if i == 7 || (i % 50 == 1 && k == 30) {
+                            STALE_NAN
+                        } else {
+                            (k * (i % 13 + 1)) as f64
+                        };
+                        (k * 15_000, v)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let store = Batches(Mem(series.clone()), Default::default());
+        let e = Engine::default();
+        let got = e
+            .range(&store, "rate(x[1m])", 60_000, 585_000, 15_000)
+            .unwrap();
+        let (batches, largest) = *store.1.lock().unwrap();
+        assert!(
+            batches >= 3 && largest <= 256,
+            "{batches} batches, largest {largest}"
+        );
+        // Each series alone (one batch each) gives the same answer.
+        let Value::Matrix(got) = got else {
+            panic!("not a matrix")
+        };
+        assert_eq!(
+            got.len(),
+            599,
+            "the series of stale markers only is left out"
+        );
+        for g in &got {
+            let i = g.labels.get("i").unwrap();
+            let Value::Matrix(one) = e
+                .range(
+                    &Mem(series.clone()),
+                    &format!("rate(x{{i=\"{i}\"}}[1m])"),
+                    60_000,
+                    585_000,
+                    15_000,
+                )
+                .unwrap()
+            else {
+                panic!("not a matrix")
+            };
+            assert_eq!(one.len(), 1);
+            assert_eq!(one[0].samples, g.samples, "series {i}");
+        }
+        // Limits hold across batches.
+        let e = Engine::new(Options {
+            max_series: 300,
+            ..Options::default()
+        });
+        let err = e.instant(&store, "rate(x[1m])", 300_000).unwrap_err();
+        assert!(err.to_string().contains("more than 300 series"), "{err}");
+        let e = Engine::new(Options {
+            max_samples: 5_000,
+            ..Options::default()
+        });
+        let err = e
+            .range(&store, "rate(x[1m])", 60_000, 585_000, 15_000)
+            .unwrap_err();
+        assert!(err.to_string().contains("too many samples"), "{err}");
     }
 
     #[test]

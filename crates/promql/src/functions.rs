@@ -161,6 +161,38 @@ fn map_matrix(
     f: impl Fn(&[(i64, f64)], usize) -> Option<f64>,
     keep_name: bool,
 ) -> Result<Val, Error> {
+    Ok(Val::Vector(dedup(map_series(m, f, keep_name))?))
+}
+
+/// [`map_matrix`] over the range-vector expression `e`, with `f` given
+/// each window, its step's end and the range. A plain range selector is
+/// read and reduced a batch of series at a time, so that its samples are
+/// never all in memory at once.
+fn map_range(
+    ev: &mut Ev<'_>,
+    e: &Expr,
+    keep_name: bool,
+    f: impl Fn(&[(i64, f64)], i64, i64) -> Option<f64>,
+) -> Result<Val, Error> {
+    let mut out = Vec::new();
+    let mut reduce =
+        |m: &Mat| out.extend(map_series(m, |w, i| f(w, m.ends[i], m.range), keep_name));
+    if let Expr::MatrixSelector(ms) = e {
+        ev.matrix_selector_batches(ms, |m| reduce(&m))?;
+    } else {
+        let m = ev.eval_matrix(e)?;
+        reduce(&m);
+    }
+    Ok(Val::Vector(dedup(out)?))
+}
+
+/// `f` over each series' window at each step; series with no value at
+/// any step are left out.
+fn map_series(
+    m: &Mat,
+    f: impl Fn(&[(i64, f64)], usize) -> Option<f64>,
+    keep_name: bool,
+) -> Vec<VSeries> {
     let n = m.ends.len();
     let mut out = Vec::with_capacity(m.series.len());
     for s in 0..m.series.len() {
@@ -183,7 +215,7 @@ fn map_matrix(
             });
         }
     }
-    Ok(Val::Vector(dedup(out)?))
+    out
 }
 
 fn extrapolated_rate(
@@ -640,20 +672,15 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
             }))
         }
         "rate" | "increase" | "delta" => {
-            let m = ev.eval_matrix(arg(c, 0)?)?;
             let counter = name != "delta";
             let rate = name == "rate";
-            let (ends, range) = (m.ends.clone(), m.range);
-            map_matrix(
-                &m,
-                |w, i| extrapolated_rate(w, ends[i], range, counter, rate),
-                false,
-            )
+            map_range(ev, arg(c, 0)?, false, |w, end, range| {
+                extrapolated_rate(w, end, range, counter, rate)
+            })
         }
-        "irate" | "idelta" => {
-            let m = ev.eval_matrix(arg(c, 0)?)?;
-            map_matrix(&m, |w, _| instant_delta(w, name == "irate"), false)
-        }
+        "irate" | "idelta" => map_range(ev, arg(c, 0)?, false, |w, _, _| {
+            instant_delta(w, name == "irate")
+        }),
         "deriv" => {
             let m = ev.eval_matrix(arg(c, 0)?)?;
             map_matrix(

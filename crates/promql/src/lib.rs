@@ -29,6 +29,28 @@ pub trait Queryable: Send + Sync {
     /// (ms, inclusive), staleness markers included.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, String>;
 
+    /// [`Self::select`] handed to `f` in batches of at most `batch`
+    /// series, so that an evaluation reducing each series to one value
+    /// per step (`rate()` over a range selector) need not hold every
+    /// series' samples at once; `f` returning `false` stops the read. The
+    /// default reads everything with [`Self::select`], then hands it over.
+    fn select_batches(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        batch: usize,
+        f: &mut dyn FnMut(Vec<Series>) -> bool,
+    ) -> Result<(), String> {
+        let mut all = self.select(matchers, mint, maxt)?.into_iter().peekable();
+        while all.peek().is_some() {
+            if !f(all.by_ref().take(batch.max(1)).collect()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// For stores that hold downsampled windows (the global tier): series
     /// matching `matchers` with, per window whose last sample is in
     /// `[mint, maxt]`, `field` of the window at that sample's time; a

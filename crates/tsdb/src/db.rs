@@ -602,38 +602,80 @@ impl Db {
     /// `[mint, maxt]` (milliseconds, inclusive). Series without samples in
     /// the range are left out.
     pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>> {
-        let snaps = self.head_snapshots(matchers, mint, maxt);
-        // Local data first, then blob storage: a partition tiered in
-        // between is then seen twice (merged), never missed.
-        let mut runs = Vec::with_capacity(snaps.len());
+        Ok(self
+            .select_pairs(matchers, mint, maxt)?
+            .into_iter()
+            .map(|(labels, samples)| SeriesData {
+                labels,
+                samples: samples
+                    .into_iter()
+                    .map(|(t, v)| Sample::new(t, v))
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// [`Db::select`] with samples as `(timestamp, value)` pairs, as the
+    /// query engine takes them (no copy on the way).
+    pub fn select_pairs(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>> {
+        let mut out = Vec::new();
+        self.select_batches(matchers, mint, maxt, usize::MAX, |b| {
+            out.extend(b);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// [`Db::select_pairs`] handed to `f` in batches of at most `batch`
+    /// series as they are read, so that a caller reducing each series
+    /// holds one batch's samples at a time. The batches together are one
+    /// consistent read; `f` returning `false` stops it.
+    pub fn select_batches(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        batch: usize,
+        mut f: impl FnMut(Vec<(Labels, Vec<(i64, f64)>)>) -> bool,
+    ) -> Result<()> {
+        let mut snaps = self.head_snapshots(matchers, mint, maxt).into_iter();
         let rocks = &self.inner.rocks;
         let mut it = rocks.raw_iterator_cf(cf(rocks, CF_CHUNKS)?);
-        for s in &snaps {
-            runs.push(self.local_runs(&mut it, s, mint, maxt)?);
-        }
-        drop(it);
-        let mut blob = self.blob_chunks(Resolution::Raw, &snaps, mint, maxt)?;
-        let mut out = Vec::with_capacity(snaps.len());
-        for (s, mut parts) in snaps.into_iter().zip(runs) {
-            for c in blob.remove(&s.r).unwrap_or_default() {
-                let (_, max_t, _) = split_value(&c.value)?;
-                if c.min_t <= maxt && max_t >= mint {
-                    parts.push((c.seq, decode_chunk(&c.value)?));
+        loop {
+            let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch.max(1)).collect();
+            if part.is_empty() {
+                return Ok(());
+            }
+            // Local data first, then blob storage: a partition tiered in
+            // between is then seen twice (merged), never missed.
+            let mut runs = Vec::with_capacity(part.len());
+            for s in &part {
+                runs.push(self.local_runs(&mut it, s, mint, maxt)?);
+            }
+            let mut blob = self.blob_chunks(Resolution::Raw, &part, mint, maxt)?;
+            let mut out = Vec::with_capacity(part.len());
+            for (s, mut parts) in part.into_iter().zip(runs) {
+                for c in blob.remove(&s.r).unwrap_or_default() {
+                    let (_, max_t, _) = split_value(&c.value)?;
+                    if c.min_t <= maxt && max_t >= mint {
+                        parts.push((c.seq, decode_chunk(&c.value)?));
+                    }
+                }
+                let mut samples = merge(parts);
+                samples.retain(|&(t, _)| t >= mint && t <= maxt);
+                if !samples.is_empty() {
+                    out.push((s.labels, samples));
                 }
             }
-            let samples: Vec<Sample> = merge(parts)
-                .into_iter()
-                .filter(|&(t, _)| t >= mint && t <= maxt)
-                .map(|(t, v)| Sample::new(t, v))
-                .collect();
-            if !samples.is_empty() {
-                out.push(SeriesData {
-                    labels: s.labels,
-                    samples,
-                });
+            if !f(out) {
+                return Ok(());
             }
         }
-        Ok(out)
     }
 
     /// Chunks of `snaps` in blob storage, in the tiered partitions of
@@ -1515,8 +1557,11 @@ fn merge(mut parts: Vec<Run>) -> Vec<(i64, f64)> {
             .iter()
             .all(|(_, v)| v.windows(2).all(|w| w[0].0 < w[1].0));
     if apart {
-        let mut out = Vec::with_capacity(parts.iter().map(|(_, v)| v.len()).sum());
-        for (_, v) in parts {
+        let total: usize = parts.iter().map(|(_, v)| v.len()).sum();
+        let mut runs = parts.into_iter().map(|(_, v)| v);
+        let mut out = runs.next().unwrap_or_default();
+        out.reserve(total - out.len());
+        for v in runs {
             out.extend_from_slice(&v);
         }
         return out;

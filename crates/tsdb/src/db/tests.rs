@@ -913,3 +913,42 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn batched_reads_give_what_one_read_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    for i in 0..10 {
+        let l = labels("m", &[("i", &i.to_string())]);
+        for k in 0..300 {
+            app.append(&l, k * 10_000, (k * i) as f64).unwrap();
+        }
+    }
+    app.commit().unwrap();
+    // Part on disk, part in the head.
+    db.write_pending().unwrap();
+    let m = [eq("__name__", "m")];
+    let whole = db.select_pairs(&m, 500_000, 2_500_000).unwrap();
+    assert_eq!(whole.len(), 10);
+    let mut batches = Vec::new();
+    db.select_batches(&m, 500_000, 2_500_000, 3, |b| {
+        batches.push(b);
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 3, 3, 1]
+    );
+    let joined: Vec<_> = batches.into_iter().flatten().collect();
+    assert_eq!(format!("{joined:?}"), format!("{whole:?}"));
+    // Stopping after the first batch reads no more.
+    let mut calls = 0;
+    db.select_batches(&m, 0, i64::MAX, 4, |_| {
+        calls += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(calls, 1);
+}
