@@ -681,14 +681,9 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
         "irate" | "idelta" => map_range(ev, arg(c, 0)?, false, |w, _, _| {
             instant_delta(w, name == "irate")
         }),
-        "deriv" => {
-            let m = ev.eval_matrix(arg(c, 0)?)?;
-            map_matrix(
-                &m,
-                |w, _| (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
-                false,
-            )
-        }
+        "deriv" => map_range(ev, arg(c, 0)?, false, |w, _, _| {
+            (w.len() >= 2).then(|| linear_regression(w, w[0].0).0)
+        }),
         "predict_linear" => {
             let m = ev.eval_matrix(arg(c, 0)?)?;
             let d = ev.eval_scalar(arg(c, 1)?)?;
@@ -722,28 +717,21 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
             }
             map_matrix(&m, |w, i| holt_winters(w, sf[i], tf[i]), false)
         }
-        "changes" | "resets" => {
-            let m = ev.eval_matrix(arg(c, 0)?)?;
-            map_matrix(
-                &m,
-                |w, _| {
-                    let mut k = 0.0;
-                    for p in w.windows(2) {
-                        let (a, b) = (p[0].1, p[1].1);
-                        let hit = if name == "changes" {
-                            a != b && !(a.is_nan() && b.is_nan())
-                        } else {
-                            b < a
-                        };
-                        if hit {
-                            k += 1.0;
-                        }
-                    }
-                    Some(k)
-                },
-                false,
-            )
-        }
+        "changes" | "resets" => map_range(ev, arg(c, 0)?, false, |w, _, _| {
+            let mut k = 0.0;
+            for p in w.windows(2) {
+                let (a, b) = (p[0].1, p[1].1);
+                let hit = if name == "changes" {
+                    a != b && !(a.is_nan() && b.is_nan())
+                } else {
+                    b < a
+                };
+                if hit {
+                    k += 1.0;
+                }
+            }
+            Some(k)
+        }),
         "avg_over_time" | "min_over_time" | "max_over_time" | "sum_over_time"
         | "count_over_time" | "stddev_over_time" | "stdvar_over_time" | "last_over_time"
         | "present_over_time" => {
@@ -752,33 +740,28 @@ pub(crate) fn call(ev: &mut Ev<'_>, c: &Call) -> Result<Val, Error> {
             {
                 return Ok(v);
             }
-            let m = ev.eval_matrix(arg(c, 0)?)?;
             let keep = name == "last_over_time";
-            map_matrix(
-                &m,
-                |w, _| {
-                    let vals = w.iter().map(|&(_, v)| v);
-                    Some(match name {
-                        "avg_over_time" => avg_values(vals),
-                        "min_over_time" => {
-                            vals.fold(f64::NAN, |a, v| if a.is_nan() || v < a { v } else { a })
-                        }
-                        "max_over_time" => {
-                            vals.fold(f64::NAN, |a, v| if a.is_nan() || v > a { v } else { a })
-                        }
-                        "sum_over_time" => {
-                            let (s, c) = vals.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
-                            if s.is_infinite() { s } else { s + c }
-                        }
-                        "count_over_time" => w.len() as f64,
-                        "stddev_over_time" => stdvar_values(vals).sqrt(),
-                        "stdvar_over_time" => stdvar_values(vals),
-                        "last_over_time" => w[w.len() - 1].1,
-                        _ => 1.0,
-                    })
-                },
-                keep,
-            )
+            map_range(ev, arg(c, 0)?, keep, |w, _, _| {
+                let vals = w.iter().map(|&(_, v)| v);
+                Some(match name {
+                    "avg_over_time" => avg_values(vals),
+                    "min_over_time" => {
+                        vals.fold(f64::NAN, |a, v| if a.is_nan() || v < a { v } else { a })
+                    }
+                    "max_over_time" => {
+                        vals.fold(f64::NAN, |a, v| if a.is_nan() || v > a { v } else { a })
+                    }
+                    "sum_over_time" => {
+                        let (s, c) = vals.fold((0.0, 0.0), |(s, c), v| kahan_inc(v, s, c));
+                        if s.is_infinite() { s } else { s + c }
+                    }
+                    "count_over_time" => w.len() as f64,
+                    "stddev_over_time" => stdvar_values(vals).sqrt(),
+                    "stdvar_over_time" => stdvar_values(vals),
+                    "last_over_time" => w[w.len() - 1].1,
+                    _ => 1.0,
+                })
+            })
         }
         "quantile_over_time" => {
             let q = ev.eval_scalar(arg(c, 0)?)?;
