@@ -177,16 +177,31 @@ impl XorChunk {
 
     /// Decodes a serialised chunk into its samples.
     pub fn decode(b: &[u8]) -> Result<Vec<(i64, f64)>> {
+        let mut out = Vec::new();
+        Self::decode_into(b, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::decode`] appending to `out`; on error `out` is left as it
+    /// was.
+    pub fn decode_into(b: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
         let n = u16::from_be_bytes([
             *b.first().ok_or(Error::Truncated("xor chunk header"))?,
             *b.get(1).ok_or(Error::Truncated("xor chunk header"))?,
         ]);
         let stream = &b[2..];
         let mut it = XorIter::new(stream, stream.len() * 8, n as usize);
-        let out: Vec<_> = it.by_ref().collect();
+        let before = out.len();
+        // The count comes from the input: reserve no more than its bits
+        // can hold (two bits a sample at the least).
+        out.reserve((n as usize).min(stream.len() * 4));
+        out.extend(it.by_ref());
         match it.err {
-            Some(e) => Err(e),
-            None => Ok(out),
+            Some(e) => {
+                out.truncate(before);
+                Err(e)
+            }
+            None => Ok(()),
         }
     }
 }

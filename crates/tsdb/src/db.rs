@@ -663,7 +663,7 @@ impl Db {
                 for c in blob.remove(&s.r).unwrap_or_default() {
                     let (_, max_t, _) = split_value(&c.value)?;
                     if c.min_t <= maxt && max_t >= mint {
-                        parts.push((c.seq, decode_chunk(&c.value)?));
+                        parts.push_chunk(c.seq, &c.value)?;
                     }
                 }
                 let mut samples = merge(parts);
@@ -1135,9 +1135,9 @@ impl Db {
             if group.len() < 2 {
                 return Ok(());
             }
-            let mut parts = Vec::with_capacity(group.len());
+            let mut parts = Runs::default();
             for (k, v) in group {
-                parts.push((k.seq, decode_chunk(v)?));
+                parts.push_chunk(k.seq, v)?;
                 batch.delete_cf(ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
             }
             let merged = merge(parts);
@@ -1188,9 +1188,9 @@ impl Db {
                 }
                 return Ok(());
             }
-            let mut parts = Vec::with_capacity(group.len());
+            let mut parts = Runs::default();
             for (k, v) in group {
-                parts.push((k.seq, decode_chunk(v)?));
+                parts.push_chunk(k.seq, v)?;
             }
             let samples = merge(parts);
             // Resets compensated in earlier partitions keep counting.
@@ -1454,9 +1454,9 @@ impl Db {
         s: &HeadSnapshot,
         mint: i64,
         maxt: i64,
-    ) -> Result<Vec<Run>> {
+    ) -> Result<Runs> {
         let width = self.inner.opts.partition_ms();
-        let mut parts: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+        let mut parts = Runs::default();
         // Only partitions where the series has data.
         let last = maxt.min(s.max_t);
         let mut p = partition_of(mint.max(s.min_t), width);
@@ -1482,7 +1482,7 @@ impl Db {
                 }
                 let (_, max_t, _) = split_value(v)?;
                 if max_t >= mint {
-                    parts.push((key.seq, decode_chunk(v)?));
+                    parts.push_chunk(key.seq, v)?;
                 }
                 it.next();
             }
@@ -1493,23 +1493,13 @@ impl Db {
             };
         }
         for (seq, bytes) in &s.pending {
-            parts.push((
-                *seq,
-                XorChunk::decode(bytes).map_err(|e| Error::Corrupt {
-                    what: format!("pending chunk: {e}"),
-                })?,
-            ));
+            parts.push_xor(*seq, bytes, "pending chunk")?;
         }
         if let Some((seq, c)) = &s.chunk {
-            parts.push((
-                *seq,
-                XorChunk::decode(c).map_err(|e| Error::Corrupt {
-                    what: format!("head chunk: {e}"),
-                })?,
-            ));
+            parts.push_xor(*seq, c, "head chunk")?;
         }
         if !s.ooo.is_empty() {
-            parts.push((u64::MAX, s.ooo.clone()));
+            parts.push_samples(u64::MAX, &s.ooo);
         }
         Ok(parts)
     }
@@ -1528,49 +1518,87 @@ struct HeadSnapshot {
 }
 
 /// Samples of one chunk, with the chunk's sequence.
-type Run = (u64, Vec<(i64, f64)>);
+/// Samples of one series from several chunks ("runs"): `buf` holds them
+/// run after run, `runs` each one's write sequence and extent, so that
+/// reading a series allocates one buffer, not one per chunk.
+#[derive(Debug, Default)]
+struct Runs {
+    buf: Vec<(i64, f64)>,
+    runs: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+impl Runs {
+    /// Adds a stored chunk value (any raw encoding).
+    fn push_chunk(&mut self, seq: u64, v: &[u8]) -> Result<()> {
+        let (enc, _, payload) = split_value(v)?;
+        let corrupt = |e: tiermon_chunkenc::Error| Error::Corrupt {
+            what: format!("chunk: {e}"),
+        };
+        let start = self.buf.len();
+        match enc {
+            ENC_XOR => XorChunk::decode_into(payload, &mut self.buf).map_err(corrupt)?,
+            ENC_SEALED => {
+                let (ts, vs) = tiermon_chunkenc::sealed::decode(payload).map_err(corrupt)?;
+                self.buf.extend(ts.into_iter().zip(vs));
+            }
+            other => {
+                return Err(Error::Corrupt {
+                    what: format!("chunk encoding {other}"),
+                });
+            }
+        }
+        self.runs.push((seq, start..self.buf.len()));
+        Ok(())
+    }
+
+    /// Adds a serialised XOR chunk from the head (`what` names it in
+    /// errors).
+    fn push_xor(&mut self, seq: u64, bytes: &[u8], what: &str) -> Result<()> {
+        let start = self.buf.len();
+        XorChunk::decode_into(bytes, &mut self.buf).map_err(|e| Error::Corrupt {
+            what: format!("{what}: {e}"),
+        })?;
+        self.runs.push((seq, start..self.buf.len()));
+        Ok(())
+    }
+
+    fn push_samples(&mut self, seq: u64, samples: &[(i64, f64)]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(samples);
+        self.runs.push((seq, start..self.buf.len()));
+    }
+}
 
 /// Merges runs of samples; where several have a timestamp, the run with
 /// the highest sequence (the latest write) wins. Within one run, the last
 /// sample of a timestamp wins.
-fn merge(mut parts: Vec<Run>) -> Vec<(i64, f64)> {
-    if parts.len() == 1 {
-        let mut only = parts.pop().map(|(_, v)| v).unwrap_or_default();
-        only.sort_by_key(|&(t, _)| t);
-        only.dedup_by(|later, earlier| {
-            if later.0 == earlier.0 {
-                *earlier = *later;
-                true
-            } else {
-                false
-            }
-        });
-        return only;
-    }
-    // The usual case: in-order chunks, one after the other.
-    parts.retain(|(_, v)| !v.is_empty());
-    parts.sort_by_key(|(seq, v)| (v[0].0, *seq));
-    let apart = parts
-        .windows(2)
-        .all(|w| w[0].1[w[0].1.len() - 1].0 < w[1].1[0].0)
-        && parts
-            .iter()
-            .all(|(_, v)| v.windows(2).all(|w| w[0].0 < w[1].0));
-    if apart {
-        let total: usize = parts.iter().map(|(_, v)| v.len()).sum();
-        let mut runs = parts.into_iter().map(|(_, v)| v);
-        let mut out = runs.next().unwrap_or_default();
-        out.reserve(total - out.len());
-        for v in runs {
-            out.extend_from_slice(&v);
+fn merge(r: Runs) -> Vec<(i64, f64)> {
+    let Runs { buf, mut runs } = r;
+    runs.retain(|(_, x)| !x.is_empty());
+    let ordered = |x: &std::ops::Range<usize>| buf[x.clone()].windows(2).all(|w| w[0].0 < w[1].0);
+    if runs.iter().all(|(_, x)| ordered(x)) {
+        let apart = |rs: &[(u64, std::ops::Range<usize>)]| {
+            rs.windows(2)
+                .all(|w| buf[w[0].1.end - 1].0 < buf[w[1].1.start].0)
+        };
+        // The usual case: in-order chunks, read in key order, then the
+        // head's: the buffer is the answer.
+        if apart(&runs) {
+            return buf;
         }
-        return out;
+        runs.sort_by_key(|(seq, x)| (buf[x.start].0, *seq));
+        if apart(&runs) {
+            let mut out = Vec::with_capacity(buf.len());
+            for (_, x) in &runs {
+                out.extend_from_slice(&buf[x.clone()]);
+            }
+            return out;
+        }
     }
-    let mut all: Vec<(i64, u64, usize, f64)> =
-        Vec::with_capacity(parts.iter().map(|(_, v)| v.len()).sum());
-    for (seq, v) in parts {
-        for (i, (t, x)) in v.into_iter().enumerate() {
-            all.push((t, seq, i, x));
+    let mut all: Vec<(i64, u64, usize, f64)> = Vec::with_capacity(buf.len());
+    for (seq, x) in &runs {
+        for (i, &(t, v)) in buf[x.clone()].iter().enumerate() {
+            all.push((t, *seq, i, v));
         }
     }
     all.sort_unstable_by_key(|&(t, seq, i, _)| (t, seq, i));
@@ -1657,23 +1685,6 @@ fn split_value(v: &[u8]) -> Result<(u8, i64, &[u8])> {
         what: "chunk value".into(),
     })?);
     Ok((v[0], max_t, &v[9..]))
-}
-
-fn decode_chunk(v: &[u8]) -> Result<Vec<(i64, f64)>> {
-    let (enc, _, payload) = split_value(v)?;
-    let corrupt = |e: tiermon_chunkenc::Error| Error::Corrupt {
-        what: format!("chunk: {e}"),
-    };
-    match enc {
-        ENC_XOR => XorChunk::decode(payload).map_err(corrupt),
-        ENC_SEALED => {
-            let (ts, vs) = tiermon_chunkenc::sealed::decode(payload).map_err(corrupt)?;
-            Ok(ts.into_iter().zip(vs).collect())
-        }
-        other => Err(Error::Corrupt {
-            what: format!("chunk encoding {other}"),
-        }),
-    }
 }
 
 fn encode_labels(labels: &Labels) -> Vec<u8> {

@@ -892,7 +892,7 @@ proptest::proptest! {
             0..5,
         ),
     ) {
-        let mut parts = Vec::new();
+        let mut parts = Runs::default();
         let mut model = std::collections::BTreeMap::new();
         for (seq, (sorted, start, steps)) in runs.into_iter().enumerate() {
             let mut t = start * 10;
@@ -906,7 +906,7 @@ proptest::proptest! {
             for &(t, v) in &run {
                 model.insert(t, v.to_bits());
             }
-            parts.push((seq as u64, run));
+            parts.push_samples(seq as u64, &run);
         }
         let got: Vec<(i64, u64)> = merge(parts).into_iter().map(|(t, v)| (t, v.to_bits())).collect();
         let want: Vec<(i64, u64)> = model.into_iter().collect();
