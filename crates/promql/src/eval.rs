@@ -100,6 +100,16 @@ fn system_ms(t: &SystemTime) -> i64 {
     }
 }
 
+/// Drops staleness markers (range vectors never hold them) and the series
+/// left empty.
+fn drop_stale(series: &mut Vec<Series>) {
+    for s in series.iter_mut() {
+        s.samples
+            .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
+    }
+    series.retain(|s| !s.samples.is_empty());
+}
+
 /// The matchers of a parsed selector (its metric name included).
 pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Error> {
     let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
@@ -340,12 +350,18 @@ impl Ev<'_> {
         Ok(())
     }
 
-    pub fn eval(&mut self, e: &Expr) -> Result<Val, Error> {
+    /// An error once the query has been cancelled.
+    fn check_cancel(&self) -> Result<(), Error> {
         if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Execution(
                 "query cancelled: it ran past its timeout".into(),
             ));
         }
+        Ok(())
+    }
+
+    pub fn eval(&mut self, e: &Expr) -> Result<Val, Error> {
+        self.check_cancel()?;
         match e {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(vec![n.val; self.n()])),
             Expr::StringLiteral(s) => Ok(Val::Str(s.val.clone())),
@@ -465,11 +481,7 @@ impl Ev<'_> {
             });
         };
         let mut series = self.select(vs, lo - range, hi)?;
-        for s in &mut series {
-            s.samples
-                .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
-        }
-        series.retain(|s| !s.samples.is_empty());
+        drop_stale(&mut series);
         Ok(Mat {
             series,
             range,
@@ -518,18 +530,14 @@ impl Ev<'_> {
                 failed = Some(e);
                 return false;
             }
-            if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                failed = Some(Error::Execution(
-                    "query cancelled: it ran past its timeout".into(),
-                ));
+            if let Err(e) = self.check_cancel() {
+                failed = Some(e);
                 return false;
             }
             for s in &mut series {
                 s.samples.sort_by_key(|&(t, _)| t);
-                s.samples
-                    .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
             }
-            series.retain(|s| !s.samples.is_empty());
+            drop_stale(&mut series);
             f(Mat {
                 series,
                 range,
@@ -562,11 +570,7 @@ impl Ev<'_> {
         else {
             return Ok(None);
         };
-        for s in &mut series {
-            s.samples
-                .retain(|&(_, v)| v.to_bits() != STALE_NAN.to_bits());
-        }
-        series.retain(|s| !s.samples.is_empty());
+        drop_stale(&mut series);
         Ok(Some(Mat {
             series,
             range,

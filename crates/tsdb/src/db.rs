@@ -1517,7 +1517,6 @@ struct HeadSnapshot {
     max_t: i64,
 }
 
-/// Samples of one chunk, with the chunk's sequence.
 /// Samples of one series from several chunks ("runs"): `buf` holds them
 /// run after run, `runs` each one's write sequence and extent, so that
 /// reading a series allocates one buffer, not one per chunk.
