@@ -482,7 +482,7 @@ impl Db {
                 .series
                 .iter()
                 .enumerate()
-                .map(|(r, s)| (r as SeriesRef, snapshot_series(s)))
+                .map(|(r, s)| (r as SeriesRef, snapshot_series(s, head.width)))
                 .collect();
             (segment, snapshot, new_series)
         };
@@ -1440,9 +1440,49 @@ impl Db {
                     pending,
                     min_t: s.min_t,
                     max_t: s.max_t,
+                    head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t),
                 })
             })
             .collect()
+    }
+
+    /// Adds the stored chunks of series `r` in raw partition `p` that
+    /// overlap `[mint, maxt]`.
+    fn stored_runs(
+        &self,
+        it: &mut rocksdb::DBRawIterator<'_>,
+        parts: &mut Runs,
+        p: i64,
+        r: SeriesRef,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<()> {
+        // Chunks are keyed by their first sample: the first one that can
+        // reach `mint` starts no earlier than the partition's longest chunk
+        // before it, and none after `maxt` can.
+        let from = mint.saturating_sub(self.inner.spans.get(p)).max(p);
+        let prefix = keys::series_prefix(0, p, r);
+        it.seek(keys::chunk(0, p, r, from, 0));
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let key = keys::parse_chunk(k).ok_or_else(|| Error::Corrupt {
+                what: "chunk key".into(),
+            })?;
+            if key.min_t > maxt {
+                break;
+            }
+            let (_, max_t, _) = split_value(v)?;
+            if max_t >= mint {
+                parts.push_chunk(key.seq, v)?;
+            }
+            it.next();
+        }
+        it.status().map_err(Error::rocks("reading chunks"))
     }
 
     /// Runs of one series from RocksDB and the head. `it` iterates the
@@ -1461,32 +1501,14 @@ impl Db {
         let last = maxt.min(s.max_t);
         let mut p = partition_of(mint.max(s.min_t), width);
         while p <= last {
-            // Chunks are keyed by their first sample: the first one that
-            // can reach `mint` starts no earlier than the partition's
-            // longest chunk before it, and none after `maxt` can.
-            let from = mint.saturating_sub(self.inner.spans.get(p)).max(p);
-            let prefix = keys::series_prefix(0, p, s.r);
-            it.seek(keys::chunk(0, p, s.r, from, 0));
-            while it.valid() {
-                let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                    break;
-                };
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let key = keys::parse_chunk(k).ok_or_else(|| Error::Corrupt {
-                    what: "chunk key".into(),
-                })?;
-                if key.min_t > maxt {
-                    break;
-                }
-                let (_, max_t, _) = split_value(v)?;
-                if max_t >= mint {
-                    parts.push_chunk(key.seq, v)?;
-                }
-                it.next();
+            // Where the open chunk covers the range, RocksDB holds only
+            // chunks before it (or copies of it, after a restart).
+            let covered = s
+                .head_from
+                .is_some_and(|from| from <= mint && partition_of(from, width) == p);
+            if !covered {
+                self.stored_runs(it, &mut parts, p, s.r, mint, maxt)?;
             }
-            it.status().map_err(Error::rocks("reading chunks"))?;
             p = match p.checked_add(width) {
                 Some(n) => n,
                 None => break,
@@ -1515,6 +1537,9 @@ struct HeadSnapshot {
     pending: Vec<(u64, Vec<u8>)>,
     min_t: i64,
     max_t: i64,
+    /// Where the open chunk holds every sample from on (see
+    /// `MemSeries::ooo_sealed`).
+    head_from: Option<i64>,
 }
 
 /// Samples of one series from several chunks ("runs"): `buf` holds them
@@ -1712,10 +1737,10 @@ fn decode_labels(mut b: &[u8]) -> Option<Labels> {
 }
 
 /// Head state of one series: open chunk and out-of-order buffer.
-fn snapshot_series(s: &crate::head::MemSeries) -> Vec<u8> {
+fn snapshot_series(s: &crate::head::MemSeries, width: i64) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&s.chunk_min_t.to_le_bytes());
-    out.extend_from_slice(&s.chunk_partition.to_le_bytes());
+    out.extend_from_slice(&partition_of(s.chunk_min_t, width).to_le_bytes());
     out.extend_from_slice(&s.min_t.to_le_bytes());
     out.extend_from_slice(&s.max_t.to_le_bytes());
     out.extend_from_slice(&s.chunk_seq.to_le_bytes());
@@ -1736,7 +1761,8 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
         Some(i64::from_le_bytes(x.try_into().ok()?))
     };
     let chunk_min_t = i64_at(&mut b)?;
-    let chunk_partition = i64_at(&mut b)?;
+    // The open chunk's partition, which its first sample gives.
+    let _partition = i64_at(&mut b)?;
     let min_t = i64_at(&mut b)?;
     let max_t = i64_at(&mut b)?;
     let chunk_seq = i64_at(&mut b)? as u64;
@@ -1751,7 +1777,8 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
     let s = &mut head.series[r as usize];
     s.chunk = chunk;
     s.chunk_min_t = chunk_min_t;
-    s.chunk_partition = chunk_partition;
+    // Out-of-order samples sealed before the restart are not known.
+    s.ooo_sealed = true;
     s.chunk_seq = chunk_seq;
     s.min_t = min_t;
     s.max_t = max_t;

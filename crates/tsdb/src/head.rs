@@ -63,8 +63,14 @@ pub(crate) struct MemSeries {
     /// (name, value) symbol pairs, sorted by name.
     pub labels: Box<[(u32, u32)]>,
     pub chunk: XorChunk,
+    /// First sample of the open chunk; its partition is the chunk's.
     pub chunk_min_t: i64,
-    pub chunk_partition: i64,
+    /// Whether out-of-order samples were sealed (into chunks that may hold
+    /// later writes of its timestamps) since the open chunk started; after
+    /// a restart, assumed. While it is false, the open chunk holds the
+    /// series' every sample from `chunk_min_t` on, so a read from there on
+    /// needs nothing from RocksDB.
+    pub ooo_sealed: bool,
     /// Sequence of the open chunk, taken when it started, so that anything
     /// sealed while it is open (out-of-order rewrites) wins over it.
     pub chunk_seq: u64,
@@ -227,11 +233,11 @@ impl Head {
         if last.is_none_or(|l| t > l) {
             let p = partition_of(t, width);
             if !s.chunk.is_empty()
-                && (p != s.chunk_partition
+                && (p != partition_of(s.chunk_min_t, width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes)
             {
-                let sealed = s.seal_chunk(r);
+                let sealed = s.seal_chunk(r, width);
                 self.pending.push(sealed);
             }
             let s = &mut self.series[r as usize];
@@ -241,7 +247,7 @@ impl Head {
                     return self.append_ooo(r, t, v, window);
                 }
                 s.chunk_min_t = t;
-                s.chunk_partition = p;
+                s.ooo_sealed = false;
                 s.chunk_seq = *seq;
                 *seq += 1;
             }
@@ -290,6 +296,7 @@ impl Head {
         let Some(mut ooo) = self.series[r as usize].ooo.take() else {
             return;
         };
+
         // Last write wins a timestamp: stable sort, then keep the last of each run.
         ooo.sort_by_key(|&(t, _)| t);
         let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(ooo.len());
@@ -298,6 +305,10 @@ impl Head {
                 Some(last) if last.0 == t => *last = (t, v),
                 _ => dedup.push((t, v)),
             }
+        }
+        let s = &mut self.series[r as usize];
+        if dedup.last().is_some_and(|&(t, _)| t >= s.chunk_min_t) {
+            s.ooo_sealed = true;
         }
         let mut i = 0;
         while i < dedup.len() {
@@ -333,13 +344,13 @@ impl Head {
         let closed = |p: i64| p.saturating_add(width) <= closed_before;
         for r in 0..self.series.len() as SeriesRef {
             let s = &self.series[r as usize];
-            let chunk = !s.chunk.is_empty() && closed(s.chunk_partition);
+            let chunk = !s.chunk.is_empty() && closed(partition_of(s.chunk_min_t, width));
             let ooo = s
                 .ooo
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|&(t, _)| closed(partition_of(t, width))));
             if chunk {
-                let c = self.series[r as usize].seal_chunk(r);
+                let c = self.series[r as usize].seal_chunk(r, width);
                 self.pending.push(c);
             }
             if ooo {
@@ -352,7 +363,7 @@ impl Head {
     pub(crate) fn seal_all(&mut self) {
         for r in 0..self.series.len() as SeriesRef {
             if !self.series[r as usize].chunk.is_empty() {
-                let c = self.series[r as usize].seal_chunk(r);
+                let c = self.series[r as usize].seal_chunk(r, self.width);
                 self.pending.push(c);
             }
             self.seal_ooo(r);
@@ -572,7 +583,7 @@ impl MemSeries {
             labels,
             chunk: XorChunk::new(),
             chunk_min_t: 0,
-            chunk_partition: 0,
+            ooo_sealed: false,
             chunk_seq: 0,
             ooo: None,
             min_t: i64::MAX,
@@ -580,11 +591,11 @@ impl MemSeries {
         }
     }
 
-    fn seal_chunk(&mut self, r: SeriesRef) -> SealedChunk {
+    fn seal_chunk(&mut self, r: SeriesRef, width: i64) -> SealedChunk {
         let c = std::mem::replace(&mut self.chunk, XorChunk::new());
         SealedChunk {
             r,
-            partition: self.chunk_partition,
+            partition: partition_of(self.chunk_min_t, width),
             min_t: self.chunk_min_t,
             max_t: c.last_timestamp().unwrap_or(self.chunk_min_t),
             seq: self.chunk_seq,
