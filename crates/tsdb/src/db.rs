@@ -70,6 +70,9 @@ pub struct SeriesData {
     pub samples: Vec<Sample>,
 }
 
+/// A series and its samples as `(timestamp ms, value)`, oldest first.
+pub type SeriesSamples = (Labels, Vec<(i64, f64)>);
+
 /// Samples read back from the WAL by [`Db::wal_read`].
 #[derive(Debug, Clone, Default)]
 pub struct WalBatch {
@@ -622,7 +625,7 @@ impl Db {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Result<Vec<(Labels, Vec<(i64, f64)>)>> {
+    ) -> Result<Vec<SeriesSamples>> {
         let mut out = Vec::new();
         self.select_batches(matchers, mint, maxt, usize::MAX, |b| {
             out.extend(b);
@@ -641,7 +644,7 @@ impl Db {
         mint: i64,
         maxt: i64,
         batch: usize,
-        mut f: impl FnMut(Vec<(Labels, Vec<(i64, f64)>)>) -> bool,
+        mut f: impl FnMut(Vec<SeriesSamples>) -> bool,
     ) -> Result<()> {
         let mut snaps = self.head_snapshots(matchers, mint, maxt).into_iter();
         let rocks = &self.inner.rocks;

@@ -30,7 +30,9 @@ mod spans;
 mod tier;
 mod wal;
 
-pub use db::{Appender, CommitResult, Db, MaintainReport, SeriesData, Stats, WalBatch};
+pub use db::{
+    Appender, CommitResult, Db, MaintainReport, SeriesData, SeriesSamples, Stats, WalBatch,
+};
 pub use downsample::{Aggregate, Resolution};
 
 /// Aggregates time-ordered samples into windows of `window_ms`, as the
