@@ -646,39 +646,77 @@ impl Db {
         batch: usize,
         mut f: impl FnMut(Vec<SeriesSamples>) -> bool,
     ) -> Result<()> {
-        let mut snaps = self.head_snapshots(matchers, mint, maxt).into_iter();
+        let batch = batch.max(1);
+        let snaps = self.head_snapshots(matchers, mint, maxt);
         let rocks = &self.inner.rocks;
-        let mut it = rocks.raw_iterator_cf(cf(rocks, CF_CHUNKS)?);
-        loop {
-            let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch.max(1)).collect();
-            if part.is_empty() {
-                return Ok(());
-            }
-            // Local data first, then blob storage: a partition tiered in
-            // between is then seen twice (merged), never missed.
-            let mut runs = Vec::with_capacity(part.len());
-            for s in &part {
-                runs.push(self.local_runs(&mut it, s, mint, maxt)?);
-            }
-            let mut blob = self.blob_chunks(Resolution::Raw, &part, mint, maxt)?;
-            let mut out = Vec::with_capacity(part.len());
-            for (s, mut parts) in part.into_iter().zip(runs) {
-                for c in blob.remove(&s.r).unwrap_or_default() {
-                    let (_, max_t, _) = split_value(&c.value)?;
-                    if c.min_t <= maxt && max_t >= mint {
-                        parts.push_chunk(c.seq, &c.value)?;
+        let chunks = cf(rocks, CF_CHUNKS)?;
+        if snaps.is_empty() {
+            return Ok(());
+        }
+        if snaps.len() <= batch {
+            let mut it = rocks.raw_iterator_cf(chunks);
+            f(self.read_batch(&mut it, snaps, mint, maxt)?);
+            return Ok(());
+        }
+        // A reader thread decodes the next batch while `f` reduces this one.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                let mut it = rocks.raw_iterator_cf(chunks);
+                let mut snaps = snaps.into_iter();
+                loop {
+                    let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch).collect();
+                    if part.is_empty() {
+                        return;
+                    }
+                    let read = self.read_batch(&mut it, part, mint, maxt);
+                    let failed = read.is_err();
+                    // A send fails once the caller stopped reading.
+                    if tx.send(read).is_err() || failed {
+                        return;
                     }
                 }
-                let mut samples = merge(parts);
-                samples.retain(|&(t, _)| t >= mint && t <= maxt);
-                if !samples.is_empty() {
-                    out.push((s.labels, samples));
+            });
+            for read in rx {
+                if !f(read?) {
+                    break;
                 }
             }
-            if !f(out) {
-                return Ok(());
+            Ok(())
+        })
+    }
+
+    /// The samples of `part` in `[mint, maxt]`, series without any left
+    /// out.
+    fn read_batch(
+        &self,
+        it: &mut rocksdb::DBRawIterator<'_>,
+        part: Vec<HeadSnapshot>,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<SeriesSamples>> {
+        // Local data first, then blob storage: a partition tiered in
+        // between is then seen twice (merged), never missed.
+        let mut runs = Vec::with_capacity(part.len());
+        for s in &part {
+            runs.push(self.local_runs(it, s, mint, maxt)?);
+        }
+        let mut blob = self.blob_chunks(Resolution::Raw, &part, mint, maxt)?;
+        let mut out = Vec::with_capacity(part.len());
+        for (s, mut parts) in part.into_iter().zip(runs) {
+            for c in blob.remove(&s.r).unwrap_or_default() {
+                let (_, max_t, _) = split_value(&c.value)?;
+                if c.min_t <= maxt && max_t >= mint {
+                    parts.push_chunk(c.seq, &c.value)?;
+                }
+            }
+            let mut samples = merge(parts);
+            samples.retain(|&(t, _)| t >= mint && t <= maxt);
+            if !samples.is_empty() {
+                out.push((s.labels, samples));
             }
         }
+        Ok(out)
     }
 
     /// Chunks of `snaps` in blob storage, in the tiered partitions of
