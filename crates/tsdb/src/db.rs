@@ -658,26 +658,46 @@ impl Db {
             f(self.read_batch(&mut it, snaps, mint, maxt)?);
             return Ok(());
         }
-        // A reader thread decodes the next batch while `f` reduces this one.
+        // Two reader threads decode the next batches while `f` reduces
+        // this one; batch i comes from reader i % 2, so `f` gets them in
+        // order. Each reader's iterator is its own RocksDB snapshot: every
+        // series is read whole from one of them.
+        let mut batches: Vec<Vec<HeadSnapshot>> = Vec::new();
+        let mut snaps = snaps.into_iter();
+        loop {
+            let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch).collect();
+            if part.is_empty() {
+                break;
+            }
+            batches.push(part);
+        }
+        let n = batches.len();
+        let readers = n.min(2);
+        let mut shares: Vec<Vec<Vec<HeadSnapshot>>> = (0..readers).map(|_| Vec::new()).collect();
+        for (i, part) in batches.into_iter().enumerate() {
+            shares[i % readers].push(part);
+        }
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            scope.spawn(move || {
-                let mut it = rocks.raw_iterator_cf(chunks);
-                let mut snaps = snaps.into_iter();
-                loop {
-                    let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch).collect();
-                    if part.is_empty() {
-                        return;
+            let mut rxs = Vec::with_capacity(readers);
+            for share in shares {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                rxs.push(rx);
+                scope.spawn(move || {
+                    let mut it = rocks.raw_iterator_cf(chunks);
+                    for part in share {
+                        let read = self.read_batch(&mut it, part, mint, maxt);
+                        let failed = read.is_err();
+                        // A send fails once the caller stopped reading.
+                        if tx.send(read).is_err() || failed {
+                            return;
+                        }
                     }
-                    let read = self.read_batch(&mut it, part, mint, maxt);
-                    let failed = read.is_err();
-                    // A send fails once the caller stopped reading.
-                    if tx.send(read).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            for read in rx {
+                });
+            }
+            for i in 0..n {
+                let Ok(read) = rxs[i % readers].recv() else {
+                    break;
+                };
                 if !f(read?) {
                     break;
                 }
