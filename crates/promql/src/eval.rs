@@ -112,6 +112,11 @@ fn drop_stale(series: &mut Vec<Series>) {
 
 /// The matchers of a parsed selector (its metric name included).
 pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, Error> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(Error::BadData(
+            "\"or\" inside a selector is not supported".into(),
+        ));
+    }
     let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
     if let Some(name) = &vs.name {
         matchers.push(
@@ -405,11 +410,6 @@ impl Ev<'_> {
         vs: &VectorSelector,
         read: impl FnOnce(&dyn Queryable, &[Matcher]) -> Result<Option<Vec<Series>>, String>,
     ) -> Result<Option<Vec<Series>>, Error> {
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err(Error::BadData(
-                "\"or\" inside a selector is not supported".into(),
-            ));
-        }
         let matchers = selector_matchers(vs)?;
         let Some(mut series) = read(self.store, &matchers).map_err(Error::Storage)? else {
             return Ok(None);
@@ -421,12 +421,18 @@ impl Ev<'_> {
                 self.opts.max_series
             )));
         }
-        let n: usize = series.iter().map(|s| s.samples.len()).sum();
-        self.charge(n)?;
-        for s in &mut series {
+        self.take(&mut series)?;
+        Ok(Some(series))
+    }
+
+    /// Charges `series`' samples to the query's sample limit and puts each
+    /// series' samples in time order.
+    fn take(&mut self, series: &mut [Series]) -> Result<(), Error> {
+        self.charge(series.iter().map(|s| s.samples.len()).sum())?;
+        for s in series {
             s.samples.sort_by_key(|&(t, _)| t);
         }
-        Ok(Some(series))
+        Ok(())
     }
 
     /// The time each step reads at: `@` or the step, minus the offset.
@@ -502,17 +508,12 @@ impl Ev<'_> {
         /// day of 15 s samples stays in the processor's caches' reach.
         const BATCH: usize = 256;
         let vs = &ms.vs;
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err(Error::BadData(
-                "\"or\" inside a selector is not supported".into(),
-            ));
-        }
+        let matchers = selector_matchers(vs)?;
         let range = millis(&ms.range);
         let ends = self.read_times(&vs.at, &vs.offset);
         let (Some(&lo), Some(&hi)) = (ends.iter().min(), ends.iter().max()) else {
             return Ok(());
         };
-        let matchers = selector_matchers(vs)?;
         let store = self.store;
         let mut seen = 0usize;
         let mut failed: Option<Error> = None;
@@ -525,17 +526,9 @@ impl Ev<'_> {
                 )));
                 return false;
             }
-            let n: usize = series.iter().map(|s| s.samples.len()).sum();
-            if let Err(e) = self.charge(n) {
+            if let Err(e) = self.take(&mut series).and_then(|()| self.check_cancel()) {
                 failed = Some(e);
                 return false;
-            }
-            if let Err(e) = self.check_cancel() {
-                failed = Some(e);
-                return false;
-            }
-            for s in &mut series {
-                s.samples.sort_by_key(|&(t, _)| t);
             }
             drop_stale(&mut series);
             f(Mat {
