@@ -636,8 +636,9 @@ impl Db {
 
     /// [`Db::select_pairs`] handed to `f` in batches of at most `batch`
     /// series as they are read, so that a caller reducing each series
-    /// holds one batch's samples at a time. The batches together are one
-    /// consistent read; `f` returning `false` stops it.
+    /// holds one batch's samples at a time. Each series is read whole from
+    /// one RocksDB snapshot (with several batches, two readers each have
+    /// their own); `f` returning `false` stops the read.
     pub fn select_batches(
         &self,
         matchers: &[Matcher],
@@ -662,20 +663,12 @@ impl Db {
         // this one; batch i comes from reader i % 2, so `f` gets them in
         // order. Each reader's iterator is its own RocksDB snapshot: every
         // series is read whole from one of them.
-        let mut batches: Vec<Vec<HeadSnapshot>> = Vec::new();
-        let mut snaps = snaps.into_iter();
-        loop {
-            let part: Vec<HeadSnapshot> = snaps.by_ref().take(batch).collect();
-            if part.is_empty() {
-                break;
-            }
-            batches.push(part);
-        }
-        let n = batches.len();
-        let readers = n.min(2);
+        let n = snaps.len().div_ceil(batch);
+        let readers = 2;
         let mut shares: Vec<Vec<Vec<HeadSnapshot>>> = (0..readers).map(|_| Vec::new()).collect();
-        for (i, part) in batches.into_iter().enumerate() {
-            shares[i % readers].push(part);
+        let mut snaps = snaps.into_iter();
+        for i in 0..n {
+            shares[i % readers].push(snaps.by_ref().take(batch).collect());
         }
         std::thread::scope(|scope| {
             let mut rxs = Vec::with_capacity(readers);

@@ -296,7 +296,6 @@ impl Head {
         let Some(mut ooo) = self.series[r as usize].ooo.take() else {
             return;
         };
-
         // Last write wins a timestamp: stable sort, then keep the last of each run.
         ooo.sort_by_key(|&(t, _)| t);
         let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(ooo.len());

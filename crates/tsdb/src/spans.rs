@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use rocksdb::{ColumnFamily, DB, IteratorMode, WriteBatch};
 
 use crate::keys;
@@ -23,7 +23,8 @@ pub(crate) struct Spans {
     /// Partition width: no chunk spans more, so the bound of a partition
     /// without a record.
     width: i64,
-    known: Mutex<HashMap<i64, i64>>,
+    /// Read for every series a query reads; written rarely.
+    known: RwLock<HashMap<i64, i64>>,
 }
 
 impl Spans {
@@ -47,19 +48,19 @@ impl Spans {
         }
         Ok(Spans {
             width,
-            known: Mutex::new(known),
+            known: RwLock::new(known),
         })
     }
 
     /// Whether any bound is recorded (a database written before bounds
     /// were kept has none).
     pub(crate) fn is_empty(&self) -> bool {
-        self.known.lock().is_empty()
+        self.known.read().is_empty()
     }
 
     /// Longest chunk of raw partition `p`, at most the partition width.
     pub(crate) fn get(&self, p: i64) -> i64 {
-        self.known.lock().get(&p).copied().unwrap_or(self.width)
+        self.known.read().get(&p).copied().unwrap_or(self.width)
     }
 
     /// Writes `batch`, which puts raw chunks of the given `(partition,
@@ -79,7 +80,7 @@ impl Spans {
                 None => raise.push((p, span)),
             }
         }
-        let mut known = self.known.lock();
+        let mut known = self.known.write();
         raise.retain(|(p, span)| known.get(p).is_none_or(|k| span > k));
         if raise.is_empty() {
             drop(known);
@@ -102,7 +103,7 @@ impl Spans {
         for &p in ps {
             batch.put_cf(meta, keys::span(p), self.width.to_be_bytes());
         }
-        let mut known = self.known.lock();
+        let mut known = self.known.write();
         rocks
             .write(batch)
             .map_err(Error::rocks("recording chunk spans"))?;
@@ -112,7 +113,7 @@ impl Spans {
 
     /// Forgets partition `p` (deleted by retention).
     pub(crate) fn forget(&self, rocks: &DB, meta: &ColumnFamily, p: i64) -> Result<()> {
-        let mut known = self.known.lock();
+        let mut known = self.known.write();
         rocks
             .delete_cf(meta, keys::span(p))
             .map_err(Error::rocks("deleting a chunk span"))?;
