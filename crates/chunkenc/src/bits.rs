@@ -1,43 +1,47 @@
 //! Bit-level writer and reader, most significant bit first.
 
-/// Appends bits to a byte vector.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct BitWriter {
-    pub(crate) bytes: Vec<u8>,
-    /// Bits used in the last byte (0 means the last byte is full or absent).
-    used: u8,
+/// Appends bits to a buffer owned elsewhere: `buf` (zeroed past the
+/// written bits; its length is the capacity) and `bits`, the count of bits
+/// written. The owner keeps them as plain fields, so that an open chunk
+/// costs no more than a boxed slice and a `u32`.
+pub(crate) struct BitWriter<'a> {
+    pub(crate) buf: &'a mut Box<[u8]>,
+    pub(crate) bits: &'a mut u32,
 }
 
-impl BitWriter {
-    pub(crate) fn bit_len(&self) -> usize {
-        if self.used == 0 {
-            self.bytes.len() * 8
-        } else {
-            (self.bytes.len() - 1) * 8 + self.used as usize
+/// Bytes that `bits` bits occupy.
+pub(crate) fn byte_len(bits: u32) -> usize {
+    (bits as usize).div_ceil(8)
+}
+
+impl BitWriter<'_> {
+    /// Makes room for `bytes` bytes in all, growing in small steps: head
+    /// chunks stay open in memory for every series, so doubling's slack (up
+    /// to half the buffer) would cost more than the copies it saves.
+    #[inline]
+    fn reserve(&mut self, bytes: usize) {
+        if bytes > self.buf.len() {
+            self.grow(bytes);
         }
     }
 
-    /// Adds a zero byte, growing the buffer in small steps: head chunks
-    /// stay open in memory for every series, so doubling's slack (up to
-    /// half the buffer) would cost more than the copies it saves.
-    #[inline]
-    fn push_byte(&mut self) {
-        if self.bytes.len() == self.bytes.capacity() {
-            self.bytes.reserve_exact(32);
-        }
-        self.bytes.push(0);
+    #[cold]
+    fn grow(&mut self, bytes: usize) {
+        let mut v = std::mem::take(self.buf).into_vec();
+        let add = (bytes - v.len()).next_multiple_of(32);
+        v.reserve_exact(add);
+        v.resize(v.len() + add, 0);
+        *self.buf = v.into_boxed_slice();
     }
 
     #[inline]
     pub(crate) fn write_bit(&mut self, bit: bool) {
-        if self.used == 0 {
-            self.push_byte();
-        }
+        let pos = *self.bits as usize;
+        self.reserve(pos / 8 + 1);
         if bit {
-            let last = self.bytes.len() - 1;
-            self.bytes[last] |= 0x80 >> self.used;
+            self.buf[pos / 8] |= 0x80 >> (pos % 8);
         }
-        self.used = (self.used + 1) % 8;
+        *self.bits += 1;
     }
 
     /// Writes the low `n` bits of `v` (n ≤ 64), most significant first:
@@ -48,30 +52,28 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        // New bytes this write starts (the partial last byte has room).
-        let new = ((self.used as u32 + n).div_ceil(8) - u32::from(self.used != 0)) as usize;
-        if self.bytes.capacity() - self.bytes.len() < new {
-            self.bytes.reserve_exact(32);
-        }
+        let mut pos = *self.bits as usize;
+        self.reserve((pos + n as usize).div_ceil(8));
         let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
-        if self.used != 0 {
-            let free = 8 - self.used as u32;
+        let used = (pos % 8) as u32;
+        if used != 0 {
+            let free = 8 - used;
             let take = free.min(n);
             let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
-            if let Some(last) = self.bytes.last_mut() {
-                *last |= chunk << (free - take);
-            }
-            self.used = ((self.used as u32 + take) % 8) as u8;
+            self.buf[pos / 8] |= chunk << (free - take);
+            pos += take as usize;
             n -= take;
         }
         while n >= 8 {
             n -= 8;
-            self.bytes.push((v >> n) as u8);
+            self.buf[pos / 8] = (v >> n) as u8;
+            pos += 8;
         }
         if n > 0 {
-            self.bytes.push(((v << (8 - n)) & 0xff) as u8);
-            self.used = n as u8;
+            self.buf[pos / 8] = ((v << (8 - n)) & 0xff) as u8;
+            pos += n as usize;
         }
+        *self.bits = pos as u32;
     }
 }
 
@@ -144,12 +146,14 @@ mod tests {
     proptest! {
         #[test]
         fn bits_round_trip(items in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..50)) {
-            let mut w = BitWriter::default();
+            let (mut buf, mut bits) = (Box::default(), 0u32);
+            let mut w = BitWriter { buf: &mut buf, bits: &mut bits };
             for &(v, n) in &items {
                 w.write_bits(v, n);
                 w.write_bit(v & 1 == 1);
             }
-            let mut r = BitReader::new(&w.bytes, w.bit_len());
+            prop_assert!(buf.len() >= byte_len(bits) && buf.len() < byte_len(bits) + 32);
+            let mut r = BitReader::new(&buf, bits as usize);
             for &(v, n) in &items {
                 let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
                 prop_assert_eq!(r.read_bits(n), Some(v & mask));

@@ -1,6 +1,6 @@
 //! Gorilla's XOR chunk, appendable one sample at a time.
 
-use crate::bits::{BitReader, BitWriter};
+use crate::bits::{BitReader, BitWriter, byte_len};
 use crate::{Error, Result};
 
 /// An appendable chunk of (timestamp, value) samples with strictly
@@ -8,7 +8,10 @@ use crate::{Error, Result};
 /// followed by the bit stream.
 #[derive(Debug, Clone, Default)]
 pub struct XorChunk {
-    w: BitWriter,
+    /// The bit stream, zeroed past `bits`; its length is the capacity.
+    buf: Box<[u8]>,
+    /// Bits written.
+    bits: u32,
     n: u16,
     t: i64,
     delta: i64,
@@ -46,12 +49,23 @@ impl XorChunk {
 
     /// Bytes of the encoded stream (without the count).
     pub fn encoded_len(&self) -> usize {
-        self.w.bytes.len()
+        byte_len(self.bits)
     }
 
     /// Heap bytes held.
     pub fn heap_size(&self) -> usize {
-        self.w.bytes.capacity()
+        self.buf.len()
+    }
+
+    fn stream(&self) -> &[u8] {
+        &self.buf[..byte_len(self.bits)]
+    }
+
+    fn writer(&mut self) -> BitWriter<'_> {
+        BitWriter {
+            buf: &mut self.buf,
+            bits: &mut self.bits,
+        }
     }
 
     /// Appends a sample. `t` must be greater than the last timestamp and the
@@ -61,8 +75,9 @@ impl XorChunk {
         let vb = v.to_bits();
         match self.n {
             0 => {
-                self.w.write_bits(t as u64, 64);
-                self.w.write_bits(vb, 64);
+                let mut w = self.writer();
+                w.write_bits(t as u64, 64);
+                w.write_bits(vb, 64);
             }
             n if n as usize >= MAX_SAMPLES => return false,
             _ => {
@@ -85,7 +100,7 @@ impl XorChunk {
     }
 
     fn write_dod(&mut self, dod: i64) {
-        let w = &mut self.w;
+        let mut w = self.writer();
         match dod {
             0 => w.write_bit(false),
             -8191..=8192 => {
@@ -110,38 +125,40 @@ impl XorChunk {
     fn write_value(&mut self, vb: u64) {
         let x = vb ^ self.v;
         if x == 0 {
-            self.w.write_bit(false);
+            self.writer().write_bit(false);
             return;
         }
-        self.w.write_bit(true);
         let leading = (x.leading_zeros() as u8).min(31);
         let trailing = x.trailing_zeros() as u8;
         if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
-            self.w.write_bit(false);
             let sig = 64 - self.leading as u32 - self.trailing as u32;
-            self.w.write_bits(x >> self.trailing, sig);
+            let shift = self.trailing;
+            let mut w = self.writer();
+            w.write_bits(0b10, 2);
+            w.write_bits(x >> shift, sig);
         } else {
             self.leading = leading;
             self.trailing = trailing;
-            self.w.write_bit(true);
-            self.w.write_bits(u64::from(leading), 5);
             let sig = 64 - leading as u32 - trailing as u32;
+            let mut w = self.writer();
+            w.write_bits(0b11, 2);
+            w.write_bits(u64::from(leading), 5);
             // 64 significant bits are written as 0 in 6 bits.
-            self.w.write_bits(u64::from(sig) & 0x3f, 6);
-            self.w.write_bits(x >> trailing, sig);
+            w.write_bits(u64::from(sig) & 0x3f, 6);
+            w.write_bits(x >> trailing, sig);
         }
     }
 
     /// The samples, in order.
     pub fn iter(&self) -> XorIter<'_> {
-        XorIter::new(&self.w.bytes, self.w.bit_len(), self.n as usize)
+        XorIter::new(self.stream(), self.bits as usize, self.n as usize)
     }
 
     /// The serialised chunk: count, then the bit stream.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + self.w.bytes.len());
+        let mut out = Vec::with_capacity(2 + self.encoded_len());
         out.extend_from_slice(&self.n.to_be_bytes());
-        out.extend_from_slice(&self.w.bytes);
+        out.extend_from_slice(self.stream());
         out
     }
 
@@ -167,7 +184,7 @@ impl XorChunk {
             return Err(e);
         }
         // Re-encoding reproduces the stream bit for bit.
-        if c.w.bytes != stream {
+        if c.stream() != stream {
             return Err(Error::Corrupt(
                 "xor chunk has trailing or inconsistent bits".into(),
             ));
@@ -307,6 +324,13 @@ impl Iterator for XorIter<'_> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn an_open_chunk_is_48_bytes() {
+        // One per series in the head: the stream is a boxed slice and a bit
+        // count, with the small fields packed beside them.
+        assert_eq!(std::mem::size_of::<XorChunk>(), 48);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
