@@ -8,6 +8,7 @@ mod blob;
 mod check;
 mod dashboard;
 mod discovery;
+mod eviction;
 #[path = "../benches/fleetsim/mod.rs"]
 mod fleetsim;
 mod hierarchy;

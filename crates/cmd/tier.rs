@@ -77,6 +77,7 @@ pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Op
     Ok(Options {
         partition: s.partition,
         ooo_window: s.out_of_order_window,
+        series_idle: s.series_idle,
         retention_raw: s.retention_raw,
         retention_1m: s.retention_1m,
         retention_1h: s.retention_1h,

@@ -231,12 +231,13 @@ impl v1::query_server::Query for QueryService {
         let db = self.api.db().clone();
         let limit = limit(r.limit);
         let all = crate::run_query(&self.api, None, move |_| {
-            let mut all = crate::union(&sets, |m| db.series(m, start, end));
+            let mut all = crate::union(&sets, |m| db.series(m, start, end))?;
             all.truncate(limit);
-            all
+            Ok::<_, tiermon_tsdb::Error>(all)
         })
         .await
-        .map_err(status)?;
+        .map_err(status)?
+        .map_err(|e| status(crate::ApiError::storage(e)))?;
         let items: Vec<Result<v1::SeriesResponse, Status>> = all
             .chunks(CHUNK_SERIES)
             .map(|c| {
@@ -259,12 +260,13 @@ impl v1::query_server::Query for QueryService {
         let db = self.api.db().clone();
         let limit = limit(r.limit);
         let names = crate::run_query(&self.api, None, move |_| {
-            let mut names = crate::union(&sets, |m| db.label_names(m, start, end));
+            let mut names = crate::union(&sets, |m| db.label_names(m, start, end))?;
             names.truncate(limit);
-            names
+            Ok::<_, tiermon_tsdb::Error>(names)
         })
         .await
-        .map_err(status)?;
+        .map_err(status)?
+        .map_err(|e| status(crate::ApiError::storage(e)))?;
         Ok(Response::new(v1::LabelNamesResponse {
             names,
             partial: Vec::new(),
@@ -281,12 +283,13 @@ impl v1::query_server::Query for QueryService {
         let db = self.api.db().clone();
         let limit = limit(r.limit);
         let values = crate::run_query(&self.api, None, move |_| {
-            let mut values = crate::union(&sets, |m| db.label_values(&r.name, m, start, end));
+            let mut values = crate::union(&sets, |m| db.label_values(&r.name, m, start, end))?;
             values.truncate(limit);
-            values
+            Ok::<_, tiermon_tsdb::Error>(values)
         })
         .await
-        .map_err(status)?;
+        .map_err(status)?
+        .map_err(|e| status(crate::ApiError::storage(e)))?;
         Ok(Response::new(v1::LabelValuesResponse {
             values,
             partial: Vec::new(),

@@ -429,6 +429,15 @@ impl ApiError {
         }
     }
 
+    /// A storage failure (Prometheus' `internal`).
+    pub(crate) fn storage(e: tiermon_tsdb::Error) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            message: e.to_string(),
+        }
+    }
+
     fn from_promql(e: tiermon_promql::Error) -> Self {
         let status = match e.kind() {
             "bad_data" => StatusCode::BAD_REQUEST,
@@ -631,15 +640,18 @@ async fn query_range(
 
 /// The sorted, de-duplicated union of `f` over each selector (over all
 /// series when there is none).
-pub(crate) fn union<T: Ord>(sets: &[Vec<Matcher>], f: impl Fn(&[Matcher]) -> Vec<T>) -> Vec<T> {
+pub(crate) fn union<T: Ord, E>(
+    sets: &[Vec<Matcher>],
+    f: impl Fn(&[Matcher]) -> Result<Vec<T>, E>,
+) -> Result<Vec<T>, E> {
     let mut all = std::collections::BTreeSet::new();
     if sets.is_empty() {
-        all.extend(f(&[]));
+        all.extend(f(&[])?);
     }
     for m in sets {
-        all.extend(f(m));
+        all.extend(f(m)?);
     }
-    all.into_iter().collect()
+    Ok(all.into_iter().collect())
 }
 
 use tiermon_model::now_ms;
@@ -678,11 +690,10 @@ async fn series(
     let db = api.inner.db.clone();
     let out = run_query(&api, None, move |_| {
         union(&sets, |m| db.series(m, start, end))
-            .iter()
-            .map(metric_json)
-            .collect::<Vec<_>>()
+            .map(|all| all.iter().map(metric_json).collect::<Vec<_>>())
     })
-    .await?;
+    .await?
+    .map_err(ApiError::storage)?;
     Ok(success(Json::Array(out)))
 }
 
@@ -699,7 +710,8 @@ async fn labels(
     let out = run_query(&api, None, move |_| {
         union(&sets, |m| db.label_names(m, start, end))
     })
-    .await?;
+    .await?
+    .map_err(ApiError::storage)?;
     Ok(success(json!(out)))
 }
 
@@ -716,7 +728,8 @@ async fn label_values(
     let out = run_query(&api, None, move |_| {
         union(&sets, |m| db.label_values(&name, m, start, end))
     })
-    .await?;
+    .await?
+    .map_err(ApiError::storage)?;
     Ok(success(json!(out)))
 }
 

@@ -83,6 +83,10 @@ pub struct StorageConfig {
     /// How late a sample may arrive behind its series' newest one.
     #[serde(with = "humantime_serde")]
     pub out_of_order_window: Duration,
+    /// How long a series may go without samples before it leaves memory
+    /// (its data stays on disk and queryable).
+    #[serde(with = "humantime_serde")]
+    pub series_idle: Duration,
     /// Raw samples are kept this long.
     #[serde(with = "humantime_serde")]
     pub retention_raw: Duration,
@@ -117,6 +121,7 @@ impl Default for StorageConfig {
         Self {
             partition: Duration::from_secs(day),
             out_of_order_window: Duration::from_secs(3600),
+            series_idle: Duration::from_secs(3 * 3600),
             retention_raw: Duration::from_secs(15 * day),
             retention_1m: Duration::from_secs(90 * day),
             retention_1h: Duration::from_secs(730 * day),
@@ -212,6 +217,16 @@ impl StorageConfig {
             return Err(Error::invalid(
                 format!("{key}.partition"),
                 "must be at least 1h (aggregates are per hour)",
+            ));
+        }
+        if self.series_idle < self.out_of_order_window {
+            return Err(Error::invalid(
+                format!("{key}.series_idle"),
+                format!(
+                    "{} is shorter than out_of_order_window ({}): a series must stay in memory while its samples may still arrive",
+                    humantime_serde::re::humantime::format_duration(self.series_idle),
+                    humantime_serde::re::humantime::format_duration(self.out_of_order_window)
+                ),
             ));
         }
         if !self.blob.location.is_empty() {

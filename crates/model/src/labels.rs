@@ -104,14 +104,7 @@ impl Labels {
     /// and run (xxh3 over the sorted pairs, with separators that cannot
     /// appear in UTF-8).
     pub fn series_id(&self) -> SeriesId {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for l in self.0.iter() {
-            h.update(l.name.as_bytes());
-            h.update(&[0xff]);
-            h.update(l.value.as_bytes());
-            h.update(&[0xfe]);
-        }
-        SeriesId(h.digest())
+        series_id_of(self.0.iter().map(|l| (&*l.name, &*l.value)))
     }
 
     /// Approximate heap bytes held by this set (strings counted fully, as if
@@ -124,6 +117,19 @@ impl Labels {
                 .map(|l| l.name.len() + l.value.len())
                 .sum::<usize>()
     }
+}
+
+/// [`Labels::series_id`] of the set with these `(name, value)` pairs,
+/// sorted by name, for a caller that keeps them in another form.
+pub fn series_id_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> SeriesId {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (name, value) in pairs {
+        h.update(name.as_bytes());
+        h.update(&[0xff]);
+        h.update(value.as_bytes());
+        h.update(&[0xfe]);
+    }
+    SeriesId(h.digest())
 }
 
 impl<'a> IntoIterator for &'a Labels {

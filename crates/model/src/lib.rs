@@ -19,7 +19,7 @@ mod matcher;
 mod sample;
 mod time;
 
-pub use labels::{Interner, Label, Labels, LabelsBuilder, METRIC_NAME, SeriesId};
+pub use labels::{Interner, Label, Labels, LabelsBuilder, METRIC_NAME, SeriesId, series_id_of};
 pub use matcher::{MatchOp, Matcher, MatcherError};
 pub use sample::{STALE_NAN, STALE_NAN_BITS, Sample, is_stale_nan};
 pub use time::{now_ms, rfc3339};

@@ -1,7 +1,9 @@
 //! The database: head + WAL + RocksDB, and the operations over them.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
@@ -11,6 +13,7 @@ use tiermon_model::{Labels, Matcher, Sample};
 
 use crate::downsample::{self, Aggregate, Resolution};
 use crate::head::{Head, SampleError, SealedChunk, SeriesRef, partition_of};
+use crate::index::{self, CF_INDEX, Indexed};
 use crate::keys::{self, CF_CHUNKS, CF_HEAD, CF_META, CF_SERIES};
 use crate::spans::Spans;
 use crate::tier::{BlockMeta, BlockWriter, StoredChunk, Tier};
@@ -59,6 +62,18 @@ struct Inner {
     wal_epoch: u64,
     /// Longest raw chunk of each partition, where reads start.
     spans: Spans,
+    /// Which series the index on disk holds, for the partitions being
+    /// written.
+    indexed: Mutex<Indexed>,
+    /// Partitions holding data of evicted series: a read there asks the
+    /// index on disk as well as the head.
+    cold: RwLock<BTreeSet<i64>>,
+    /// Whether a series was ever evicted: a new label set must then be
+    /// looked up on disk before it gets a new reference.
+    evicted_any: AtomicBool,
+    /// Series with data before this partition are never evicted: a
+    /// version without the index on disk wrote it.
+    index_from: i64,
 }
 
 /// A series and its samples in the asked range, oldest first.
@@ -137,6 +152,8 @@ pub struct MaintainReport {
     /// (resolution, partition, error) whose upload failed; the data stays
     /// local and the next run tries again.
     pub tier_failed: Vec<(Resolution, i64, String)>,
+    /// Idle series evicted from the head.
+    pub evicted: usize,
 }
 
 impl Db {
@@ -156,6 +173,15 @@ impl Db {
                     ),
                 });
             }
+        }
+        if opts.series_idle < opts.ooo_window {
+            return Err(Error::Config {
+                key: "series_idle",
+                detail: format!(
+                    "{:?} is shorter than the out-of-order window ({:?}): a series must stay in the head while samples may still arrive late for it",
+                    opts.series_idle, opts.ooo_window
+                ),
+            });
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the data folder", dir, e))?;
         // Blocks an earlier run was uploading: still local, redone later.
@@ -181,6 +207,7 @@ impl Db {
             ColumnFamilyDescriptor::new(CF_SERIES, lz4()),
             ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
             ColumnFamilyDescriptor::new(CF_HEAD, lz4()),
+            ColumnFamilyDescriptor::new(CF_INDEX, index::options()),
         ];
         let rocks_dir = dir.join("rocksdb");
         let rocks = DB::open_cf_descriptors(&ro, &rocks_dir, cfs)
@@ -198,34 +225,46 @@ impl Db {
             Some(b) => Some(Tier::new(b, load_manifest(&rocks, meta)?)?),
         };
 
-        // Series, then the head as of the checkpoint.
+        // The head as of the checkpoint: the series it held (not those
+        // evicted since), with their labels.
+        let persisted = get_u64(&rocks, meta, keys::META_SERIES_PERSISTED)?.unwrap_or(0);
         let series_cf = cf(&rocks, CF_SERIES)?;
-        for item in rocks.iterator_cf(&series_cf, IteratorMode::Start) {
-            let (k, v) = item.map_err(Error::rocks("reading series"))?;
-            let r = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| Error::Corrupt {
-                what: "series key".into(),
-            })?);
-            let labels = decode_labels(&v).ok_or_else(|| Error::Corrupt {
-                what: format!("labels of series {r}"),
-            })?;
-            head.create(r, &labels);
-        }
         let head_cf = cf(&rocks, CF_HEAD)?;
+        let mut labels_it = rocks.raw_iterator_cf(series_cf);
         for item in rocks.iterator_cf(&head_cf, IteratorMode::Start) {
             let (k, v) = item.map_err(Error::rocks("reading the head checkpoint"))?;
             let r = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| Error::Corrupt {
                 what: "head key".into(),
             })?);
-            if (r as usize) < head.series.len() {
-                restore_series(&mut head, r, &v).ok_or_else(|| Error::Corrupt {
-                    what: format!("head checkpoint of series {r}"),
-                })?;
+            if evicted_marker(&v).is_some() {
+                continue;
             }
+            let key = keys::series(r);
+            if labels_it.key() != Some(&key[..]) {
+                labels_it.seek(key);
+            }
+            let labels = match (labels_it.key(), labels_it.value()) {
+                (Some(k), Some(v)) if k == key => {
+                    decode_labels(v).ok_or_else(|| Error::Corrupt {
+                        what: format!("labels of series {r}"),
+                    })?
+                }
+                _ => {
+                    labels_it.status().map_err(Error::rocks("reading series"))?;
+                    return Err(Error::Corrupt {
+                        what: format!("head checkpoint of series {r} without its labels"),
+                    });
+                }
+            };
+            head.create(r, &labels);
+            restore_series(&mut head, r, &v).ok_or_else(|| Error::Corrupt {
+                what: format!("head checkpoint of series {r}"),
+            })?;
         }
+        drop(labels_it);
         // Open chunks took their sequence when they started; new ones must
         // come after them.
         let max_open = head
-            .series
             .iter()
             .filter(|s| !s.chunk.is_empty())
             .map(|s| s.chunk_seq + 1)
@@ -239,15 +278,18 @@ impl Db {
         let stats = wal::replay(&wal_dir, checkpoint, |rec| {
             match rec {
                 Record::Series { r, labels } => {
-                    if (r as usize) >= head.series.len()
-                        || head.series[r as usize].labels.is_empty()
-                    {
+                    if !head.contains(r) {
                         head.create(r, &Labels::from_pairs(labels));
+                        if u64::from(r) < persisted {
+                            // Brought back after an eviction.
+                            revive(&rocks, head_cf, &mut head, r)?;
+                        }
                     }
                 }
                 Record::Samples(s) => {
                     for (r, t, v) in s {
-                        if (r as usize) < head.series.len() {
+                        // Evicted series had every sample stored first.
+                        if head.contains(r) {
                             // Replaying what was accepted before gives the
                             // same answer; a rejection here means it was
                             // already sealed and stored.
@@ -260,6 +302,7 @@ impl Db {
             Ok(())
         })?;
         stats.repair()?;
+        head.reserve_refs(persisted.min(u64::from(u32::MAX)) as SeriesRef);
         let wal = Wal::open(&wal_dir, opts.wal_segment_bytes, opts.wal_fsync)?;
         let wal_epoch = match get_u64(&rocks, meta, keys::META_WAL_EPOCH)? {
             Some(e) => e,
@@ -271,6 +314,47 @@ impl Db {
                 e
             }
         };
+        let index_from = match get_u64(&rocks, meta, keys::META_INDEX_FROM)? {
+            Some(p) => p as i64,
+            None => {
+                let p = index_start(&rocks, &head, opts.partition_ms())?;
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, keys::META_INDEX_FROM, (p as u64).to_be_bytes());
+                // Series made before the index: found by hash from now on.
+                let icf = cf(&rocks, CF_INDEX)?;
+                for s in head.iter() {
+                    index::add_hash(&mut batch, icf, head.labels(s.r).series_id().0, s.r);
+                }
+                rocks
+                    .write(batch)
+                    .map_err(Error::rocks("starting the index"))?;
+                p
+            }
+        };
+        let mut cold = BTreeSet::new();
+        for item in rocks.prefix_iterator_cf(meta, keys::META_COLD) {
+            let (k, _) = item.map_err(Error::rocks("reading cold partitions"))?;
+            match keys::parse_cold(&k) {
+                Some(p) => cold.insert(p),
+                None => break,
+            };
+        }
+        let evicted_any = rocks
+            .get_pinned_cf(meta, keys::META_EVICTED)
+            .map_err(Error::rocks("reading metadata"))?
+            .is_some();
+        // Series already in the index of the partitions being written.
+        let mut indexed = Indexed::default();
+        let newest = head.iter().map(|s| s.max_t).max().unwrap_or(i64::MIN);
+        if newest != i64::MIN {
+            let icf = cf(&rocks, CF_INDEX)?;
+            let p = partition_of(newest, opts.partition_ms());
+            for q in [p.saturating_sub(opts.partition_ms()), p] {
+                for r in index::all(&rocks, icf, q)? {
+                    indexed.set(q, r);
+                }
+            }
+        }
         let db = Db {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -284,6 +368,10 @@ impl Db {
                 wal_holds: Mutex::new(std::collections::HashMap::new()),
                 wal_epoch,
                 spans,
+                indexed: Mutex::new(indexed),
+                cold: RwLock::new(cold),
+                evicted_any: AtomicBool::new(evicted_any),
+                index_from,
             }),
         };
         if db.inner.spans.is_empty() {
@@ -327,6 +415,12 @@ impl Db {
             return Ok(r);
         }
         self.validate_labels(labels)?;
+        // An evicted series keeps its reference when it comes back.
+        let stored = if self.inner.evicted_any.load(Ordering::Acquire) {
+            self.stored_ref(labels)?
+        } else {
+            None
+        };
         let mut head = self.inner.head.write();
         if let Some(r) = head.lookup(labels) {
             return Ok(r);
@@ -338,7 +432,7 @@ impl Db {
                 detail: format!("cannot create {labels}"),
             });
         }
-        let r = head.len() as SeriesRef;
+        let r = stored.unwrap_or_else(|| head.next_ref());
         let rec = Record::Series {
             r,
             labels: labels
@@ -348,7 +442,62 @@ impl Db {
         };
         self.inner.wal.lock().log(std::slice::from_ref(&rec))?;
         head.create(r, labels);
+        if stored.is_some() {
+            revive(
+                &self.inner.rocks,
+                cf(&self.inner.rocks, CF_HEAD)?,
+                &mut head,
+                r,
+            )?;
+        }
         Ok(r)
+    }
+
+    /// The reference an evicted series with exactly these labels had.
+    fn stored_ref(&self, labels: &Labels) -> Result<Option<SeriesRef>> {
+        let rocks = &self.inner.rocks;
+        for r in index::by_hash(rocks, cf(rocks, CF_INDEX)?, labels.series_id().0)? {
+            if self.stored_labels(r)?.as_ref() == Some(labels) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The labels recorded on disk for series `r`.
+    fn stored_labels(&self, r: SeriesRef) -> Result<Option<Labels>> {
+        let rocks = &self.inner.rocks;
+        match rocks
+            .get_pinned_cf(cf(rocks, CF_SERIES)?, keys::series(r))
+            .map_err(Error::rocks("reading series"))?
+        {
+            None => Ok(None),
+            Some(v) => decode_labels(&v).map(Some).ok_or_else(|| Error::Corrupt {
+                what: format!("labels of series {r}"),
+            }),
+        }
+    }
+
+    /// Labels of series by reference, from the head or from disk, for
+    /// refs ascending.
+    fn labels_many(&self, refs: &[SeriesRef]) -> Result<Vec<Labels>> {
+        let rocks = &self.inner.rocks;
+        let scf = cf(rocks, CF_SERIES)?;
+        let keys: Vec<[u8; 4]> = refs.iter().map(|&r| keys::series(r)).collect();
+        let mut out = Vec::with_capacity(refs.len());
+        for (r, v) in refs
+            .iter()
+            .zip(rocks.batched_multi_get_cf(scf, &keys, true))
+        {
+            let v = v.map_err(Error::rocks("reading series"))?;
+            let labels = v
+                .and_then(|v| decode_labels(&v))
+                .ok_or_else(|| Error::Corrupt {
+                    what: format!("labels of series {r}"),
+                })?;
+            out.push(labels);
+        }
+        Ok(out)
     }
 
     fn validate_labels(&self, labels: &Labels) -> Result<()> {
@@ -401,12 +550,43 @@ impl Db {
         let mut res = CommitResult::default();
         {
             let mut head = self.inner.head.write();
-            let n = head.series.len();
+            // Evicted series come back for a caller that kept their
+            // reference; anything else unknown fails the commit whole.
+            let mut revived: Vec<(SeriesRef, Labels)> = Vec::new();
+            for &(r, _, _) in samples {
+                if head.contains(r) || revived.iter().any(|(x, _)| *x == r) {
+                    continue;
+                }
+                let stored = if r < head.next_ref() {
+                    self.stored_labels(r)?
+                } else {
+                    None
+                };
+                match stored {
+                    Some(l) => revived.push((r, l)),
+                    None => return Err(Error::UnknownRef(r)),
+                }
+            }
+            if !revived.is_empty() {
+                let recs: Vec<Record> = revived
+                    .iter()
+                    .map(|(r, l)| Record::Series {
+                        r: *r,
+                        labels: l
+                            .iter()
+                            .map(|l| (l.name.to_string(), l.value.to_string()))
+                            .collect(),
+                    })
+                    .collect();
+                self.inner.wal.lock().log(&recs)?;
+                let hcf = cf(&self.inner.rocks, CF_HEAD)?;
+                for (r, l) in &revived {
+                    head.create(*r, l);
+                    revive(&self.inner.rocks, hcf, &mut head, *r)?;
+                }
+            }
             let mut accepted = Vec::with_capacity(samples.len());
             for (i, &(r, t, v)) in samples.iter().enumerate() {
-                if (r as usize) >= n || head.series[r as usize].labels.is_empty() {
-                    return Err(Error::UnknownRef(r));
-                }
                 match head.append(r, t, v, o) {
                     Ok(()) => accepted.push((r, t, v)),
                     Err(e) => res.rejected.push((i, e)),
@@ -430,25 +610,75 @@ impl Db {
     /// stay in the head (still readable) for the next attempt.
     fn write_pending(&self) -> Result<()> {
         let _serial = self.inner.chunk_writes.lock();
-        let pending = {
+        let (chunks, next_seq, fresh) = {
             let mut head = self.inner.head.write();
             if head.pending.is_empty() {
                 return Ok(());
             }
-            (std::mem::take(&mut head.pending), head.next_seq)
+            let chunks = std::mem::take(&mut head.pending);
+            match self.unindexed(&head, chunks.iter().map(|c| (c.partition, c.r))) {
+                Ok(fresh) => (chunks, head.next_seq, fresh),
+                Err(e) => {
+                    head.pending = chunks;
+                    return Err(e);
+                }
+            }
         };
-        let (chunks, next_seq) = pending;
-        let r = self.write_chunks(&chunks, next_seq);
-        if r.is_err() {
-            self.inner.head.write().pending.extend(chunks);
+        let r = self.write_chunks(&chunks, next_seq, &fresh);
+        match &r {
+            Ok(()) => self.mark_indexed(&fresh),
+            Err(_) => self.inner.head.write().pending.extend(chunks),
         }
         r
     }
 
-    fn write_chunks(&self, chunks: &[SealedChunk], next_seq: u64) -> Result<()> {
+    /// Of `(partition, ref)` pairs, those not yet in the partition's index
+    /// on disk, by partition, with their labels (from `head`, or from disk
+    /// for a series not in it).
+    fn unindexed(
+        &self,
+        head: &Head,
+        pairs: impl Iterator<Item = (i64, SeriesRef)>,
+    ) -> Result<Vec<(i64, Vec<(SeriesRef, Labels)>)>> {
+        let mut new: Vec<(i64, SeriesRef)> = {
+            let indexed = self.inner.indexed.lock();
+            pairs.filter(|&(p, r)| !indexed.has(p, r)).collect()
+        };
+        new.sort_unstable();
+        new.dedup();
+        let mut out: Vec<(i64, Vec<(SeriesRef, Labels)>)> = Vec::new();
+        for (p, r) in new {
+            let labels = match head.get(r) {
+                Some(_) => head.labels(r),
+                None => self.stored_labels(r)?.ok_or(Error::UnknownRef(r))?,
+            };
+            match out.last_mut() {
+                Some((q, v)) if *q == p => v.push((r, labels)),
+                _ => out.push((p, vec![(r, labels)])),
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_indexed(&self, fresh: &[(i64, Vec<(SeriesRef, Labels)>)]) {
+        let mut indexed = self.inner.indexed.lock();
+        for (p, series) in fresh {
+            for (r, _) in series {
+                indexed.set(*p, *r);
+            }
+        }
+    }
+
+    fn write_chunks(
+        &self,
+        chunks: &[SealedChunk],
+        next_seq: u64,
+        fresh: &[(i64, Vec<(SeriesRef, Labels)>)],
+    ) -> Result<()> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
         let mcf = cf(rocks, CF_META)?;
+        let icf = cf(rocks, CF_INDEX)?;
         let mut batch = WriteBatch::default();
         for c in chunks {
             batch.put_cf(
@@ -456,6 +686,9 @@ impl Db {
                 keys::chunk(0, c.partition, c.r, c.min_t, c.seq),
                 chunk_value(ENC_XOR, c.max_t, &c.bytes),
             );
+        }
+        for (p, series) in fresh {
+            index::add(&mut batch, icf, *p, series);
         }
         batch.put_cf(&mcf, keys::META_NEXT_SEQ, next_seq.to_be_bytes());
         self.inner.spans.write(
@@ -476,32 +709,37 @@ impl Db {
             let head = self.inner.head.write();
             let segment = self.inner.wal.lock().cut()?;
             let persisted = get_u64(rocks, cf(rocks, CF_META)?, keys::META_SERIES_PERSISTED)?
-                .unwrap_or(0) as usize;
-            let new_series: Vec<(SeriesRef, Labels)> = (persisted..head.series.len())
-                .filter(|&r| !head.series[r].labels.is_empty())
-                .map(|r| (r as SeriesRef, head.labels(r as SeriesRef)))
+                .unwrap_or(0)
+                .min(u64::from(u32::MAX)) as SeriesRef;
+            let new_series: Vec<(SeriesRef, Labels)> = (persisted..head.next_ref())
+                .filter(|&r| head.contains(r))
+                .map(|r| (r, head.labels(r)))
                 .collect();
             let snapshot: Vec<(SeriesRef, Vec<u8>)> = head
-                .series
                 .iter()
-                .enumerate()
-                .map(|(r, s)| (r as SeriesRef, snapshot_series(s, head.width)))
+                .map(|s| (s.r, snapshot_series(s, head.width)))
                 .collect();
-            (segment, snapshot, new_series)
+            (segment, snapshot, (new_series, head.next_ref()))
         };
+        let (new_series, total) = new_series;
         self.write_pending()?;
         let scf = cf(rocks, CF_SERIES)?;
         let hcf = cf(rocks, CF_HEAD)?;
         let mcf = cf(rocks, CF_META)?;
+        let icf = cf(rocks, CF_INDEX)?;
         let mut batch = WriteBatch::default();
         for (r, labels) in &new_series {
             batch.put_cf(&scf, keys::series(*r), encode_labels(labels));
+            index::add_hash(&mut batch, icf, labels.series_id().0, *r);
         }
         for (r, snap) in &snapshot {
             batch.put_cf(&hcf, keys::series(*r), snap);
         }
-        let total = snapshot.len() as u64;
-        batch.put_cf(&mcf, keys::META_SERIES_PERSISTED, total.to_be_bytes());
+        batch.put_cf(
+            &mcf,
+            keys::META_SERIES_PERSISTED,
+            u64::from(total).to_be_bytes(),
+        );
         batch.put_cf(&mcf, keys::META_CHECKPOINT, segment.to_be_bytes());
         rocks
             .write(batch)
@@ -558,12 +796,9 @@ impl Db {
                 }
             },
         )?;
-        let head = self.inner.head.read();
-        let n = head.series.len();
-        let series = grouped
-            .into_iter()
-            .filter(|(r, _)| (*r as usize) < n && !head.series[*r as usize].labels.is_empty())
-            .collect();
+        // Evicted series included: their labels are on disk.
+        let n = self.inner.head.read().next_ref();
+        let series = grouped.into_iter().filter(|(r, _)| *r < n).collect();
         Ok(WalBatch {
             end: tail.end,
             series,
@@ -575,11 +810,19 @@ impl Db {
 
     /// The labels of the series with reference `r`, if there is one.
     pub fn labels_of(&self, r: SeriesRef) -> Option<Labels> {
-        let head = self.inner.head.read();
-        head.series
-            .get(r as usize)
-            .filter(|s| !s.labels.is_empty())
-            .map(|_| head.labels(r))
+        {
+            let head = self.inner.head.read();
+            if head.contains(r) {
+                return Some(head.labels(r));
+            }
+        }
+        match self.stored_labels(r) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(series = r, error = %e, "reading the labels of an evicted series");
+                None
+            }
+        }
     }
 
     /// Keeps the WAL from position `pos` on through checkpoints, on behalf
@@ -648,7 +891,7 @@ impl Db {
         mut f: impl FnMut(Vec<SeriesSamples>) -> bool,
     ) -> Result<()> {
         let batch = batch.max(1);
-        let snaps = self.head_snapshots(matchers, mint, maxt);
+        let snaps = self.head_snapshots(matchers, mint, maxt)?;
         let rocks = &self.inner.rocks;
         let chunks = cf(rocks, CF_CHUNKS)?;
         if snaps.is_empty() {
@@ -774,7 +1017,7 @@ impl Db {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<(Labels, Vec<Aggregate>)>> {
-        let snaps = self.head_snapshots(matchers, mint, maxt);
+        let snaps = self.head_snapshots(matchers, mint, maxt)?;
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
         let width = self.inner.opts.partition_ms();
@@ -836,10 +1079,23 @@ impl Db {
 
     /// Label names of series matching `matchers` (all series when empty)
     /// with data in `[mint, maxt]`.
-    pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<String> {
-        let head = self.inner.head.read();
-        let refs = self.refs_in_range(&head, matchers, mint, maxt);
-        head.label_names(&refs)
+    pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>> {
+        let (mut names, cold) = {
+            let head = self.inner.head.read();
+            let all = head.select(matchers);
+            let refs = in_range(&head, &all, mint, maxt);
+            (head.label_names(&refs), all)
+        };
+        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
+        if !cold.is_empty() {
+            let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
+            for l in self.labels_many(&refs)? {
+                names.extend(l.iter().map(|l| l.name.to_string()));
+            }
+            names.sort();
+            names.dedup();
+        }
+        Ok(names)
     }
 
     /// Values of label `name` over matching series with data in the range.
@@ -849,35 +1105,76 @@ impl Db {
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Vec<String> {
-        let head = self.inner.head.read();
-        let refs = self.refs_in_range(&head, matchers, mint, maxt);
-        head.label_values(name, &refs)
+    ) -> Result<Vec<String>> {
+        let (mut values, cold) = {
+            let head = self.inner.head.read();
+            let all = head.select(matchers);
+            let refs = in_range(&head, &all, mint, maxt);
+            (head.label_values(name, &refs), all)
+        };
+        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
+        if !cold.is_empty() {
+            let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
+            for l in self.labels_many(&refs)? {
+                if let Some(v) = l.get(name) {
+                    values.push(v.to_string());
+                }
+            }
+            values.sort();
+            values.dedup();
+        }
+        Ok(values)
     }
 
     /// Labels of matching series with data in the range.
-    pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Labels> {
-        let head = self.inner.head.read();
-        self.refs_in_range(&head, matchers, mint, maxt)
-            .into_iter()
-            .map(|r| head.labels(r))
-            .collect()
+    pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Labels>> {
+        let (mut out, cold) = {
+            let head = self.inner.head.read();
+            let all = head.select(matchers);
+            let out: Vec<Labels> = in_range(&head, &all, mint, maxt)
+                .into_iter()
+                .map(|r| head.labels(r))
+                .collect();
+            (out, all)
+        };
+        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
+        let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
+        out.extend(self.labels_many(&refs)?);
+        Ok(out)
     }
 
-    fn refs_in_range(
+    /// Series matching `matchers` that only the index on disk knows of
+    /// (evicted from the head; `head` lists the ones in it, ascending), in
+    /// the cold partitions overlapping `[mint, maxt]`: by ref, with the
+    /// first and last of those partitions each is in.
+    fn cold_refs(
         &self,
-        head: &Head,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Vec<SeriesRef> {
-        head.select(matchers)
-            .into_iter()
-            .filter(|&r| {
-                let s = &head.series[r as usize];
-                s.max_t >= mint && s.min_t <= maxt
-            })
-            .collect()
+        head: &[SeriesRef],
+    ) -> Result<Vec<(SeriesRef, i64, i64)>> {
+        let width = self.inner.opts.partition_ms();
+        let lo = mint.saturating_sub(width - 1);
+        if lo > maxt {
+            return Ok(Vec::new());
+        }
+        let parts: Vec<i64> = self.inner.cold.read().range(lo..=maxt).copied().collect();
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rocks = &self.inner.rocks;
+        let icf = cf(rocks, CF_INDEX)?;
+        let mut found: std::collections::BTreeMap<SeriesRef, (i64, i64)> = Default::default();
+        for p in parts {
+            for r in index::select(rocks, icf, p, matchers)? {
+                if head.binary_search(&r).is_err() {
+                    let e = found.entry(r).or_insert((p, p));
+                    e.1 = p;
+                }
+            }
+        }
+        Ok(found.into_iter().map(|(r, (a, b))| (r, a, b)).collect())
     }
 
     /// Sizes, and the metrics and label pairs with the most series (for
@@ -905,7 +1202,7 @@ impl Db {
         Stats {
             series: head.len(),
             samples_appended: head.samples_appended,
-            head_bytes: head.heap_size(),
+            head_bytes: head.heap_size() + self.inner.indexed.lock().heap_size(),
             disk_bytes,
             wal_bytes: self.inner.wal.lock().disk_size(),
             blob_blocks,
@@ -989,9 +1286,125 @@ impl Db {
                 report.compacted.push(p);
             }
         }
+        report.evicted = self.evict_idle(now)?;
         self.tier_old(now, &mut report)?;
         report.deleted = self.apply_retention(now)?;
+        self.drop_expired_index(&report.deleted)?;
+        self.inner
+            .indexed
+            .lock()
+            .forget_before(closed_before.saturating_sub(width));
         Ok(report)
+    }
+
+    /// Evicts series without a sample for `series_idle` from the head,
+    /// once everything they hold is stored and indexed on disk: their
+    /// checkpoint entry becomes a record of their time range, and the
+    /// partitions they have data in are marked cold, so that reads there
+    /// ask the index on disk. A sample for one brings it back.
+    fn evict_idle(&self, now: i64) -> Result<usize> {
+        let o = &self.inner.opts;
+        let width = o.partition_ms();
+        let cutoff = now.saturating_sub(o.series_idle.as_millis() as i64);
+        let rocks = &self.inner.rocks;
+        let mcf = cf(rocks, CF_META)?;
+        let hcf = cf(rocks, CF_HEAD)?;
+        // Only series whose labels are on disk (made before the last
+        // checkpoint) and whose data is all in indexed partitions.
+        let persisted = get_u64(rocks, mcf, keys::META_SERIES_PERSISTED)?.unwrap_or(0);
+        let index_from = self.inner.index_from;
+        let idle = |s: &crate::head::MemSeries| {
+            s.max_t < cutoff
+                && u64::from(s.r) < persisted
+                && (s.min_t > s.max_t || partition_of(s.min_t, width) >= index_from)
+        };
+        let candidates: Vec<SeriesRef> = {
+            let mut head = self.inner.head.write();
+            let c: Vec<SeriesRef> = head.iter().filter(|s| idle(s)).map(|s| s.r).collect();
+            for &r in &c {
+                head.seal_series(r);
+            }
+            c
+        };
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        self.write_pending()?;
+        let longest = o.retention_raw.max(o.retention_1m).max(o.retention_1h);
+        let oldest = partition_of(now.saturating_sub(longest.as_millis() as i64), width);
+        let mut head = self.inner.head.write();
+        let pending: std::collections::HashSet<SeriesRef> =
+            head.pending.iter().map(|c| c.r).collect();
+        let mut gone = Vec::new();
+        let mut cold = BTreeSet::new();
+        let mut batch = WriteBatch::default();
+        {
+            let known = self.inner.cold.read();
+            for r in candidates {
+                let Some(s) = head.get(r) else { continue };
+                // A sample may have come in meanwhile.
+                if !idle(s) || !s.chunk.is_empty() || s.ooo.is_some() || pending.contains(&r) {
+                    continue;
+                }
+                if s.min_t <= s.max_t {
+                    let mut p = partition_of(s.min_t, width).max(oldest);
+                    while p <= s.max_t {
+                        if !known.contains(&p) {
+                            cold.insert(p);
+                        }
+                        p = match p.checked_add(width) {
+                            Some(n) => n,
+                            None => break,
+                        };
+                    }
+                }
+                batch.put_cf(hcf, keys::series(r), evicted_value(s.min_t, s.max_t));
+                gone.push(r);
+            }
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        for &p in &cold {
+            batch.put_cf(mcf, keys::cold(p), []);
+        }
+        batch.put_cf(mcf, keys::META_EVICTED, []);
+        // Before the series leave the head, so that a new label set is
+        // looked up on disk and reads find them in the cold partitions.
+        self.inner.evicted_any.store(true, Ordering::Release);
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("recording evicted series"))?;
+        self.inner.cold.write().extend(cold);
+        head.evict(&gone);
+        tracing::debug!(series = gone.len(), "evicted idle series");
+        Ok(gone.len())
+    }
+
+    /// Drops the index of partitions that retention emptied in every
+    /// resolution.
+    fn drop_expired_index(&self, deleted: &[(Resolution, i64)]) -> Result<()> {
+        let rocks = &self.inner.rocks;
+        let icf = cf(rocks, CF_INDEX)?;
+        let mcf = cf(rocks, CF_META)?;
+        let mut ps: Vec<i64> = deleted.iter().map(|&(_, p)| p).collect();
+        ps.sort_unstable();
+        ps.dedup();
+        for p in ps {
+            let mut held = false;
+            for res in [Resolution::Raw, Resolution::OneMinute, Resolution::OneHour] {
+                held |= self.has_partition(res, p)?;
+            }
+            if held {
+                continue;
+            }
+            index::delete_partition(rocks, icf, p)?;
+            rocks
+                .delete_cf(mcf, keys::cold(p))
+                .map_err(Error::rocks("removing a cold partition"))?;
+            self.inner.cold.write().remove(&p);
+        }
+        Ok(())
     }
 
     /// Moves closed partitions older than the blob age to blob storage.
@@ -1325,8 +1738,21 @@ impl Db {
         }
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
+        let icf = cf(rocks, CF_INDEX)?;
         let width = self.inner.opts.partition_ms();
+        let fresh = {
+            let head = self.inner.head.read();
+            self.unindexed(
+                &head,
+                windows
+                    .iter()
+                    .map(|(r, a)| (partition_of(a.start, width), *r)),
+            )?
+        };
         let mut batch = WriteBatch::default();
+        for (p, series) in &fresh {
+            index::add(&mut batch, icf, *p, series);
+        }
         for (r, a) in windows {
             // Sequence 1: apart from the windows computed here (0).
             batch.put_cf(
@@ -1343,7 +1769,9 @@ impl Db {
         wo.set_sync(self.inner.opts.wal_fsync);
         rocks
             .write_opt(batch, &wo)
-            .map_err(Error::rocks("writing received aggregates"))
+            .map_err(Error::rocks("writing received aggregates"))?;
+        self.mark_indexed(&fresh);
+        Ok(())
     }
 
     /// Deletes partitions past their resolution's retention, then the
@@ -1450,7 +1878,45 @@ impl Db {
         Ok(p("rocksdb.live-sst-files-size") + p("rocksdb.cur-size-all-mem-tables"))
     }
 
-    fn head_snapshots(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<HeadSnapshot> {
+    /// What a read of `[mint, maxt]` needs of each matching series: the
+    /// head's part for series in it, and for evicted ones where to look.
+    fn head_snapshots(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<HeadSnapshot>> {
+        let (mut snaps, all) = self.hot_snapshots(matchers, mint, maxt);
+        let cold = self.cold_refs(matchers, mint, maxt, &all)?;
+        if cold.is_empty() {
+            return Ok(snaps);
+        }
+        let width = self.inner.opts.partition_ms();
+        let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
+        for ((r, first, last), labels) in cold.into_iter().zip(self.labels_many(&refs)?) {
+            snaps.push(HeadSnapshot {
+                r,
+                labels,
+                chunk: None,
+                ooo: Vec::new(),
+                pending: Vec::new(),
+                min_t: first,
+                max_t: last.saturating_add(width - 1),
+                head_from: None,
+            });
+        }
+        snaps.sort_by_key(|s| s.r);
+        Ok(snaps)
+    }
+
+    /// The head's part of [`Self::head_snapshots`], and every matching
+    /// series in the head (in range or not), ascending.
+    fn hot_snapshots(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> (Vec<HeadSnapshot>, Vec<SeriesRef>) {
         let head = self.inner.head.read();
         // Sealed chunks not yet written, by series: one pass, not one per
         // selected series.
@@ -1464,10 +1930,11 @@ impl Db {
                     .push((c.seq, c.bytes.clone()));
             }
         }
-        head.select(matchers)
-            .into_iter()
-            .filter_map(|r| {
-                let s = &head.series[r as usize];
+        let all = head.select(matchers);
+        let snaps = all
+            .iter()
+            .filter_map(|&r| {
+                let s = head.get(r)?;
                 if s.max_t < mint || s.min_t > maxt {
                     return None;
                 }
@@ -1497,7 +1964,8 @@ impl Db {
                     head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t),
                 })
             })
-            .collect()
+            .collect();
+        (snaps, all)
     }
 
     /// Adds the stored chunks of series `r` in raw partition `p` that
@@ -1579,6 +2047,17 @@ impl Db {
         }
         Ok(parts)
     }
+}
+
+/// Series of `refs` in the head with samples in `[mint, maxt]`.
+fn in_range(head: &Head, refs: &[SeriesRef], mint: i64, maxt: i64) -> Vec<SeriesRef> {
+    refs.iter()
+        .copied()
+        .filter(|&r| {
+            head.get(r)
+                .is_some_and(|s| s.max_t >= mint && s.min_t <= maxt)
+        })
+        .collect()
 }
 
 /// What a read needs from the head for one series, copied out under the
@@ -1828,7 +2307,7 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
         let v = f64::from_bits(i64_at(&mut b)? as u64);
         ooo.push((t, v));
     }
-    let s = &mut head.series[r as usize];
+    let s = head.get_mut(r)?;
     s.chunk = chunk;
     s.chunk_min_t = chunk_min_t;
     // Out-of-order samples sealed before the restart are not known.
@@ -1838,6 +2317,73 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
     s.max_t = max_t;
     s.ooo = (!ooo.is_empty()).then(|| Box::new(ooo));
     Some(())
+}
+
+/// First byte of an evicted series' record in `head` (a checkpoint entry
+/// is never 17 bytes long).
+const EVICTED: u8 = 0xE5;
+
+/// The `head` entry of an evicted series: the time range it has data in.
+fn evicted_value(min_t: i64, max_t: i64) -> [u8; 17] {
+    let mut v = [0u8; 17];
+    v[0] = EVICTED;
+    v[1..9].copy_from_slice(&min_t.to_le_bytes());
+    v[9..].copy_from_slice(&max_t.to_le_bytes());
+    v
+}
+
+fn evicted_marker(v: &[u8]) -> Option<(i64, i64)> {
+    if v.len() != 17 || v[0] != EVICTED {
+        return None;
+    }
+    Some((
+        i64::from_le_bytes(v[1..9].try_into().ok()?),
+        i64::from_le_bytes(v[9..].try_into().ok()?),
+    ))
+}
+
+/// Gives series `r`, just brought back into `head`, the time range it had
+/// when evicted: a sample older than its newest goes the out-of-order way
+/// (and is refused outside the window), and reads do not take the new
+/// open chunk for all there is.
+fn revive(rocks: &DB, hcf: &ColumnFamily, head: &mut Head, r: SeriesRef) -> Result<()> {
+    let v = rocks
+        .get_pinned_cf(hcf, keys::series(r))
+        .map_err(Error::rocks("reading an evicted series"))?;
+    if let (Some((min_t, max_t)), Some(s)) =
+        (v.as_deref().and_then(evicted_marker), head.get_mut(r))
+    {
+        s.min_t = min_t;
+        s.max_t = max_t;
+        s.ooo_sealed = true;
+    }
+    Ok(())
+}
+
+/// The first partition that the index on disk covers whole, for a
+/// database that has none yet: the one after any data already stored or
+/// in the head (none: all of them).
+fn index_start(rocks: &DB, head: &Head, width: i64) -> Result<i64> {
+    let mut last: Option<i64> = head
+        .iter()
+        .filter(|s| s.min_t <= s.max_t)
+        .map(|s| s.max_t)
+        .max();
+    let ccf = cf(rocks, CF_CHUNKS)?;
+    let mut it = rocks.raw_iterator_cf(ccf);
+    for res in [Resolution::Raw, Resolution::OneMinute, Resolution::OneHour] {
+        it.seek_for_prev(keys::partition_prefix(res.id() + 1, i64::MIN));
+        if let Some(k) = it.key().and_then(keys::parse_chunk)
+            && k.res == res.id()
+        {
+            last = Some(last.map_or(k.partition, |l| l.max(k.partition)));
+        }
+    }
+    it.status().map_err(Error::rocks("reading chunks"))?;
+    Ok(match last {
+        None => i64::MIN,
+        Some(t) => partition_of(t, width).saturating_add(width),
+    })
 }
 
 /// Collects samples and commits them as one unit.

@@ -1,5 +1,7 @@
-//! The head: every series in memory, its open chunk and its out-of-order
-//! buffer, the postings index, and sealed chunks not yet in RocksDB.
+//! The head: every active series in memory, its open chunk and its
+//! out-of-order buffer, the postings index, and sealed chunks not yet in
+//! RocksDB. Series that went idle are evicted ([`Head::evict`]); the
+//! per-partition index on disk (`index.rs`) finds them from then on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub(crate) struct SealedChunk {
 /// One series in memory.
 #[derive(Debug)]
 pub(crate) struct MemSeries {
+    /// Its reference (the slot it sits in is not).
+    pub r: SeriesRef,
     /// (name, value) symbol pairs, sorted by name.
     pub labels: Box<[(u32, u32)]>,
     pub chunk: XorChunk,
@@ -108,10 +112,20 @@ pub enum SampleError {
 #[derive(Debug, Default)]
 pub(crate) struct Head {
     pub symbols: Symbols,
-    pub series: Vec<MemSeries>,
-    by_hash: HashMap<u64, SeriesRef>,
-    /// Series whose hash collides with another's (rare).
-    collisions: HashMap<u64, Vec<SeriesRef>>,
+    /// Series in memory, by slot; a free slot has no labels.
+    series: Vec<MemSeries>,
+    /// Slot + 1 of each reference, 0 for one not in memory (evicted, or a
+    /// gap): 4 bytes per reference ever made, so that evicted series leave
+    /// only that behind.
+    slots: Vec<u32>,
+    /// Free slots, reused by the next series.
+    free: Vec<u32>,
+    /// Series in memory.
+    live: usize,
+    /// Series by label hash ([`Labels::series_id`]), told apart by their
+    /// labels when hashes collide: 4 bytes an entry, the hash recomputed
+    /// from the labels when the table grows.
+    by_hash: hashbrown::HashTable<SeriesRef>,
     /// (name, value) → series, ascending.
     postings: HashMap<(u32, u32), Vec<SeriesRef>>,
     /// name → values seen.
@@ -139,26 +153,78 @@ pub(crate) fn partition_of(t: i64, width: i64) -> i64 {
 }
 
 impl Head {
+    /// Series in memory.
     pub(crate) fn len(&self) -> usize {
-        self.series.len()
+        self.live
+    }
+
+    /// The reference the next new series gets: every one below it was
+    /// made (and may since have been evicted).
+    pub(crate) fn next_ref(&self) -> SeriesRef {
+        self.slots.len() as SeriesRef
+    }
+
+    /// Reserves references below `r` (known to exist on disk) so that new
+    /// series never reuse them.
+    pub(crate) fn reserve_refs(&mut self, r: SeriesRef) {
+        if self.slots.len() < r as usize {
+            self.slots.resize(r as usize, 0);
+        }
+    }
+
+    /// Whether series `r` is in memory.
+    pub(crate) fn contains(&self, r: SeriesRef) -> bool {
+        self.slots.get(r as usize).is_some_and(|&s| s != 0)
+    }
+
+    /// Series `r`, if in memory.
+    pub(crate) fn get(&self, r: SeriesRef) -> Option<&MemSeries> {
+        match self.slots.get(r as usize) {
+            Some(&s) if s != 0 => Some(&self.series[s as usize - 1]),
+            _ => None,
+        }
+    }
+
+    /// Series `r`, if in memory, to change.
+    pub(crate) fn get_mut(&mut self, r: SeriesRef) -> Option<&mut MemSeries> {
+        match self.slots.get(r as usize) {
+            Some(&s) if s != 0 => Some(&mut self.series[s as usize - 1]),
+            _ => None,
+        }
+    }
+
+    /// Slot of series `r`, which the caller knows to be in memory.
+    fn slot(&self, r: SeriesRef) -> usize {
+        self.slots[r as usize] as usize - 1
+    }
+
+    /// The series in memory, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &MemSeries> {
+        self.series.iter().filter(|s| !s.labels.is_empty())
     }
 
     /// The series with exactly these labels.
     pub(crate) fn lookup(&self, labels: &Labels) -> Option<SeriesRef> {
         let h = labels.series_id().0;
-        let r = *self.by_hash.get(&h)?;
-        if self.labels_eq(r, labels) {
-            return Some(r);
-        }
-        self.collisions
-            .get(&h)?
-            .iter()
+        self.by_hash
+            .find(h, |&r| self.labels_eq(r, labels))
             .copied()
-            .find(|&r| self.labels_eq(r, labels))
+    }
+
+    /// [`Labels::series_id`] of series `r`, in memory.
+    fn hash_of(symbols: &Symbols, s: &MemSeries) -> u64 {
+        tiermon_model::series_id_of(
+            s.labels
+                .iter()
+                .map(|&(n, v)| (&**symbols.get(n), &**symbols.get(v))),
+        )
+        .0
     }
 
     fn labels_eq(&self, r: SeriesRef, labels: &Labels) -> bool {
-        let s = &self.series[r as usize];
+        let Some(s) = self.get(r) else {
+            return false;
+        };
         s.labels.len() == labels.len()
             && s.labels.iter().zip(labels.iter()).all(|(&(n, v), l)| {
                 **self.symbols.get(n) == *l.name && **self.symbols.get(v) == *l.value
@@ -166,8 +232,11 @@ impl Head {
     }
 
     /// Creates a series with reference `r` (the next one, or the one the
-    /// WAL or RocksDB recorded).
+    /// WAL or RocksDB recorded); nothing if it is in memory already.
     pub(crate) fn create(&mut self, r: SeriesRef, labels: &Labels) {
+        if self.contains(r) {
+            return;
+        }
         let pairs: Box<[(u32, u32)]> = labels
             .iter()
             .map(|l| (self.symbols.intern(&l.name), self.symbols.intern(&l.value)))
@@ -186,24 +255,71 @@ impl Head {
                 _ => p.push(r),
             }
         }
-        let idx = r as usize;
-        if self.series.len() <= idx {
-            self.series
-                .resize_with(idx + 1, || MemSeries::empty(Box::new([])));
-        }
-        self.series[idx] = MemSeries::empty(pairs);
+        self.reserve_refs(r + 1);
+        let slot = match self.free.pop() {
+            Some(f) => {
+                self.series[f as usize] = MemSeries::empty(r, pairs);
+                f as usize
+            }
+            None => {
+                self.series.push(MemSeries::empty(r, pairs));
+                self.series.len() - 1
+            }
+        };
+        self.slots[r as usize] = slot as u32 + 1;
+        self.live += 1;
         let h = labels.series_id().0;
-        if let Some(prev) = self.by_hash.insert(h, r)
-            && prev != r
-        {
-            self.by_hash.insert(h, prev);
-            self.collisions.entry(h).or_default().push(r);
+        let (symbols, series, slots) = (&self.symbols, &self.series, &self.slots);
+        self.by_hash.insert_unique(h, r, |&x| {
+            Self::hash_of(symbols, &series[slots[x as usize] as usize - 1])
+        });
+    }
+
+    /// Removes series from memory: their slots, postings and hash
+    /// entries. The caller has made sure that everything they hold is on
+    /// disk and indexed there.
+    pub(crate) fn evict(&mut self, refs: &[SeriesRef]) {
+        let mut gone: HashMap<(u32, u32), Vec<SeriesRef>> = HashMap::new();
+        for &r in refs {
+            let Some(slot) = self.slots.get(r as usize).copied().filter(|&s| s != 0) else {
+                continue;
+            };
+            let h = Self::hash_of(&self.symbols, &self.series[slot as usize - 1]);
+            if let Ok(e) = self.by_hash.find_entry(h, |&x| x == r) {
+                e.remove();
+            }
+            let s = &mut self.series[slot as usize - 1];
+            for &pair in s.labels.iter() {
+                gone.entry(pair).or_default().push(r);
+            }
+            *s = MemSeries::empty(r, Box::new([]));
+            self.slots[r as usize] = 0;
+            self.free.push(slot - 1);
+            self.live -= 1;
+        }
+        for ((n, v), mut refs) in gone {
+            refs.sort_unstable();
+            let Some(p) = self.postings.get_mut(&(n, v)) else {
+                continue;
+            };
+            *p = difference(p, &refs);
+            if p.is_empty() {
+                self.postings.remove(&(n, v));
+                if let Some(vals) = self.values.get_mut(&n) {
+                    vals.retain(|&x| x != v);
+                    if vals.is_empty() {
+                        self.values.remove(&n);
+                    }
+                }
+            } else {
+                p.shrink_to_fit();
+            }
         }
     }
 
-    /// The labels of a series.
+    /// The labels of a series in memory.
     pub(crate) fn labels(&self, r: SeriesRef) -> Labels {
-        let s = &self.series[r as usize];
+        let s = &self.series[self.slot(r)];
         let v: Vec<Label> = s
             .labels
             .iter()
@@ -228,7 +344,8 @@ impl Head {
         let window = opts.ooo_window_ms();
         let max_samples = opts.chunk_samples;
         let seq = &mut self.next_seq;
-        let s = &mut self.series[r as usize];
+        let slot = self.slots[r as usize] as usize - 1;
+        let s = &mut self.series[slot];
         let last = s.chunk.last_timestamp();
         if last.is_none_or(|l| t > l) {
             let p = partition_of(t, width);
@@ -237,10 +354,10 @@ impl Head {
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes)
             {
-                let sealed = s.seal_chunk(r, width);
+                let sealed = s.seal_chunk(width);
                 self.pending.push(sealed);
             }
-            let s = &mut self.series[r as usize];
+            let s = &mut self.series[slot];
             if s.chunk.is_empty() {
                 if s.max_t != i64::MIN && t <= s.max_t {
                     // Older than data already sealed: not in order any more.
@@ -270,10 +387,11 @@ impl Head {
     }
 
     fn append_ooo(&mut self, r: SeriesRef, t: i64, v: f64, window: i64) -> Result<(), SampleError> {
-        let s = &mut self.series[r as usize];
+        let slot = self.slot(r);
+        let s = &mut self.series[slot];
         if t < s.max_t.saturating_sub(window) {
             let series = self.labels(r).to_string();
-            let s = &self.series[r as usize];
+            let s = &self.series[slot];
             return Err(SampleError::TooOld {
                 series,
                 t,
@@ -293,7 +411,10 @@ impl Head {
     /// Seals a series' out-of-order buffer into chunks, one per partition.
     pub(crate) fn seal_ooo(&mut self, r: SeriesRef) {
         let width = self.width;
-        let Some(mut ooo) = self.series[r as usize].ooo.take() else {
+        let Some(slot) = self.get(r).map(|_| self.slot(r)) else {
+            return;
+        };
+        let Some(mut ooo) = self.series[slot].ooo.take() else {
             return;
         };
         // Last write wins a timestamp: stable sort, then keep the last of each run.
@@ -305,7 +426,7 @@ impl Head {
                 _ => dedup.push((t, v)),
             }
         }
-        let s = &mut self.series[r as usize];
+        let s = &mut self.series[slot];
         if dedup.last().is_some_and(|&(t, _)| t >= s.chunk_min_t) {
             s.ooo_sealed = true;
         }
@@ -341,15 +462,16 @@ impl Head {
     pub(crate) fn seal_closed(&mut self, closed_before: i64) {
         let width = self.width;
         let closed = |p: i64| p.saturating_add(width) <= closed_before;
-        for r in 0..self.series.len() as SeriesRef {
-            let s = &self.series[r as usize];
+        for slot in 0..self.series.len() {
+            let s = &self.series[slot];
+            let r = s.r;
             let chunk = !s.chunk.is_empty() && closed(partition_of(s.chunk_min_t, width));
             let ooo = s
                 .ooo
                 .as_ref()
                 .is_some_and(|o| o.iter().any(|&(t, _)| closed(partition_of(t, width))));
             if chunk {
-                let c = self.series[r as usize].seal_chunk(r, width);
+                let c = self.series[slot].seal_chunk(width);
                 self.pending.push(c);
             }
             if ooo {
@@ -358,14 +480,25 @@ impl Head {
         }
     }
 
+    /// Seals the open chunk and out-of-order samples of series `r`.
+    pub(crate) fn seal_series(&mut self, r: SeriesRef) {
+        let width = self.width;
+        let Some(s) = self.get_mut(r) else {
+            return;
+        };
+        if !s.chunk.is_empty() {
+            let c = s.seal_chunk(width);
+            self.pending.push(c);
+        }
+        self.seal_ooo(r);
+    }
+
     /// Seals every open chunk and out-of-order buffer (before a flush).
     pub(crate) fn seal_all(&mut self) {
-        for r in 0..self.series.len() as SeriesRef {
-            if !self.series[r as usize].chunk.is_empty() {
-                let c = self.series[r as usize].seal_chunk(r, self.width);
-                self.pending.push(c);
+        for slot in 0..self.series.len() {
+            if !self.series[slot].labels.is_empty() {
+                self.seal_series(self.series[slot].r);
             }
-            self.seal_ooo(r);
         }
     }
 
@@ -395,9 +528,9 @@ impl Head {
             }
         }
         let mut refs = result.unwrap_or_else(|| {
-            (0..self.series.len() as SeriesRef)
-                .filter(|&r| !self.series[r as usize].labels.is_empty())
-                .collect()
+            let mut all: Vec<SeriesRef> = self.iter().map(|s| s.r).collect();
+            all.sort_unstable();
+            all
         });
         for s in subtract {
             refs = difference(&refs, &s);
@@ -451,7 +584,8 @@ impl Head {
     pub(crate) fn label_names(&self, refs: &[SeriesRef]) -> Vec<String> {
         let mut ids: Vec<u32> = refs
             .iter()
-            .flat_map(|&r| self.series[r as usize].labels.iter().map(|&(n, _)| n))
+            .filter_map(|&r| self.get(r))
+            .flat_map(|s| s.labels.iter().map(|&(n, _)| n))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -470,7 +604,7 @@ impl Head {
         let mut ids: Vec<u32> = refs
             .iter()
             .filter_map(|&r| {
-                self.series[r as usize]
+                self.get(r)?
                     .labels
                     .iter()
                     .find(|&&(ln, _)| ln == n)
@@ -566,7 +700,9 @@ impl Head {
         series
             + postings
             + values
-            + self.by_hash.capacity() * 16
+            + self.slots.capacity() * 4
+            + self.free.capacity() * 4
+            + self.by_hash.capacity() * (std::mem::size_of::<SeriesRef>() + 1)
             + self.symbols.heap_size()
             + self
                 .pending
@@ -577,8 +713,9 @@ impl Head {
 }
 
 impl MemSeries {
-    fn empty(labels: Box<[(u32, u32)]>) -> Self {
+    fn empty(r: SeriesRef, labels: Box<[(u32, u32)]>) -> Self {
         Self {
+            r,
             labels,
             chunk: XorChunk::new(),
             chunk_min_t: 0,
@@ -590,10 +727,10 @@ impl MemSeries {
         }
     }
 
-    fn seal_chunk(&mut self, r: SeriesRef, width: i64) -> SealedChunk {
+    fn seal_chunk(&mut self, width: i64) -> SealedChunk {
         let c = std::mem::replace(&mut self.chunk, XorChunk::new());
         SealedChunk {
-            r,
+            r: self.r,
             partition: partition_of(self.chunk_min_t, width),
             min_t: self.chunk_min_t,
             max_t: c.last_timestamp().unwrap_or(self.chunk_min_t),
@@ -605,7 +742,7 @@ impl MemSeries {
 
 /// The literal text every match of a regex matcher starts with, when the
 /// pattern has no alternation (so that the prefix is certain).
-fn literal_prefix(m: &Matcher) -> Option<&str> {
+pub(crate) fn literal_prefix(m: &Matcher) -> Option<&str> {
     let p = m.value();
     if p.contains('|') {
         return None;
@@ -629,7 +766,7 @@ fn merge_union(lists: &[&Vec<SeriesRef>]) -> Vec<SeriesRef> {
     }
 }
 
-fn intersect(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
+pub(crate) fn intersect(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
     let (mut i, mut j) = (0, 0);
     let mut out = Vec::with_capacity(a.len().min(b.len()));
     while i < a.len() && j < b.len() {
@@ -646,7 +783,7 @@ fn intersect(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
     out
 }
 
-fn difference(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
+pub(crate) fn difference(a: &[SeriesRef], b: &[SeriesRef]) -> Vec<SeriesRef> {
     let mut j = 0;
     a.iter()
         .copied()

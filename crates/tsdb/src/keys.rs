@@ -18,6 +18,28 @@ pub(crate) const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub(crate) const META_CHECKPOINT: &[u8] = b"checkpoint_segment";
 pub(crate) const META_SERIES_PERSISTED: &[u8] = b"series_persisted";
 pub(crate) const META_WAL_EPOCH: &[u8] = b"wal_epoch";
+/// First partition whose every series is in the index on disk (`i64`, BE);
+/// data before it was written by a version without the index.
+pub(crate) const META_INDEX_FROM: &[u8] = b"index_from";
+/// Present once a series has been evicted from the head.
+pub(crate) const META_EVICTED: &[u8] = b"evicted";
+
+/// Prefix of the cold partition records in `meta`: `"cold/" | partition
+/// (8, sign-flipped BE)`, a partition holding data of evicted series (which
+/// only the index on disk finds).
+pub(crate) const META_COLD: &[u8] = b"cold/";
+
+pub(crate) fn cold(partition: i64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..5].copy_from_slice(META_COLD);
+    k[5..].copy_from_slice(&flip(partition));
+    k
+}
+
+pub(crate) fn parse_cold(k: &[u8]) -> Option<i64> {
+    let rest = k.strip_prefix(META_COLD)?;
+    (rest.len() == 8).then(|| unflip(rest))
+}
 
 /// Prefix of the blob manifest in `meta`: `"tier/" | resolution (1) |
 /// partition (8, sign-flipped BE) | generation (4, BE)`.
@@ -60,7 +82,7 @@ pub(crate) fn parse_span(k: &[u8]) -> Option<i64> {
     (rest.len() == 8).then(|| unflip(rest))
 }
 
-fn flip(t: i64) -> [u8; 8] {
+pub(crate) fn flip(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
 
@@ -151,5 +173,7 @@ mod tests {
         assert_eq!(parse_span(&span(-86_400_000)), Some(-86_400_000));
         assert!(span(-1) < span(0) && span(0) < span(i64::MAX));
         assert_eq!(parse_span(b"span/x"), None);
+        assert_eq!(parse_cold(&cold(-86_400_000)), Some(-86_400_000));
+        assert_eq!(parse_cold(&span(0)), None);
     }
 }

@@ -25,6 +25,7 @@
 mod db;
 mod downsample;
 mod head;
+mod index;
 mod keys;
 mod spans;
 mod tier;
@@ -62,6 +63,10 @@ pub struct Options {
     /// How far behind a series' newest sample a sample may arrive and still
     /// be accepted (out of order, or rewriting a timestamp).
     pub ooo_window: Duration,
+    /// How long a series may go without a sample before it leaves the
+    /// head (its data stays on disk, found through the index there; a new
+    /// sample brings it back). At least `ooo_window`.
+    pub series_idle: Duration,
     /// Size at which the WAL starts a new segment.
     pub wal_segment_bytes: u64,
     /// Sync the WAL to disk before acknowledging a commit (survives power
@@ -101,6 +106,7 @@ impl Default for Options {
             chunk_samples: 120,
             chunk_bytes: 128,
             ooo_window: Duration::from_secs(3600),
+            series_idle: Duration::from_secs(3 * 3600),
             wal_segment_bytes: 64 << 20,
             wal_fsync: false,
             retention_raw: Duration::from_secs(15 * 24 * 3600),

@@ -131,6 +131,17 @@ fn a_rewrite_wins_over_the_chunk_it_rewrote_after_both_are_sealed() {
 
 #[test]
 fn matchers_select_like_prometheus() {
+    check_matchers(false);
+}
+
+#[test]
+fn evicted_series_are_selected_through_the_index_on_disk() {
+    check_matchers(true);
+}
+
+/// The selections of `matchers_select_like_prometheus`, from the head, or
+/// with every series evicted, from the index on disk.
+fn check_matchers(evict: bool) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts()).unwrap();
     let mut app = db.appender();
@@ -141,9 +152,17 @@ fn matchers_select_like_prometheus() {
     app.append(&labels("up", &[("instance", "e")]), 1, 1.0)
         .unwrap();
     app.commit().unwrap();
+    if evict {
+        // Not before their labels are in a checkpoint.
+        assert_eq!(db.maintain(4 * 3_600_000).unwrap().evicted, 0);
+        db.checkpoint().unwrap();
+        assert_eq!(db.maintain(4 * 3_600_000).unwrap().evicted, 5);
+        assert_eq!(db.stats(0).series, 0);
+    }
     let sel = |m: Vec<Matcher>| -> Vec<String> {
         let mut v: Vec<String> = db
             .series(&m, 0, 10)
+            .unwrap()
             .into_iter()
             .map(|l| l.get("instance").unwrap_or("").to_owned())
             .collect();
@@ -182,13 +201,158 @@ fn matchers_select_like_prometheus() {
         sel(vec![m(MatchOp::Equal, "nope", "x")]),
         Vec::<String>::new()
     );
-    assert_eq!(db.label_values("job", &[], 0, 10), ["api", "db", "node"]);
     assert_eq!(
-        db.label_names(&[m(MatchOp::Equal, "job", "db")], 0, 10),
+        db.label_values("job", &[], 0, 10).unwrap(),
+        ["api", "db", "node"]
+    );
+    assert_eq!(
+        db.label_names(&[m(MatchOp::Equal, "job", "db")], 0, 10)
+            .unwrap(),
         ["__name__", "instance", "job"]
     );
-    // Outside the time range nothing is listed.
-    assert!(db.label_values("job", &[], 100, 200).is_empty());
+    // Outside the time range nothing is listed (from disk: outside the
+    // partitions the series have data in).
+    let far = if evict { 7_200_000 } else { 100 };
+    assert!(
+        db.label_values("job", &[], far, far + 100)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        values(&db, &[eq("instance", "d")], 0, 10),
+        [(
+            r#"up{instance="d", job="db"}"#.to_string(),
+            vec![(1, 1f64.to_bits())]
+        )]
+    );
+}
+
+#[test]
+fn evicted_series_come_back_with_their_reference_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 3_600_000;
+    let a = labels("m", &[("i", "a")]);
+    let b = labels("m", &[("i", "b")]);
+    let (ra, rb) = {
+        let db = Db::open(dir.path(), opts()).unwrap();
+        let mut app = db.appender();
+        let ra = app.append(&a, 1000, 1.0).unwrap();
+        let rb = app.append(&b, 1000, 2.0).unwrap();
+        app.commit().unwrap();
+        let mut app = db.appender();
+        app.append_ref(ra, 2000, 1.5);
+        app.append_ref(rb, 2000, 2.5);
+        app.commit().unwrap();
+        db.checkpoint().unwrap();
+        let report = db.maintain(4 * h).unwrap();
+        assert_eq!(report.evicted, 2);
+        assert_eq!(db.stats(0).series, 0);
+        // The WAL reader still names them.
+        assert_eq!(db.labels_of(ra), Some(a.clone()));
+        (ra, rb)
+    };
+    // After a restart they stay out of memory, and stay selectable.
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.stats(0).series, 0);
+    assert_eq!(
+        values(&db, &[eq("i", "a")], 0, 10 * h),
+        [(
+            a.to_string(),
+            vec![(1000, 1f64.to_bits()), (2000, 1.5f64.to_bits())]
+        )]
+    );
+    // A new series does not take an evicted one's reference.
+    let mut app = db.appender();
+    let rc = app.append(&labels("m", &[("i", "c")]), 5 * h, 3.0).unwrap();
+    assert!(rc > ra && rc > rb);
+    // By labels: the same reference, old and new data together.
+    assert_eq!(app.append(&a, 5 * h, 1.75).unwrap(), ra);
+    // By a reference kept from before, with a sample between its old
+    // ones: it came back knowing its newest sample, so this one is out of
+    // order, and a read after it still finds the newest in RocksDB.
+    app.append_ref(rb, 1500, 2.25);
+    app.commit().unwrap();
+    let b_from = |db: &Db| values(db, &[eq("i", "b")], 1600, 10 * h)[0].1.clone();
+    assert_eq!(b_from(&db), [(2000, 2.5f64.to_bits())]);
+    assert_eq!(db.stats(0).series, 3);
+    let want_a = vec![
+        (1000, 1f64.to_bits()),
+        (2000, 1.5f64.to_bits()),
+        (5 * h, 1.75f64.to_bits()),
+    ];
+    assert_eq!(
+        values(&db, &[eq("i", "a")], 0, 10 * h),
+        [(a.to_string(), want_a.clone())]
+    );
+    assert_eq!(values(&db, &[eq("i", "b")], 0, 10 * h)[0].1.len(), 3);
+    // One too old for the out-of-order window is refused.
+    let mut app = db.appender();
+    app.append_ref(ra, 5 * h - 1_200_000, 9.0);
+    let res = app.commit().unwrap();
+    assert_eq!((res.accepted, res.rejected.len()), (0, 1));
+    // An unknown reference is refused whole.
+    let mut app = db.appender();
+    app.append_ref(rc + 100, 6 * h, 1.0);
+    assert!(matches!(app.commit(), Err(Error::UnknownRef(_))));
+    drop(db);
+    // The revival was in the WAL only (no checkpoint since): replayed.
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.stats(0).series, 3);
+    assert_eq!(
+        values(&db, &[eq("i", "a")], 0, 10 * h),
+        [(a.to_string(), want_a)]
+    );
+    assert_eq!(b_from(&db), [(2000, 2.5f64.to_bits())]);
+    let mut app = db.appender();
+    app.append_ref(ra, 5 * h - 1_200_000, 9.0);
+    assert_eq!(app.commit().unwrap().rejected.len(), 1);
+}
+
+#[test]
+fn retention_drops_the_index_of_expired_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = 3_600_000;
+    let o = Options {
+        retention_raw: Duration::from_secs(6 * 3600),
+        retention_1m: Duration::from_secs(6 * 3600),
+        retention_1h: Duration::from_secs(6 * 3600),
+        ..opts()
+    };
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    let mut app = db.appender();
+    app.append(&labels("m", &[("i", "a")]), 1000, 1.0).unwrap();
+    app.commit().unwrap();
+    db.checkpoint().unwrap();
+    assert_eq!(db.maintain(h + h / 2).unwrap().evicted, 0, "not idle yet");
+    assert_eq!(db.maintain(4 * h - 1).unwrap().evicted, 1);
+    assert_eq!(
+        db.inner.cold.read().iter().copied().collect::<Vec<_>>(),
+        [0]
+    );
+    assert_eq!(values(&db, &[eq("i", "a")], 0, h).len(), 1);
+    let report = db.maintain(10 * h).unwrap();
+    assert!(report.deleted.contains(&(Resolution::Raw, 0)));
+    assert!(db.inner.cold.read().is_empty());
+    let icf = cf(&db.inner.rocks, CF_INDEX).unwrap();
+    assert!(index::all(&db.inner.rocks, icf, 0).unwrap().is_empty());
+    assert!(values(&db, &[eq("i", "a")], 0, h).is_empty());
+    drop(db);
+    let db = Db::open(dir.path(), o).unwrap();
+    assert!(db.inner.cold.read().is_empty());
+}
+
+#[test]
+fn series_idle_shorter_than_the_out_of_order_window_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Db::open(
+        dir.path(),
+        Options {
+            series_idle: Duration::from_secs(60),
+            ..opts()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("series_idle"), "{e}");
 }
 
 #[test]
@@ -980,8 +1144,8 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
         db.write_pending().unwrap();
         {
             let head = db.inner.head.read();
-            assert!(head.pending.is_empty() && head.series[0].chunk.len() == 60);
-            assert!(head.series[0].ooo_sealed);
+            assert!(head.pending.is_empty() && head.get(0).unwrap().chunk.len() == 60);
+            assert!(head.get(0).unwrap().ooo_sealed);
         }
         let got = values(&db, &[eq("__name__", "m")], 10_000, 20_000);
         assert_eq!(got[0].1, want);
@@ -989,7 +1153,7 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
     }
     // After a restart nothing is known of what was sealed: assumed.
     let db = Db::open(dir.path(), opts()).unwrap();
-    assert!(db.inner.head.read().series[0].ooo_sealed);
+    assert!(db.inner.head.read().get(0).unwrap().ooo_sealed);
     let got = values(&db, &[eq("__name__", "m")], 10_000, 20_000);
     assert_eq!(got[0].1, want);
     // A new chunk starts clean, and its reads need nothing stored.
@@ -1003,12 +1167,12 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
         app.append(&l, t * 1000, 6.0).unwrap();
     }
     app.commit().unwrap();
-    assert!(!db.inner.head.read().series[0].ooo_sealed);
+    assert!(!db.inner.head.read().get(0).unwrap().ooo_sealed);
     let got = values(&db, &[eq("__name__", "m")], 80_000, 85_000);
     assert_eq!(got[0].1.len(), 6);
 }
 
 #[test]
-fn a_series_in_memory_stays_128_bytes() {
-    assert!(std::mem::size_of::<crate::head::MemSeries>() <= 128);
+fn a_series_in_memory_stays_112_bytes() {
+    assert!(std::mem::size_of::<crate::head::MemSeries>() <= 112);
 }
