@@ -240,6 +240,11 @@ impl Db {
                 continue;
             }
             let key = keys::series(r);
+            // Both families are in ref order: step, and seek only past the
+            // labels of evicted series.
+            if labels_it.valid() && labels_it.key().is_some_and(|k| k < &key[..]) {
+                labels_it.next();
+            }
             if labels_it.key() != Some(&key[..]) {
                 labels_it.seek(key);
             }
