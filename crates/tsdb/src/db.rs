@@ -1085,16 +1085,9 @@ impl Db {
     /// Label names of series matching `matchers` (all series when empty)
     /// with data in `[mint, maxt]`.
     pub fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>> {
-        let (mut names, cold) = {
-            let head = self.inner.head.read();
-            let all = head.select(matchers);
-            let refs = in_range(&head, &all, mint, maxt);
-            (head.label_names(&refs), all)
-        };
-        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
+        let (mut names, cold) = self.matching(matchers, mint, maxt, Head::label_names)?;
         if !cold.is_empty() {
-            let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
-            for l in self.labels_many(&refs)? {
+            for l in cold {
                 names.extend(l.iter().map(|l| l.name.to_string()));
             }
             names.sort();
@@ -1111,20 +1104,11 @@ impl Db {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>> {
-        let (mut values, cold) = {
-            let head = self.inner.head.read();
-            let all = head.select(matchers);
-            let refs = in_range(&head, &all, mint, maxt);
-            (head.label_values(name, &refs), all)
-        };
-        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
+        let (mut values, cold) = self.matching(matchers, mint, maxt, |head, refs| {
+            head.label_values(name, refs)
+        })?;
         if !cold.is_empty() {
-            let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
-            for l in self.labels_many(&refs)? {
-                if let Some(v) = l.get(name) {
-                    values.push(v.to_string());
-                }
-            }
+            values.extend(cold.iter().filter_map(|l| l.get(name)).map(str::to_string));
             values.sort();
             values.dedup();
         }
@@ -1133,19 +1117,34 @@ impl Db {
 
     /// Labels of matching series with data in the range.
     pub fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Labels>> {
-        let (mut out, cold) = {
+        let (mut out, cold) = self.matching(matchers, mint, maxt, |head, refs| {
+            refs.iter().map(|&r| head.labels(r)).collect::<Vec<_>>()
+        })?;
+        out.extend(cold);
+        Ok(out)
+    }
+
+    /// `f` over the head's matching series with data in the range (under
+    /// the head's lock), and the labels of matching evicted ones (read
+    /// after it).
+    fn matching<T>(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        f: impl FnOnce(&Head, &[SeriesRef]) -> T,
+    ) -> Result<(T, Vec<Labels>)> {
+        let (out, all) = {
             let head = self.inner.head.read();
             let all = head.select(matchers);
-            let out: Vec<Labels> = in_range(&head, &all, mint, maxt)
-                .into_iter()
-                .map(|r| head.labels(r))
-                .collect();
-            (out, all)
+            (f(&head, &in_range(&head, &all, mint, maxt)), all)
         };
-        let cold = self.cold_refs(matchers, mint, maxt, &cold)?;
-        let refs: Vec<SeriesRef> = cold.iter().map(|c| c.0).collect();
-        out.extend(self.labels_many(&refs)?);
-        Ok(out)
+        let cold: Vec<SeriesRef> = self
+            .cold_refs(matchers, mint, maxt, &all)?
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        Ok((out, self.labels_many(&cold)?))
     }
 
     /// Series matching `matchers` that only the index on disk knows of

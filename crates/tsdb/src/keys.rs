@@ -30,14 +30,23 @@ pub(crate) const META_EVICTED: &[u8] = b"evicted";
 pub(crate) const META_COLD: &[u8] = b"cold/";
 
 pub(crate) fn cold(partition: i64) -> [u8; 13] {
+    partition_meta(META_COLD, partition)
+}
+
+pub(crate) fn parse_cold(k: &[u8]) -> Option<i64> {
+    parse_partition_meta(META_COLD, k)
+}
+
+/// A per-partition record in `meta`: a 5-byte prefix, then the partition.
+fn partition_meta(prefix: &[u8], partition: i64) -> [u8; 13] {
     let mut k = [0u8; 13];
-    k[..5].copy_from_slice(META_COLD);
+    k[..5].copy_from_slice(prefix);
     k[5..].copy_from_slice(&flip(partition));
     k
 }
 
-pub(crate) fn parse_cold(k: &[u8]) -> Option<i64> {
-    let rest = k.strip_prefix(META_COLD)?;
+fn parse_partition_meta(prefix: &[u8], k: &[u8]) -> Option<i64> {
+    let rest = k.strip_prefix(prefix)?;
     (rest.len() == 8).then(|| unflip(rest))
 }
 
@@ -71,15 +80,11 @@ pub(crate) fn parse_tier(k: &[u8]) -> Option<(u8, i64, u32)> {
 pub(crate) const META_SPAN: &[u8] = b"span/";
 
 pub(crate) fn span(partition: i64) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[..5].copy_from_slice(META_SPAN);
-    k[5..].copy_from_slice(&flip(partition));
-    k
+    partition_meta(META_SPAN, partition)
 }
 
 pub(crate) fn parse_span(k: &[u8]) -> Option<i64> {
-    let rest = k.strip_prefix(META_SPAN)?;
-    (rest.len() == 8).then(|| unflip(rest))
+    parse_partition_meta(META_SPAN, k)
 }
 
 pub(crate) fn flip(t: i64) -> [u8; 8] {
