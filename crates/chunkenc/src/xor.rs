@@ -42,6 +42,15 @@ impl XorChunk {
         self.n == 0
     }
 
+    /// Timestamp of the first sample, if any: the stream's first 64 bits.
+    pub fn first_timestamp(&self) -> Option<i64> {
+        if self.n == 0 {
+            return None;
+        }
+        let b: [u8; 8] = self.buf.get(..8)?.try_into().ok()?;
+        Some(i64::from_be_bytes(b))
+    }
+
     /// Timestamp of the last sample, if any.
     pub fn last_timestamp(&self) -> Option<i64> {
         (self.n > 0).then_some(self.t)
@@ -380,10 +389,13 @@ pub(crate) mod tests {
                 prop_assert!(c.append(t, v));
             }
             prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(&s));
+            prop_assert_eq!(c.first_timestamp(), s.first().map(|&(t, _)| t));
+            prop_assert_eq!(c.last_timestamp(), s.last().map(|&(t, _)| t));
             let bytes = c.to_bytes();
             prop_assert_eq!(bits(&XorChunk::decode(&bytes).unwrap()), bits(&s));
             let mut again = XorChunk::from_bytes(&bytes).unwrap();
             prop_assert_eq!(again.len(), s.len());
+            prop_assert_eq!(again.first_timestamp(), s.first().map(|&(t, _)| t));
             if let Some(&(t, _)) = s.last() {
                 prop_assert!(again.append(t + 1, 1.0));
             }

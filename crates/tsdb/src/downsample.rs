@@ -125,28 +125,73 @@ pub(crate) fn rollup(aggs: &[Aggregate], window: i64) -> Vec<Aggregate> {
     out
 }
 
-/// Column-wise pcodec encoding of aggregates: an integer block (starts,
-/// last timestamps, counts) and a float block (min, max, sum, last,
-/// counter), the latter through the sealed-chunk codec for bit-exactness.
+/// Marks the per-column layout. The first layout began with the window
+/// count as a varint, followed by a length varint of at least 1, so it can
+/// never begin with these two bytes.
+const COLUMNS: [u8; 2] = [0x00, 0x02];
+
+type Column = fn(&Aggregate) -> f64;
+const FLOAT_COLUMNS: [Column; 5] = [|a| a.min, |a| a.max, |a| a.sum, |a| a.last, |a| a.counter];
+
+/// Column-wise pcodec encoding of aggregates: `0x00 0x02 | count (varint)`,
+/// then each column on its own (length-prefixed), so that each gets the
+/// delta order and scale that suit it: window starts, last timestamps and
+/// counts as integers; min, max, sum, last and the counter through the
+/// sealed-chunk float codec, bit-exact.
 pub(crate) fn encode(aggs: &[Aggregate]) -> Vec<u8> {
-    let ints: Vec<i64> = aggs
-        .iter()
-        .map(|a| a.start)
-        .chain(aggs.iter().map(|a| a.last_t))
-        .chain(aggs.iter().map(|a| a.count as i64))
-        .collect();
-    let columns: [fn(&Aggregate) -> f64; 5] =
-        [|a| a.min, |a| a.max, |a| a.sum, |a| a.last, |a| a.counter];
-    let floats: Vec<f64> = columns.iter().flat_map(|f| aggs.iter().map(f)).collect();
-    let positions: Vec<i64> = (0..floats.len() as i64).collect();
-    let mut out = Vec::new();
+    let mut out = COLUMNS.to_vec();
     crate::wal::put_uvarint(&mut out, aggs.len() as u64);
-    crate::wal::put_bytes(&mut out, &tiermon_chunkenc::sealed::encode_ints(&ints));
-    out.extend_from_slice(&tiermon_chunkenc::sealed::encode(&positions, &floats));
+    let ints: [fn(&Aggregate) -> i64; 3] = [|a| a.start, |a| a.last_t, |a| a.count as i64];
+    for f in ints {
+        let col: Vec<i64> = aggs.iter().map(f).collect();
+        crate::wal::put_bytes(&mut out, &tiermon_chunkenc::sealed::encode_ints(&col));
+    }
+    for f in FLOAT_COLUMNS {
+        let col: Vec<f64> = aggs.iter().map(f).collect();
+        crate::wal::put_bytes(&mut out, &tiermon_chunkenc::sealed::encode_floats(&col));
+    }
     out
 }
 
-pub(crate) fn decode(mut b: &[u8]) -> Result<Vec<Aggregate>> {
+pub(crate) fn decode(b: &[u8]) -> Result<Vec<Aggregate>> {
+    let corrupt = || Error::Corrupt {
+        what: "aggregate chunk".into(),
+    };
+    let Some(mut b) = b.strip_prefix(&COLUMNS[..]) else {
+        return decode_v1(b);
+    };
+    let n = crate::wal::get_uvarint(&mut b).ok_or_else(corrupt)? as usize;
+    let mut ints = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let col = crate::wal::get_bytes(&mut b).ok_or_else(corrupt)?;
+        let col = tiermon_chunkenc::sealed::decode_ints(col).map_err(|_| corrupt())?;
+        if col.len() != n {
+            return Err(corrupt());
+        }
+        ints.push(col);
+    }
+    let mut floats = Vec::with_capacity(FLOAT_COLUMNS.len());
+    for _ in FLOAT_COLUMNS {
+        let col = crate::wal::get_bytes(&mut b).ok_or_else(corrupt)?;
+        floats.push(tiermon_chunkenc::sealed::decode_floats(col, n).map_err(|_| corrupt())?);
+    }
+    Ok((0..n)
+        .map(|i| Aggregate {
+            start: ints[0][i],
+            last_t: ints[1][i],
+            count: ints[2][i] as u64,
+            min: floats[0][i],
+            max: floats[1][i],
+            sum: floats[2][i],
+            last: floats[3][i],
+            counter: floats[4][i],
+        })
+        .collect())
+}
+
+/// The first layout: one integer block (starts, last timestamps, counts)
+/// and one sealed chunk of the five float columns one after another.
+fn decode_v1(mut b: &[u8]) -> Result<Vec<Aggregate>> {
     let corrupt = || Error::Corrupt {
         what: "aggregate chunk".into(),
     };
@@ -234,5 +279,54 @@ mod tests {
             );
         }
         assert!(decode(&[1, 2, 3]).is_err());
+    }
+
+    fn bits(a: &[Aggregate]) -> Vec<(i64, i64, u64, [u64; 5])> {
+        a.iter()
+            .map(|a| {
+                let f = FLOAT_COLUMNS.map(|c| c(a).to_bits());
+                (a.start, a.last_t, a.count, f)
+            })
+            .collect()
+    }
+
+    fn windows() -> Vec<Aggregate> {
+        let s: Vec<(i64, f64)> = (0..2000)
+            .map(|i| (i * 15_000, (f64::from(i as i32 * 37 % 1000)) / 100.0))
+            .collect();
+        let mut a = aggregate(&s, 60_000, &mut (0.0, None));
+        a[3].max = f64::NAN;
+        a[4].min = -0.0;
+        a
+    }
+
+    #[test]
+    fn columns_round_trip_bit_exactly_and_damage_is_an_error() {
+        let a = windows();
+        let b = encode(&a);
+        assert_eq!(bits(&decode(&b).unwrap()), bits(&a));
+        for cut in 0..b.len() {
+            assert!(decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_first_layout_still_decodes() {
+        // What aggregates were written as before the per-column layout.
+        let a = windows();
+        let ints: Vec<i64> = a
+            .iter()
+            .map(|a| a.start)
+            .chain(a.iter().map(|a| a.last_t))
+            .chain(a.iter().map(|a| a.count as i64))
+            .collect();
+        let floats: Vec<f64> = FLOAT_COLUMNS.iter().flat_map(|f| a.iter().map(f)).collect();
+        let positions: Vec<i64> = (0..floats.len() as i64).collect();
+        let mut v1 = Vec::new();
+        crate::wal::put_uvarint(&mut v1, a.len() as u64);
+        crate::wal::put_bytes(&mut v1, &tiermon_chunkenc::sealed::encode_ints(&ints));
+        v1.extend_from_slice(&tiermon_chunkenc::sealed::encode(&positions, &floats));
+        assert_eq!(bits(&decode(&v1).unwrap()), bits(&a));
+        assert!(encode(&a).len() < v1.len());
     }
 }
