@@ -28,6 +28,9 @@ const ENC_AGG: u8 = 2;
 /// Sealed chunks collected before they are written to RocksDB together.
 const PENDING_BATCH: usize = 256;
 
+/// A series and its labels.
+type Named = (SeriesRef, Labels);
+
 /// An open database. Cheap to clone; all methods are thread-safe.
 #[derive(Clone)]
 pub struct Db {
@@ -231,12 +234,15 @@ impl Db {
         let series_cf = cf(&rocks, CF_SERIES)?;
         let head_cf = cf(&rocks, CF_HEAD)?;
         let mut labels_it = rocks.raw_iterator_cf(series_cf);
-        for item in rocks.iterator_cf(&head_cf, IteratorMode::Start) {
-            let (k, v) = item.map_err(Error::rocks("reading the head checkpoint"))?;
-            let r = u32::from_be_bytes(k.as_ref().try_into().map_err(|_| Error::Corrupt {
+        // Raw iterators: no copy of each key and value.
+        let mut head_it = rocks.raw_iterator_cf(head_cf);
+        head_it.seek_to_first();
+        while let (Some(k), Some(v)) = (head_it.key(), head_it.value()) {
+            let r = u32::from_be_bytes(k.try_into().map_err(|_| Error::Corrupt {
                 what: "head key".into(),
             })?);
-            if evicted_marker(&v).is_some() {
+            if evicted_marker(v).is_some() {
+                head_it.next();
                 continue;
             }
             let key = keys::series(r);
@@ -248,11 +254,15 @@ impl Db {
             if labels_it.key() != Some(&key[..]) {
                 labels_it.seek(key);
             }
-            let labels = match (labels_it.key(), labels_it.value()) {
+            match (labels_it.key(), labels_it.value()) {
                 (Some(k), Some(v)) if k == key => {
-                    decode_labels(v).ok_or_else(|| Error::Corrupt {
-                        what: format!("labels of series {r}"),
-                    })?
+                    let mut pairs = Vec::with_capacity(16);
+                    if !decode_sorted_labels(v, &mut pairs) {
+                        return Err(Error::Corrupt {
+                            what: format!("labels of series {r}"),
+                        });
+                    }
+                    head.create_sorted(r, pairs.iter().copied());
                 }
                 _ => {
                     labels_it.status().map_err(Error::rocks("reading series"))?;
@@ -260,13 +270,16 @@ impl Db {
                         what: format!("head checkpoint of series {r} without its labels"),
                     });
                 }
-            };
-            head.create(r, &labels);
-            restore_series(&mut head, r, &v).ok_or_else(|| Error::Corrupt {
+            }
+            restore_series(&mut head, r, v).ok_or_else(|| Error::Corrupt {
                 what: format!("head checkpoint of series {r}"),
             })?;
+            head_it.next();
         }
-        drop(labels_it);
+        head_it
+            .status()
+            .map_err(Error::rocks("reading the head checkpoint"))?;
+        drop((head_it, labels_it));
         // Open chunks took their sequence when they started; new ones must
         // come after them.
         let max_open = head
@@ -644,7 +657,7 @@ impl Db {
         &self,
         head: &Head,
         pairs: impl Iterator<Item = (i64, SeriesRef)>,
-    ) -> Result<Vec<(i64, Vec<(SeriesRef, Labels)>)>> {
+    ) -> Result<Vec<(i64, Vec<Named>)>> {
         let mut new: Vec<(i64, SeriesRef)> = {
             let indexed = self.inner.indexed.lock();
             pairs.filter(|&(p, r)| !indexed.has(p, r)).collect()
@@ -1944,7 +1957,7 @@ impl Db {
                 }
                 let chunk = (!s.chunk.is_empty()
                     && s.chunk.last_timestamp().is_some_and(|l| l >= mint)
-                    && s.chunk_min_t <= maxt)
+                    && s.chunk_min_t() <= maxt)
                     .then(|| (s.chunk_seq, s.chunk.to_bytes()));
                 let ooo = s
                     .ooo
@@ -1965,7 +1978,7 @@ impl Db {
                     pending,
                     min_t: s.min_t,
                     max_t: s.max_t,
-                    head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t),
+                    head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t()),
                 })
             })
             .collect();
@@ -2273,11 +2286,38 @@ fn decode_labels(mut b: &[u8]) -> Option<Labels> {
     Some(Labels::from_pairs(pairs))
 }
 
+/// Decodes stored labels into `out` without copying them; false unless
+/// they are what [`Head::create_sorted`] needs (names sorted and unique,
+/// values non-empty).
+fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) -> bool {
+    out.clear();
+    let Some(n) = wal::get_uvarint(&mut b) else {
+        return false;
+    };
+    for _ in 0..n {
+        let (Some(name), Some(value)) = (wal::get_bytes(&mut b), wal::get_bytes(&mut b)) else {
+            return false;
+        };
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
+        else {
+            return false;
+        };
+        if value.is_empty() || out.last().is_some_and(|&(last, _)| last >= name) {
+            return false;
+        }
+        out.push((name, value));
+    }
+    true
+}
+
 /// Head state of one series: open chunk and out-of-order buffer.
 fn snapshot_series(s: &crate::head::MemSeries, width: i64) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&s.chunk_min_t.to_le_bytes());
-    out.extend_from_slice(&partition_of(s.chunk_min_t, width).to_le_bytes());
+    // The open chunk's first sample and partition, which its bytes also
+    // give (kept so that the entry's layout does not change).
+    let chunk_min_t = s.chunk.first_timestamp().unwrap_or(0);
+    out.extend_from_slice(&chunk_min_t.to_le_bytes());
+    out.extend_from_slice(&partition_of(chunk_min_t, width).to_le_bytes());
     out.extend_from_slice(&s.min_t.to_le_bytes());
     out.extend_from_slice(&s.max_t.to_le_bytes());
     out.extend_from_slice(&s.chunk_seq.to_le_bytes());
@@ -2297,8 +2337,8 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
         *b = rest;
         Some(i64::from_le_bytes(x.try_into().ok()?))
     };
-    let chunk_min_t = i64_at(&mut b)?;
-    // The open chunk's partition, which its first sample gives.
+    // The open chunk's first sample and partition, which its bytes give.
+    let _chunk_min_t = i64_at(&mut b)?;
     let _partition = i64_at(&mut b)?;
     let min_t = i64_at(&mut b)?;
     let max_t = i64_at(&mut b)?;
@@ -2313,7 +2353,6 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
     }
     let s = head.get_mut(r)?;
     s.chunk = chunk;
-    s.chunk_min_t = chunk_min_t;
     // Out-of-order samples sealed before the restart are not known.
     s.ooo_sealed = true;
     s.chunk_seq = chunk_seq;

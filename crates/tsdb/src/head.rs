@@ -66,13 +66,12 @@ pub(crate) struct MemSeries {
     pub r: SeriesRef,
     /// (name, value) symbol pairs, sorted by name.
     pub labels: Box<[(u32, u32)]>,
+    /// The open chunk; its first sample's partition is the chunk's.
     pub chunk: XorChunk,
-    /// First sample of the open chunk; its partition is the chunk's.
-    pub chunk_min_t: i64,
     /// Whether out-of-order samples were sealed (into chunks that may hold
     /// later writes of its timestamps) since the open chunk started; after
     /// a restart, assumed. While it is false, the open chunk holds the
-    /// series' every sample from `chunk_min_t` on, so a read from there on
+    /// series' every sample from [`MemSeries::chunk_min_t`] on, so a read from there on
     /// needs nothing from RocksDB.
     pub ooo_sealed: bool,
     /// Sequence of the open chunk, taken when it started, so that anything
@@ -234,18 +233,31 @@ impl Head {
     /// Creates a series with reference `r` (the next one, or the one the
     /// WAL or RocksDB recorded); nothing if it is in memory already.
     pub(crate) fn create(&mut self, r: SeriesRef, labels: &Labels) {
+        self.create_sorted(r, labels.iter().map(|l| (&*l.name, &*l.value)));
+    }
+
+    /// [`Head::create`] from `(name, value)` pairs sorted by name, unique
+    /// and with non-empty values, as storage keeps them: no label set is
+    /// built on the way (opening a large head creates millions).
+    pub(crate) fn create_sorted<'a, I>(&mut self, r: SeriesRef, labels: I)
+    where
+        I: Iterator<Item = (&'a str, &'a str)> + Clone,
+    {
         if self.contains(r) {
             return;
         }
+        let h = tiermon_model::series_id_of(labels.clone()).0;
         let pairs: Box<[(u32, u32)]> = labels
-            .iter()
-            .map(|l| (self.symbols.intern(&l.name), self.symbols.intern(&l.value)))
+            .map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v)))
             .collect();
         for &(n, v) in pairs.iter() {
             let p = self.postings.entry((n, v)).or_default();
             if p.is_empty() {
-                self.values.entry(n).or_default().push(v);
+                let vals = self.values.entry(n).or_default();
+                grow_gently(vals);
+                vals.push(v);
             }
+            grow_gently(p);
             // References usually arrive in order; keep the list sorted if not.
             match p.last() {
                 Some(&last) if last > r => {
@@ -268,7 +280,6 @@ impl Head {
         };
         self.slots[r as usize] = slot as u32 + 1;
         self.live += 1;
-        let h = labels.series_id().0;
         let (symbols, series, slots) = (&self.symbols, &self.series, &self.slots);
         self.by_hash.insert_unique(h, r, |&x| {
             Self::hash_of(symbols, &series[slots[x as usize] as usize - 1])
@@ -350,7 +361,7 @@ impl Head {
         if last.is_none_or(|l| t > l) {
             let p = partition_of(t, width);
             if !s.chunk.is_empty()
-                && (p != partition_of(s.chunk_min_t, width)
+                && (p != partition_of(s.chunk_min_t(), width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes)
             {
@@ -363,7 +374,6 @@ impl Head {
                     // Older than data already sealed: not in order any more.
                     return self.append_ooo(r, t, v, window);
                 }
-                s.chunk_min_t = t;
                 s.ooo_sealed = false;
                 s.chunk_seq = *seq;
                 *seq += 1;
@@ -427,7 +437,7 @@ impl Head {
             }
         }
         let s = &mut self.series[slot];
-        if dedup.last().is_some_and(|&(t, _)| t >= s.chunk_min_t) {
+        if dedup.last().is_some_and(|&(t, _)| t >= s.chunk_min_t()) {
             s.ooo_sealed = true;
         }
         let mut i = 0;
@@ -465,7 +475,7 @@ impl Head {
         for slot in 0..self.series.len() {
             let s = &self.series[slot];
             let r = s.r;
-            let chunk = !s.chunk.is_empty() && closed(partition_of(s.chunk_min_t, width));
+            let chunk = !s.chunk.is_empty() && closed(partition_of(s.chunk_min_t(), width));
             let ooo = s
                 .ooo
                 .as_ref()
@@ -718,7 +728,6 @@ impl MemSeries {
             r,
             labels,
             chunk: XorChunk::new(),
-            chunk_min_t: 0,
             ooo_sealed: false,
             chunk_seq: 0,
             ooo: None,
@@ -727,16 +736,32 @@ impl MemSeries {
         }
     }
 
+    /// First sample of the open chunk; `i64::MAX` when it is empty.
+    pub(crate) fn chunk_min_t(&self) -> i64 {
+        self.chunk.first_timestamp().unwrap_or(i64::MAX)
+    }
+
     fn seal_chunk(&mut self, width: i64) -> SealedChunk {
+        let min_t = self.chunk_min_t();
         let c = std::mem::replace(&mut self.chunk, XorChunk::new());
         SealedChunk {
             r: self.r,
-            partition: partition_of(self.chunk_min_t, width),
-            min_t: self.chunk_min_t,
-            max_t: c.last_timestamp().unwrap_or(self.chunk_min_t),
+            partition: partition_of(min_t, width),
+            min_t,
+            max_t: c.last_timestamp().unwrap_or(min_t),
             seq: self.chunk_seq,
             bytes: c.to_bytes(),
         }
+    }
+}
+
+/// Makes room for one more element, growing by an eighth rather than
+/// doubling: postings lists live as long as their series, and doubling
+/// leaves up to half of each unused (a quarter on average), which at four
+/// bytes a reference costs more per series than the copies growth saves.
+fn grow_gently<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 8).max(4));
     }
 }
 

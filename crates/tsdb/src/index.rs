@@ -245,7 +245,7 @@ fn union_values(
             out.extend(get_refs(
                 rocks,
                 cf,
-                &postings_key(p, m.name(), &v),
+                &postings_key(p, m.name(), v),
                 "postings",
             )?);
         }
