@@ -12,23 +12,60 @@ use tiermon_model::{Label, Labels, MatchOp, Matcher};
 /// Dense reference of a series, assigned at creation, stable for its life.
 pub type SeriesRef = u32;
 
-/// Interned strings, by dense id.
+/// Interned strings, by dense id, each counted by its uses (as a name or a
+/// value of a series in memory) so that evicting the last series that used
+/// a string frees it: with pods and containers coming and going, label
+/// values churn, and the table must not keep every value ever seen.
 #[derive(Debug, Default)]
 pub(crate) struct Symbols {
     strs: Vec<Arc<str>>,
+    uses: Vec<u32>,
     ids: HashMap<Arc<str>, u32>,
+    /// Ids of freed strings, for reuse.
+    free: Vec<u32>,
 }
 
 impl Symbols {
+    /// The id of `s`, counting one more use of it.
     pub(crate) fn intern(&mut self, s: &str) -> u32 {
         if let Some(&id) = self.ids.get(s) {
+            self.uses[id as usize] += 1;
             return id;
         }
         let a: Arc<str> = Arc::from(s);
-        let id = self.strs.len() as u32;
-        self.strs.push(a.clone());
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strs[id as usize] = a.clone();
+                self.uses[id as usize] = 1;
+                id
+            }
+            None => {
+                self.strs.push(a.clone());
+                self.uses.push(1);
+                self.strs.len() as u32 - 1
+            }
+        };
         self.ids.insert(a, id);
         id
+    }
+
+    /// One use of `id` fewer; the string is freed with its last use.
+    pub(crate) fn release(&mut self, id: u32) {
+        let Some(n) = self.uses.get_mut(id as usize).filter(|n| **n > 0) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            let gone = std::mem::replace(&mut self.strs[id as usize], Arc::from(""));
+            self.ids.remove(&gone);
+            self.free.push(id);
+        }
+    }
+
+    /// Strings in use.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
     }
 
     pub(crate) fn lookup(&self, s: &str) -> Option<u32> {
@@ -42,6 +79,8 @@ impl Symbols {
     pub(crate) fn heap_size(&self) -> usize {
         self.strs.iter().map(|s| s.len() + 16).sum::<usize>()
             + self.strs.capacity() * 16
+            + self.uses.capacity() * 4
+            + self.free.capacity() * 4
             + self.ids.capacity() * 24
     }
 }
@@ -302,6 +341,8 @@ impl Head {
             let s = &mut self.series[slot as usize - 1];
             for &pair in s.labels.iter() {
                 gone.entry(pair).or_default().push(r);
+                self.symbols.release(pair.0);
+                self.symbols.release(pair.1);
             }
             *s = MemSeries::empty(r, Box::new([]));
             self.slots[r as usize] = 0;

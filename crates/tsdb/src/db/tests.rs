@@ -309,6 +309,50 @@ fn evicted_series_come_back_with_their_reference_and_history() {
 }
 
 #[test]
+fn evicting_the_last_user_of_a_label_value_frees_its_string() {
+    // Pods come and go: each generation of series has values of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let h = 3_600_000;
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let symbols = |db: &Db| db.inner.head.read().symbols.len();
+    let mut most = 0;
+    for g in 0..4i64 {
+        let t = g * 4 * h;
+        let mut app = db.appender();
+        for i in 0..50 {
+            let pod = format!("pod-{g}-{i}");
+            app.append(&labels("m", &[("pod", &pod), ("ns", "prod")]), t, 1.0)
+                .unwrap();
+        }
+        app.commit().unwrap();
+        db.checkpoint().unwrap();
+        most = most.max(symbols(&db));
+        // Four hours on, this generation is idle and leaves the head.
+        db.maintain(t + 4 * h - 1).unwrap();
+    }
+    // The names, "m", "prod" and one generation's 50 pods at most: the
+    // other 150 pod names were freed and their ids reused.
+    assert!(most <= 5 + 50, "{most} strings held");
+    assert_eq!(symbols(&db), 0, "every series left");
+    // A series that comes back interns its strings again, whole.
+    let mut app = db.appender();
+    let a = labels("m", &[("pod", "pod-0-7"), ("ns", "prod")]);
+    app.append(&a, 20 * h, 2.0).unwrap();
+    app.append(&labels("m", &[("pod", "new"), ("ns", "dev")]), 20 * h, 3.0)
+        .unwrap();
+    app.commit().unwrap();
+    // __name__, ns, pod; m, prod, pod-0-7, new, dev.
+    assert_eq!(symbols(&db), 8);
+    let got = values(&db, &[eq("pod", "pod-0-7")], 0, 30 * h);
+    assert_eq!(got[0].0, a.to_string());
+    assert_eq!(got[0].1.len(), 2, "old and new sample");
+    assert_eq!(
+        db.label_values("ns", &[], 19 * h, 30 * h).unwrap(),
+        ["dev", "prod"]
+    );
+}
+
+#[test]
 fn retention_drops_the_index_of_expired_partitions() {
     let dir = tempfile::tempdir().unwrap();
     let h = 3_600_000;
