@@ -2,7 +2,8 @@
 //!
 //! Layout: `version (1) | count (varint) | value mode (1) | [decimal scale
 //! (1), scaled mode only] | timestamps length (varint) | timestamps (pco
-//! i64) | values (pco f64, u64 bits, or i64 scaled integers)`.
+//! i64, or a progression) | values (pco f64, u64 bits, i64 scaled integers,
+//! or one constant)`.
 //!
 //! Values that are decimals with few digits (what exporters print: CPU
 //! seconds with two decimals, byte counters, temperatures) are stored as
@@ -14,7 +15,11 @@
 //! twice, with pcodec's automatic delta choice and with plain first-order
 //! deltas, and the shorter kept: the automatic choice misses runs that are
 //! constant but for a few steps (filesystem sizes, info metrics), which
-//! plain deltas make almost free.
+//! plain deltas make almost free. Runs simpler still are stored as
+//! formulas, without pcodec's header of some 25 bytes: one repeated value
+//! (mode `VALUES_CONST`, its 8 bytes), and integer columns that are
+//! arithmetic progressions (regular timestamps, window starts, counts) as
+//! their first value and step.
 
 use pco::data_types::Number;
 use pco::{ChunkConfig, DeltaSpec};
@@ -25,6 +30,16 @@ const VERSION: u8 = 1;
 const VALUES_F64: u8 = 0;
 const VALUES_BITS: u8 = 1;
 const VALUES_SCALED: u8 = 2;
+const VALUES_CONST: u8 = 3;
+
+/// First byte of an integer column that is an arithmetic progression (a
+/// pcodec column begins with its magic "pco!", never with this).
+const INTS_STEP: u8 = 0;
+
+/// Most values a column that is stored as a formula (a constant or a
+/// progression) may claim, so that damaged input cannot ask for an
+/// unbounded allocation.
+const MAX_FORMULA_VALUES: usize = 1 << 20;
 
 /// Powers of ten tried as scales, each exact in `f64`.
 const POW10: [f64; 10] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
@@ -40,7 +55,7 @@ pub fn encode(ts: &[i64], vs: &[f64]) -> Vec<u8> {
     if ts.is_empty() {
         return out;
     }
-    let t = compress(ts);
+    let t = int_column(ts);
     let (header, v) = values(vs);
     out.extend_from_slice(&header);
     put_varint(&mut out, t.len() as u64);
@@ -61,7 +76,7 @@ pub fn encode_floats(vs: &[f64]) -> Vec<u8> {
 pub fn decode_floats(b: &[u8], n: usize) -> Result<Vec<f64>> {
     let (&mode, rest) = b.split_first().ok_or(Error::Truncated("float column"))?;
     let (scale, rest) = scale_of(mode, rest)?;
-    let vs = decode_values(mode, scale, rest)?;
+    let vs = decode_values(mode, scale, rest, n)?;
     if vs.len() != n {
         return Err(Error::Corrupt(format!(
             "float column should hold {n} values, holds {}",
@@ -74,6 +89,12 @@ pub fn decode_floats(b: &[u8], n: usize) -> Result<Vec<f64>> {
 /// The value header (mode, and the scale for scaled integers) and the
 /// compressed values.
 fn values(vs: &[f64]) -> (Vec<u8>, Vec<u8>) {
+    if let Some(first) = vs.first()
+        && vs.iter().all(|v| v.to_bits() == first.to_bits())
+    {
+        // Info metrics, `up`, sizes of idle filesystems: one value.
+        return (vec![VALUES_CONST], first.to_bits().to_le_bytes().to_vec());
+    }
     if let Some((scale, ints)) = scaled(vs) {
         return (vec![VALUES_SCALED, scale], compress(&ints));
     }
@@ -100,9 +121,17 @@ fn scale_of(mode: u8, rest: &[u8]) -> Result<(f64, &[u8])> {
     Ok((scale, rest))
 }
 
-fn decode_values(mode: u8, scale: f64, vb: &[u8]) -> Result<Vec<f64>> {
+/// Decodes values stored in `mode`; `n`, the count the header gives, is
+/// what a constant run repeats.
+fn decode_values(mode: u8, scale: f64, vb: &[u8], n: usize) -> Result<Vec<f64>> {
     let pco_err = |e: pco::errors::PcoError| Error::Corrupt(format!("pcodec: {e}"));
     Ok(match mode {
+        VALUES_CONST => {
+            let bits: [u8; 8] = vb
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("constant value of {} bytes", vb.len())))?;
+            vec![f64::from_bits(u64::from_le_bytes(bits)); formula_len(n)?]
+        }
         VALUES_F64 => pco::standalone::simple_decompress::<f64>(vb).map_err(pco_err)?,
         VALUES_BITS => pco::standalone::simple_decompress::<u64>(vb)
             .map_err(pco_err)?
@@ -159,12 +188,69 @@ fn compress<T: Number>(v: &[T]) -> Vec<u8> {
     }
 }
 
-/// Encodes a column of integers (length-prefixed pcodec).
+/// An integer column: an arithmetic progression (window starts, counts,
+/// timestamps of recording rules) as `INTS_STEP | first | step` (zigzag
+/// varints), anything else as pcodec.
+fn int_column(v: &[i64]) -> Vec<u8> {
+    if let [first, ref rest @ ..] = *v {
+        let step = rest.first().map_or(0, |&s| s.wrapping_sub(first));
+        if v.windows(2).all(|w| w[1] == w[0].wrapping_add(step)) {
+            let mut out = vec![INTS_STEP];
+            put_varint(&mut out, zigzag(first));
+            put_varint(&mut out, zigzag(step));
+            return out;
+        }
+    }
+    compress(v)
+}
+
+/// Decodes [`int_column`] of `n` values.
+fn decode_int_column(mut b: &[u8], n: usize) -> Result<Vec<i64>> {
+    if b.first() == Some(&INTS_STEP) {
+        b = &b[1..];
+        let first = unzigzag(get_varint(&mut b)?);
+        let step = unzigzag(get_varint(&mut b)?);
+        if !b.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "{} bytes after an integer progression",
+                b.len()
+            )));
+        }
+        let mut x = first;
+        let mut out = Vec::with_capacity(formula_len(n)?);
+        for _ in 0..n {
+            out.push(x);
+            x = x.wrapping_add(step);
+        }
+        return Ok(out);
+    }
+    pco::standalone::simple_decompress::<i64>(b).map_err(|e| Error::Corrupt(format!("pcodec: {e}")))
+}
+
+fn formula_len(n: usize) -> Result<usize> {
+    if n > MAX_FORMULA_VALUES {
+        return Err(Error::Corrupt(format!(
+            "a column of {n} values (at most {MAX_FORMULA_VALUES})"
+        )));
+    }
+    Ok(n)
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Encodes a column of integers: its length, then pcodec or, for an
+/// arithmetic progression, its first value and step.
 pub fn encode_ints(v: &[i64]) -> Vec<u8> {
     let mut out = Vec::new();
     put_varint(&mut out, v.len() as u64);
     if !v.is_empty() {
-        out.extend_from_slice(&compress(v));
+        out.extend_from_slice(&int_column(v));
     }
     out
 }
@@ -175,8 +261,7 @@ pub fn decode_ints(mut b: &[u8]) -> Result<Vec<i64>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let v = pco::standalone::simple_decompress::<i64>(b)
-        .map_err(|e| Error::Corrupt(format!("pcodec: {e}")))?;
+    let v = decode_int_column(b, n)?;
     if v.len() != n {
         return Err(Error::Corrupt(format!(
             "integer column says {n} values, holds {}",
@@ -216,9 +301,8 @@ pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
         return Err(Error::Truncated("sealed chunk timestamps"));
     }
     let (tb, vb) = rest.split_at(tlen);
-    let ts = pco::standalone::simple_decompress::<i64>(tb)
-        .map_err(|e| Error::Corrupt(format!("pcodec: {e}")))?;
-    let vs = decode_values(mode, scale, vb)?;
+    let ts = decode_int_column(tb, n)?;
+    let vs = decode_values(mode, scale, vb, n)?;
     if ts.len() != n || vs.len() != n {
         return Err(Error::Corrupt(format!(
             "sealed chunk says {n} samples, holds {} timestamps and {} values",
@@ -352,6 +436,54 @@ mod tests {
             .collect();
         let b = encode(&ts, &vs);
         assert!(b.len() < 200, "{} bytes for {n} samples", b.len());
+    }
+
+    proptest! {
+        #[test]
+        fn integer_columns_round_trip(
+            v in proptest::collection::vec(any::<i64>(), 0..200),
+            first in any::<i64>(),
+            step in any::<i64>(),
+            len in 1usize..200,
+        ) {
+            prop_assert_eq!(decode_ints(&encode_ints(&v)).unwrap(), v);
+            // Progressions, wrapping around at the ends of i64 too.
+            let p: Vec<i64> = (0..len as i64).map(|i| first.wrapping_add(step.wrapping_mul(i))).collect();
+            let b = encode_ints(&p);
+            // Length, mode, first and step.
+            prop_assert!(b.len() <= 2 + 1 + 2 * 10, "{} bytes", b.len());
+            prop_assert_eq!(decode_ints(&b).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn regular_timestamps_and_constant_values_are_stored_as_formulas() {
+        let ts: Vec<i64> = (0..480).map(|i| 1_700_000_000_000 + i * 15_000).collect();
+        let up = vec![1.0; 480];
+        let b = encode(&ts, &up);
+        assert_eq!(mode(&b), VALUES_CONST);
+        assert!(b.len() < 30, "{} bytes for 480 samples", b.len());
+        let (ts2, vs2) = decode(&b).unwrap();
+        assert_eq!((ts2, vs2), (ts.clone(), up));
+        // A staleness marker in a constant run keeps its bits.
+        let stale = vec![f64::from_bits(0x7ff0_0000_0000_0002); 3];
+        let back = decode(&encode(&ts[..3], &stale)).unwrap().1;
+        assert!(back.iter().all(|v| v.to_bits() == 0x7ff0_0000_0000_0002));
+        // One sample is a constant too.
+        assert_eq!(decode(&encode(&[5], &[0.5])).unwrap(), (vec![5], vec![0.5]));
+        // A count that no formula may claim is refused, not allocated.
+        let mut huge = vec![VERSION];
+        put_varint(&mut huge, 1 << 40);
+        huge.push(VALUES_CONST);
+        let t = int_column(&[1, 2]);
+        put_varint(&mut huge, t.len() as u64);
+        huge.extend_from_slice(&t);
+        huge.extend_from_slice(&1f64.to_bits().to_le_bytes());
+        assert!(decode(&huge).is_err());
+        let mut huge = Vec::new();
+        put_varint(&mut huge, 1 << 40);
+        huge.extend_from_slice(&int_column(&[1, 2]));
+        assert!(decode_ints(&huge).is_err());
     }
 
     #[test]

@@ -131,29 +131,72 @@ pub(crate) fn rollup(aggs: &[Aggregate], window: i64) -> Vec<Aggregate> {
 const COLUMNS: [u8; 2] = [0x00, 0x02];
 
 type Column = fn(&Aggregate) -> f64;
-const FLOAT_COLUMNS: [Column; 5] = [|a| a.min, |a| a.max, |a| a.sum, |a| a.last, |a| a.counter];
+/// Stored after `last`, each as itself, as `last` again, or as its
+/// difference from `last`.
+const FLOAT_COLUMNS: [Column; 4] = [|a| a.min, |a| a.max, |a| a.sum, |a| a.counter];
 
-/// Column-wise pcodec encoding of aggregates: `0x00 0x02 | count (varint)`,
-/// then each column on its own (length-prefixed), so that each gets the
-/// delta order and scale that suit it: window starts, last timestamps and
-/// counts as integers; min, max, sum, last and the counter through the
-/// sealed-chunk float codec, bit-exact.
+/// A float column stored whole.
+const WHOLE: u8 = 0;
+/// A float column bit for bit equal to `last` (a counter's max, and its
+/// reset-adjusted value until it first resets).
+const AS_LAST: u8 = 1;
+/// A float column stored as its difference from `last`, where adding it
+/// back gives every value's bits.
+const FROM_LAST: u8 = 2;
+
+/// Column-wise encoding of aggregates: `0x00 0x02 | count (varint)`, then
+/// each column on its own (length-prefixed) so that each gets the delta
+/// order and scale that suit it: window starts, last timestamps (from the
+/// window start) and counts as integers; `last` through the sealed-chunk
+/// float codec, bit-exact; then min, max, sum and the counter, each with
+/// a tag byte saying how it relates to `last`.
 pub(crate) fn encode(aggs: &[Aggregate]) -> Vec<u8> {
+    use tiermon_chunkenc::sealed::{encode_floats, encode_ints};
     let mut out = COLUMNS.to_vec();
     crate::wal::put_uvarint(&mut out, aggs.len() as u64);
-    let ints: [fn(&Aggregate) -> i64; 3] = [|a| a.start, |a| a.last_t, |a| a.count as i64];
+    let ints: [fn(&Aggregate) -> i64; 3] = [
+        |a| a.start,
+        |a| a.last_t.wrapping_sub(a.start),
+        |a| a.count as i64,
+    ];
     for f in ints {
         let col: Vec<i64> = aggs.iter().map(f).collect();
-        crate::wal::put_bytes(&mut out, &tiermon_chunkenc::sealed::encode_ints(&col));
+        crate::wal::put_bytes(&mut out, &encode_ints(&col));
     }
+    let last: Vec<f64> = aggs.iter().map(|a| a.last).collect();
+    crate::wal::put_bytes(&mut out, &encode_floats(&last));
     for f in FLOAT_COLUMNS {
         let col: Vec<f64> = aggs.iter().map(f).collect();
-        crate::wal::put_bytes(&mut out, &tiermon_chunkenc::sealed::encode_floats(&col));
+        let mut best = vec![WHOLE];
+        best.extend_from_slice(&encode_floats(&col));
+        if col
+            .iter()
+            .zip(&last)
+            .all(|(c, l)| c.to_bits() == l.to_bits())
+        {
+            best = vec![AS_LAST];
+        } else {
+            let diff: Vec<f64> = col.iter().zip(&last).map(|(c, l)| c - l).collect();
+            let exact = diff
+                .iter()
+                .zip(&last)
+                .zip(&col)
+                .all(|((d, l), c)| (l + d).to_bits() == c.to_bits());
+            if exact {
+                let mut from = vec![FROM_LAST];
+                from.extend_from_slice(&encode_floats(&diff));
+                if from.len() < best.len() {
+                    best = from;
+                }
+            }
+        }
+        crate::wal::put_bytes(&mut out, &best);
     }
     out
 }
 
 pub(crate) fn decode(b: &[u8]) -> Result<Vec<Aggregate>> {
+    use tiermon_chunkenc::sealed::{decode_floats, decode_ints};
     let corrupt = || Error::Corrupt {
         what: "aggregate chunk".into(),
     };
@@ -164,27 +207,43 @@ pub(crate) fn decode(b: &[u8]) -> Result<Vec<Aggregate>> {
     let mut ints = Vec::with_capacity(3);
     for _ in 0..3 {
         let col = crate::wal::get_bytes(&mut b).ok_or_else(corrupt)?;
-        let col = tiermon_chunkenc::sealed::decode_ints(col).map_err(|_| corrupt())?;
+        let col = decode_ints(col).map_err(|_| corrupt())?;
         if col.len() != n {
             return Err(corrupt());
         }
         ints.push(col);
     }
+    let col = crate::wal::get_bytes(&mut b).ok_or_else(corrupt)?;
+    let last = decode_floats(col, n).map_err(|_| corrupt())?;
     let mut floats = Vec::with_capacity(FLOAT_COLUMNS.len());
     for _ in FLOAT_COLUMNS {
         let col = crate::wal::get_bytes(&mut b).ok_or_else(corrupt)?;
-        floats.push(tiermon_chunkenc::sealed::decode_floats(col, n).map_err(|_| corrupt())?);
+        let (&tag, rest) = col.split_first().ok_or_else(corrupt)?;
+        floats.push(match tag {
+            WHOLE => decode_floats(rest, n).map_err(|_| corrupt())?,
+            AS_LAST if rest.is_empty() => last.clone(),
+            FROM_LAST => decode_floats(rest, n)
+                .map_err(|_| corrupt())?
+                .iter()
+                .zip(&last)
+                .map(|(d, l)| l + d)
+                .collect(),
+            _ => return Err(corrupt()),
+        });
+    }
+    if !b.is_empty() {
+        return Err(corrupt());
     }
     Ok((0..n)
         .map(|i| Aggregate {
             start: ints[0][i],
-            last_t: ints[1][i],
+            last_t: ints[0][i].wrapping_add(ints[1][i]),
             count: ints[2][i] as u64,
             min: floats[0][i],
             max: floats[1][i],
             sum: floats[2][i],
-            last: floats[3][i],
-            counter: floats[4][i],
+            last: last[i],
+            counter: floats[3][i],
         })
         .collect())
 }
@@ -284,7 +343,7 @@ mod tests {
     fn bits(a: &[Aggregate]) -> Vec<(i64, i64, u64, [u64; 5])> {
         a.iter()
             .map(|a| {
-                let f = FLOAT_COLUMNS.map(|c| c(a).to_bits());
+                let f = [a.min, a.max, a.sum, a.last, a.counter].map(f64::to_bits);
                 (a.start, a.last_t, a.count, f)
             })
             .collect()
@@ -310,6 +369,63 @@ mod tests {
         }
     }
 
+    /// The tag bytes of the min, max, sum and counter columns.
+    fn tags(b: &[u8]) -> Vec<u8> {
+        let mut b = &b[2..];
+        crate::wal::get_uvarint(&mut b).unwrap();
+        for _ in 0..4 {
+            crate::wal::get_bytes(&mut b).unwrap();
+        }
+        (0..4)
+            .map(|_| crate::wal::get_bytes(&mut b).unwrap()[0])
+            .collect()
+    }
+
+    #[test]
+    fn a_counter_stores_little_more_than_its_last_values() {
+        // Two hours of a CPU-seconds counter at 15 s, one reset.
+        let mut v = 0.0;
+        let s: Vec<(i64, f64)> = (0..480)
+            .map(|i| {
+                v = if i == 300 {
+                    0.25
+                } else {
+                    v + (i % 7) as f64 / 4.0
+                };
+                (i * 15_000, v)
+            })
+            .collect();
+        let mut carry = (0.0, None);
+        let a = aggregate(&s[..250], 60_000, &mut carry);
+        let b = encode(&a);
+        assert_eq!(bits(&decode(&b).unwrap()), bits(&a));
+        // Max and the counter are last again; start, count and last_t are
+        // progressions.
+        assert_eq!(tags(&b), [WHOLE, AS_LAST, WHOLE, AS_LAST]);
+        // After the reset the counter is last plus what came before.
+        let a2 = aggregate(&s[250..], 60_000, &mut carry);
+        let b2 = encode(&a2);
+        assert_eq!(bits(&decode(&b2).unwrap()), bits(&a2));
+        assert_eq!(tags(&b2)[3], FROM_LAST);
+        let whole = |a: &[Aggregate]| {
+            let cols: [Column; 5] = [|a| a.min, |a| a.max, |a| a.sum, |a| a.last, |a| a.counter];
+            cols.iter()
+                .map(|f| {
+                    tiermon_chunkenc::sealed::encode_floats(&a.iter().map(f).collect::<Vec<_>>())
+                        .len()
+                })
+                .sum::<usize>()
+        };
+        assert!(
+            b.len() < whole(&a) && b2.len() < whole(&a2),
+            "{} and {} bytes, against {} and {} for the float columns alone",
+            b.len(),
+            b2.len(),
+            whole(&a),
+            whole(&a2)
+        );
+    }
+
     #[test]
     fn the_first_layout_still_decodes() {
         // What aggregates were written as before the per-column layout.
@@ -320,7 +436,8 @@ mod tests {
             .chain(a.iter().map(|a| a.last_t))
             .chain(a.iter().map(|a| a.count as i64))
             .collect();
-        let floats: Vec<f64> = FLOAT_COLUMNS.iter().flat_map(|f| a.iter().map(f)).collect();
+        let v1_columns: [Column; 5] = [|a| a.min, |a| a.max, |a| a.sum, |a| a.last, |a| a.counter];
+        let floats: Vec<f64> = v1_columns.iter().flat_map(|f| a.iter().map(f)).collect();
         let positions: Vec<i64> = (0..floats.len() as i64).collect();
         let mut v1 = Vec::new();
         crate::wal::put_uvarint(&mut v1, a.len() as u64);
