@@ -2298,8 +2298,7 @@ fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) 
         let (Some(name), Some(value)) = (wal::get_bytes(&mut b), wal::get_bytes(&mut b)) else {
             return false;
         };
-        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
-        else {
+        let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
             return false;
         };
         if value.is_empty() || out.last().is_some_and(|&(last, _)| last >= name) {
