@@ -14,6 +14,12 @@ pub(crate) fn byte_len(bits: u32) -> usize {
     (bits as usize).div_ceil(8)
 }
 
+/// Bytes an open chunk's stream grows by: at about 1.4 bytes a sample,
+/// one reallocation per twenty samples, and 16 bytes of slack per series
+/// on average. Measured with 50k series (benches/storage.rs): 16 bytes saved
+/// 11 B per series but cut appends by reference from 3.9 to 2.6 M/s.
+const GROWTH: usize = 32;
+
 impl BitWriter<'_> {
     /// Makes room for `bytes` bytes in all, growing in small steps: head
     /// chunks stay open in memory for every series, so doubling's slack (up
@@ -28,7 +34,7 @@ impl BitWriter<'_> {
     #[cold]
     fn grow(&mut self, bytes: usize) {
         let mut v = std::mem::take(self.buf).into_vec();
-        let add = (bytes - v.len()).next_multiple_of(32);
+        let add = (bytes - v.len()).next_multiple_of(GROWTH);
         v.reserve_exact(add);
         v.resize(v.len() + add, 0);
         *self.buf = v.into_boxed_slice();
