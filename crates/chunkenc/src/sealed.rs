@@ -38,7 +38,7 @@ const INTS_STEP: u8 = 0;
 
 /// Most values a column that is stored as a formula (a constant or a
 /// progression) may claim, so that damaged input cannot ask for an
-/// unbounded allocation.
+/// unbounded allocation; longer columns are never written as formulas.
 const MAX_FORMULA_VALUES: usize = 1 << 20;
 
 /// Powers of ten tried as scales, each exact in `f64`.
@@ -90,6 +90,7 @@ pub fn decode_floats(b: &[u8], n: usize) -> Result<Vec<f64>> {
 /// compressed values.
 fn values(vs: &[f64]) -> (Vec<u8>, Vec<u8>) {
     if let Some(first) = vs.first()
+        && vs.len() <= MAX_FORMULA_VALUES
         && vs.iter().all(|v| v.to_bits() == first.to_bits())
     {
         // Info metrics, `up`, sizes of idle filesystems: one value.
@@ -192,7 +193,9 @@ fn compress<T: Number>(v: &[T]) -> Vec<u8> {
 /// timestamps of recording rules) as `INTS_STEP | first | step` (zigzag
 /// varints), anything else as pcodec.
 fn int_column(v: &[i64]) -> Vec<u8> {
-    if let [first, ref rest @ ..] = *v {
+    if let [first, ref rest @ ..] = *v
+        && v.len() <= MAX_FORMULA_VALUES
+    {
         let step = rest.first().map_or(0, |&s| s.wrapping_sub(first));
         if v.windows(2).all(|w| w[1] == w[0].wrapping_add(step)) {
             let mut out = vec![INTS_STEP];
@@ -484,6 +487,14 @@ mod tests {
         put_varint(&mut huge, 1 << 40);
         huge.extend_from_slice(&int_column(&[1, 2]));
         assert!(decode_ints(&huge).is_err());
+        // What is longer than that bound is written so that it reads back.
+        let long: Vec<i64> = (0..=MAX_FORMULA_VALUES as i64).collect();
+        assert_eq!(decode_ints(&encode_ints(&long)).unwrap(), long);
+        let flat = vec![2.5; MAX_FORMULA_VALUES + 1];
+        assert_eq!(
+            decode_floats(&encode_floats(&flat), flat.len()).unwrap(),
+            flat
+        );
     }
 
     #[test]

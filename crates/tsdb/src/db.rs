@@ -2271,19 +2271,9 @@ fn encode_labels(labels: &Labels) -> Vec<u8> {
     out
 }
 
-fn decode_labels(mut b: &[u8]) -> Option<Labels> {
-    let n = wal::get_uvarint(&mut b)? as usize;
-    let mut pairs = Vec::with_capacity(n.min(256));
-    for _ in 0..n {
-        let name = std::str::from_utf8(wal::get_bytes(&mut b)?)
-            .ok()?
-            .to_owned();
-        let value = std::str::from_utf8(wal::get_bytes(&mut b)?)
-            .ok()?
-            .to_owned();
-        pairs.push((name, value));
-    }
-    Some(Labels::from_pairs(pairs))
+fn decode_labels(b: &[u8]) -> Option<Labels> {
+    let mut pairs = Vec::new();
+    decode_sorted_labels(b, &mut pairs).then(|| Labels::from_pairs(pairs))
 }
 
 /// Decodes stored labels into `out` without copying them; false unless

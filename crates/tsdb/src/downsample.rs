@@ -167,29 +167,31 @@ pub(crate) fn encode(aggs: &[Aggregate]) -> Vec<u8> {
     crate::wal::put_bytes(&mut out, &encode_floats(&last));
     for f in FLOAT_COLUMNS {
         let col: Vec<f64> = aggs.iter().map(f).collect();
-        let mut best = vec![WHOLE];
-        best.extend_from_slice(&encode_floats(&col));
-        if col
+        let best = if col
             .iter()
             .zip(&last)
             .all(|(c, l)| c.to_bits() == l.to_bits())
         {
-            best = vec![AS_LAST];
+            vec![AS_LAST]
         } else {
+            let mut whole = vec![WHOLE];
+            whole.extend_from_slice(&encode_floats(&col));
             let diff: Vec<f64> = col.iter().zip(&last).map(|(c, l)| c - l).collect();
             let exact = diff
                 .iter()
                 .zip(&last)
                 .zip(&col)
                 .all(|((d, l), c)| (l + d).to_bits() == c.to_bits());
-            if exact {
+            let from = exact.then(|| {
                 let mut from = vec![FROM_LAST];
                 from.extend_from_slice(&encode_floats(&diff));
-                if from.len() < best.len() {
-                    best = from;
-                }
+                from
+            });
+            match from {
+                Some(from) if from.len() < whole.len() => from,
+                _ => whole,
             }
-        }
+        };
         crate::wal::put_bytes(&mut out, &best);
     }
     out
