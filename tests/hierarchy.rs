@@ -731,3 +731,138 @@ fn with_two_primaries_losing_one_loses_nothing_and_it_catches_up() {
         complete(&pa.url())
     });
 }
+
+/// The alerts `base` lists at `/api/v1/alerts`, as
+/// `alertname state datacenter` lines, sorted.
+fn alerts_at(base: &str) -> Vec<String> {
+    let (status, body) = http("GET", &format!("{base}/api/v1/alerts"), &[], None);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut out: Vec<String> = v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["labels"]["alertname"].as_str().unwrap_or(""),
+                a["state"].as_str().unwrap_or(""),
+                a["labels"]["datacenter"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn alert_states_reach_the_global_tier_and_leave_with_a_dark_datacenter() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let secondary_rules = rules(
+        "secondary-rules.yml",
+        "groups:\n  - name: probe\n    interval: 1s\n    rules:\n      - alert: ProbeHigh\n        expr: verify_value{k=\"0\"} > 5\n      - alert: ProbeHighForAnHour\n        expr: verify_value{k=\"0\"} > 5\n        for: 1h\n",
+    );
+    let primary_rules = rules(
+        "primary-rules.yml",
+        "groups:\n  - name: dc\n    interval: 1s\n    rules:\n      - alert: PrimaryWatch\n        expr: vector(1)\n",
+    );
+    let mut global = Tier::new("global", dir.path(), String::new());
+    let primary = Tier::new(
+        "primary",
+        dir.path(),
+        format!(
+            "[primary]\ndatacenter = \"dc1\"\n[primary.push]\ndestinations = [\"{}\"]\nmax_backoff = \"500ms\"\n[primary.rules]\nfiles = [\"{primary_rules}\"]\n",
+            global.url()
+        ),
+    );
+    let secondary = Tier::new(
+        "secondary",
+        dir.path(),
+        format!(
+            "[secondary]\ndatacenter = \"dc1\"\n[secondary.push]\ndestinations = [\"{}\"]\n[secondary.rules]\nfiles = [\"{secondary_rules}\"]\n",
+            primary.url()
+        ),
+    );
+    global.config = "[global]\nchild_timeout = \"3s\"\n".into();
+    let _g = global.start();
+    let mut p = Some(primary.start());
+    let _s = secondary.start();
+
+    // The probe rises above the threshold: the secondary's alerts (one
+    // firing, one pending for an hour) and the primary's own reach the
+    // global tier, named by datacenter.
+    assert!(write(&secondary.url(), now_ms(), 10.0));
+    let want = [
+        "PrimaryWatch firing dc1",
+        "ProbeHigh firing dc1",
+        "ProbeHighForAnHour pending dc1",
+    ];
+    let limit = Duration::from_secs(20);
+    eventually("the alerts at the global tier", limit, || {
+        (alerts_at(&global.url()) == want).then_some(())
+    });
+    // The primary lists its own (without external labels, as Prometheus
+    // does) and its secondary's.
+    assert_eq!(
+        alerts_at(&primary.url()),
+        [
+            "PrimaryWatch firing ",
+            "ProbeHigh firing dc1",
+            "ProbeHighForAnHour pending dc1"
+        ]
+    );
+    // Over gRPC, each names where it was evaluated.
+    let cli = crate::util::query_cli(&global.url(), &["--output", "json", "alerts"]);
+    let listed: Value = serde_json::from_str(&cli).unwrap();
+    let sources: BTreeMap<String, String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap().to_owned(),
+                a["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(sources["PrimaryWatch"], "primary/dc1", "{cli}");
+    assert!(sources["ProbeHigh"].starts_with("secondary/dc1"), "{cli}");
+
+    // The probe falls back: the secondary's alerts resolve everywhere.
+    assert!(write(&secondary.url(), now_ms(), 0.0));
+    eventually(
+        "the resolved alerts to leave the global tier",
+        limit,
+        || (alerts_at(&global.url()) == ["PrimaryWatch firing dc1"]).then_some(()),
+    );
+
+    // The datacenter goes dark: its alerts are no longer shown as if
+    // current, and the datacenter is reported dark instead.
+    assert!(write(&secondary.url(), now_ms(), 10.0));
+    eventually("the probe alert again", limit, || {
+        alerts_at(&global.url())
+            .contains(&"ProbeHigh firing dc1".to_owned())
+            .then_some(())
+    });
+    p.take().unwrap().kill();
+    eventually("the dark datacenter's alerts to leave", limit, || {
+        alerts_at(&global.url()).is_empty().then_some(())
+    });
+    eventually("the datacenter to be reported dark", limit, || {
+        (latest(
+            &global.url(),
+            "tiermon_child_up{child=\"primary/dc1\",via=\"\"}",
+        ) == Some(0.0))
+        .then_some(())
+    });
+    // Back: the first batch of the new stream carries the whole set.
+    let _p = primary.start();
+    eventually("the alerts after the primary's restart", limit, || {
+        (alerts_at(&global.url()) == want).then_some(())
+    });
+}

@@ -241,12 +241,10 @@ impl Alerting {
         }
     }
 
-    /// The routes: rules and alerts, the ruler API, the alert manager's.
-    /// Serves the rules' pending and firing alerts through the gRPC API;
-    /// `source` names where they were evaluated (`secondary/dc1/a`).
-    pub(crate) fn serve_on(&self, api: &tiermon_api::Api, source: String) {
+    /// The rules' pending and firing alerts, as they travel; `source`
+    /// names where they were evaluated (`secondary/dc1/a`).
+    fn own_alerts(&self, source: &str) -> Vec<tiermon_proto::v1::Alert> {
         use tiermon_proto::v1;
-        let rules = self.rules.clone();
         let pb = |m: &std::collections::BTreeMap<String, String>| -> Vec<v1::Label> {
             m.iter()
                 .map(|(name, value)| v1::Label {
@@ -255,28 +253,62 @@ impl Alerting {
                 })
                 .collect()
         };
-        api.serve_alerts(Arc::new(move || {
-            rules
-                .manager()
-                .alerts()
-                .into_iter()
-                .filter_map(|a| {
-                    let state = match a.state {
-                        tiermon_rules::AlertState::Pending => v1::alert::State::Pending,
-                        tiermon_rules::AlertState::Firing => v1::alert::State::Firing,
-                        tiermon_rules::AlertState::Inactive => return None,
-                    };
-                    Some(v1::Alert {
-                        labels: pb(&a.labels),
-                        annotations: pb(&a.annotations),
-                        state: state as i32,
-                        active_at_ms: a.active_at,
-                        value: a.value,
-                        source: source.clone(),
-                    })
+        self.rules
+            .manager()
+            .alerts()
+            .into_iter()
+            .filter_map(|a| {
+                let state = match a.state {
+                    tiermon_rules::AlertState::Pending => v1::alert::State::Pending,
+                    tiermon_rules::AlertState::Firing => v1::alert::State::Firing,
+                    tiermon_rules::AlertState::Inactive => return None,
+                };
+                Some(v1::Alert {
+                    labels: pb(&a.labels),
+                    annotations: pb(&a.annotations),
+                    state: state as i32,
+                    active_at_ms: a.active_at,
+                    value: a.value,
+                    source: source.to_owned(),
                 })
-                .collect()
-        }));
+            })
+            .collect()
+    }
+
+    /// The tier's alerts and, after them, those its children pushed to it
+    /// (`relayed`): what the tier shows and what it sends upward.
+    pub(crate) fn feed(
+        &self,
+        source: String,
+        relayed: Option<tiermon_federation::Receiver>,
+    ) -> tiermon_federation::AlertFeed {
+        let this = self.clone();
+        tiermon_federation::AlertFeed::new(move || {
+            let mut all = this.own_alerts(&source);
+            if let Some(r) = &relayed {
+                all.extend(r.alerts());
+            }
+            all
+        })
+    }
+
+    /// Serves the rules' pending and firing alerts, and the children's
+    /// (`relayed`), through the gRPC API and at `/api/v1/alerts`; `source`
+    /// names where the tier's own were evaluated (`secondary/dc1/a`).
+    pub(crate) fn serve_on(
+        &self,
+        api: &tiermon_api::Api,
+        source: String,
+        relayed: Option<tiermon_federation::Receiver>,
+    ) {
+        if let Some(r) = &relayed {
+            let r = r.clone();
+            self.rules.relay(Arc::new(move || {
+                r.alerts().into_iter().filter_map(active).collect()
+            }));
+        }
+        let feed = self.feed(source, relayed);
+        api.serve_alerts(Arc::new(move || feed.get()));
     }
 
     pub(crate) fn router(&self) -> Router {
@@ -397,4 +429,27 @@ impl Alerting {
             am.stop();
         }
     }
+}
+
+/// A pushed alert as the rules API lists it; `None` for a state that is
+/// neither pending nor firing (the receiver keeps no others).
+fn active(a: tiermon_proto::v1::Alert) -> Option<tiermon_rules::ActiveAlert> {
+    use tiermon_proto::v1::alert::State;
+    let state = match State::try_from(a.state) {
+        Ok(State::Pending) => tiermon_rules::AlertState::Pending,
+        Ok(State::Firing) => tiermon_rules::AlertState::Firing,
+        _ => return None,
+    };
+    let map = |l: Vec<tiermon_proto::v1::Label>| l.into_iter().map(|l| (l.name, l.value)).collect();
+    Some(tiermon_rules::ActiveAlert {
+        labels: map(a.labels),
+        annotations: map(a.annotations),
+        state,
+        value: a.value,
+        active_at: a.active_at_ms,
+        fired_at: 0,
+        resolved_at: 0,
+        last_sent_at: 0,
+        keep_firing_since: 0,
+    })
 }

@@ -51,7 +51,8 @@ pub(crate) async fn serve(
         windows: true,
     })?;
     alerting.reload_on_sighup();
-    alerting.serve_on(&api, id.clone());
+    // Every datacenter's alerts, as the primaries relay them.
+    alerting.serve_on(&api, id.clone(), Some(receiver.clone()));
     let own = {
         let (r, a) = (receiver.clone(), alerting.clone());
         tier::MetricsFn::new(move || {

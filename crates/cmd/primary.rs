@@ -45,16 +45,6 @@ pub(crate) async fn serve(
         datacenter: dc.clone(),
         replica: String::new(),
     };
-    let children = Arc::new(receiver.clone());
-    let pushing = tier::Pushing::start(&cfg.push, "primary.push", &identity, |_| {
-        Ok(DownsampleSource::new(
-            db.clone(),
-            Resolution::OneMinute,
-            cfg.window_grace,
-            vec![("datacenter".to_owned(), dc.clone())],
-            children.clone(),
-        ))
-    })?;
     let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
         db: &db,
         query: &cfg.query,
@@ -66,8 +56,20 @@ pub(crate) async fn serve(
         external_labels: vec![("datacenter".into(), dc.clone())],
         windows: false,
     })?;
+    let children = Arc::new(receiver.clone());
+    // Its own alerts and its secondaries' go to the global tier.
+    let feed = alerting.feed(id.clone(), Some(receiver.clone()));
+    let pushing = tier::Pushing::start(&cfg.push, "primary.push", &identity, feed, |_| {
+        Ok(DownsampleSource::new(
+            db.clone(),
+            Resolution::OneMinute,
+            cfg.window_grace,
+            vec![("datacenter".to_owned(), dc.clone())],
+            children.clone(),
+        ))
+    })?;
     alerting.reload_on_sighup();
-    alerting.serve_on(&api, id.clone());
+    alerting.serve_on(&api, id.clone(), Some(receiver.clone()));
     let own = {
         let (p, r, a) = (pushing.clone(), receiver.clone(), alerting.clone());
         tier::MetricsFn::new(move || {

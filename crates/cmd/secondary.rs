@@ -78,10 +78,22 @@ pub(crate) async fn serve(
     )
     .context("config key `secondary.scrape_config`")?;
     scraping.reload_on_sighup();
+    let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
+        db: &db,
+        query: &query,
+        rules: &rules,
+        alertmanager: &alertmanager,
+        data: &data,
+        key: "secondary",
+        listen: listener.local_addr()?,
+        external_labels: vec![("datacenter".into(), datacenter.clone())],
+        windows: false,
+    })?;
     // Everything committed (scrapes, remote_write, the tier's own series)
     // goes to every primary, read back from the WAL.
     let state_dir = data.join("push");
-    let pushing = tier::Pushing::start(&push, "secondary.push", &identity, |url| {
+    let feed = alerting.feed(instance.clone(), None);
+    let pushing = tier::Pushing::start(&push, "secondary.push", &identity, feed, |url| {
         WalSource::new(
             db.clone(),
             WalSourceOptions {
@@ -102,22 +114,11 @@ pub(crate) async fn serve(
         )
         .context("starting the push buffer")
     })?;
-    let alerting = crate::alerting::Alerting::start(crate::alerting::Setup {
-        db: &db,
-        query: &query,
-        rules: &rules,
-        alertmanager: &alertmanager,
-        data: &data,
-        key: "secondary",
-        listen: listener.local_addr()?,
-        external_labels: vec![("datacenter".into(), datacenter.clone())],
-        windows: false,
-    })?;
     {
         let a = alerting.clone();
         scraping.also_reload(move || a.reload());
     }
-    alerting.serve_on(&api, instance.clone());
+    alerting.serve_on(&api, instance.clone(), None);
     scraping.serve_on(&api);
     let own = {
         let (p, a) = (pushing.clone(), alerting.clone());

@@ -172,11 +172,13 @@ pub(crate) struct Pushing {
 
 impl Pushing {
     /// Starts a forwarder to each of `push.destinations`, each with the
-    /// source `make(destination)` gives.
+    /// source `make(destination)` gives, sending the alert states of
+    /// `alerts` along.
     pub(crate) fn start<S: Source + std::fmt::Debug>(
         push: &PushConfig,
         key: &str,
         identity: &Identity,
+        alerts: tiermon_federation::AlertFeed,
         mut make: impl FnMut(&str) -> anyhow::Result<Arc<S>>,
     ) -> anyhow::Result<Self> {
         let mut forwarders = Vec::new();
@@ -186,6 +188,7 @@ impl Pushing {
                 max_in_flight: push.max_in_flight,
                 batch_samples: push.batch_samples,
                 backoff: (Duration::from_millis(200), push.max_backoff),
+                alerts: Some(alerts.clone()),
                 ..ForwarderOptions::new(url.clone(), identity.clone())
             };
             let f = Forwarder::spawn(opts, source)

@@ -16,6 +16,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::alerts::{AlertFeed, Outbox};
 use crate::codec::Encoder;
 use crate::source::Source;
 use crate::{Error, Identity, Metric, now_ms};
@@ -41,6 +42,11 @@ pub struct ForwarderOptions {
     /// With nothing to send for this long, an empty batch tells the
     /// receiver that the sender is alive (and caught up).
     pub heartbeat: Duration,
+    /// The sender's alert states, sent upward when they change.
+    pub alerts: Option<AlertFeed>,
+    /// An unchanged set of alerts is sent again after this long, so that
+    /// a receiver that restarted has it again soon.
+    pub alerts_refresh: Duration,
 }
 
 impl ForwarderOptions {
@@ -54,6 +60,8 @@ impl ForwarderOptions {
             poll: Duration::from_millis(200),
             backoff: (Duration::from_millis(200), Duration::from_secs(30)),
             heartbeat: Duration::from_secs(2),
+            alerts: None,
+            alerts_refresh: Duration::from_secs(30),
         }
     }
 }
@@ -319,6 +327,10 @@ async fn session(
     let mut last_sent = std::time::Instant::now();
     // The labels the receiver knows on this stream.
     let mut encoder = Encoder::default();
+    // The alert states the receiver has from this stream.
+    let mut outbox = Outbox::new(opts.alerts.clone(), opts.alerts_refresh);
+    // An alert set never takes more than a quarter of a batch.
+    let alert_bytes = max_bytes / 4;
     loop {
         // Fill the window.
         while !stopping && in_flight.len() < opts.max_in_flight.max(1) {
@@ -334,7 +346,7 @@ async fn session(
                     // Same sequence as the last batch: the receiver takes
                     // it as a duplicate and only notes that we are alive.
                     let (complete, children) = source.heartbeat(checked);
-                    let pb = v1::Batch {
+                    let mut pb = v1::Batch {
                         sender: Some(sender.clone()),
                         sequence: after,
                         created_ms: now_ms(),
@@ -342,11 +354,13 @@ async fn session(
                         children,
                         ..v1::Batch::default()
                     };
+                    let attached = outbox.attach(&mut pb, alert_bytes);
                     last_sent = std::time::Instant::now();
                     in_flight.push_back((after, 0, true));
                     tx.send(pb)
                         .await
                         .map_err(|_| "the push stream closed".to_owned())?;
+                    outbox.sent(attached);
                 }
                 break;
             };
@@ -357,7 +371,7 @@ async fn session(
                 }
                 l
             });
-            let pb = v1::Batch {
+            let mut pb = v1::Batch {
                 sender: Some(sender.clone()),
                 sequence: batch.seq,
                 created_ms: now_ms(),
@@ -367,7 +381,9 @@ async fn session(
                 children: batch.children,
                 complete_through_ms: batch.complete_through_ms,
                 compact: Some(compact),
+                alerts_snapshot: false,
             };
+            let attached = outbox.attach(&mut pb, alert_bytes);
             let len = pb.encoded_len();
             if len > max_bytes && budget > 1 {
                 // Too big for the receiver: ask for smaller batches.
@@ -383,6 +399,7 @@ async fn session(
             tx.send(pb)
                 .await
                 .map_err(|_| "the push stream closed".to_owned())?;
+            outbox.sent(attached);
         }
         if stopping && in_flight.is_empty() {
             return Ok(());

@@ -15,15 +15,22 @@
 //!   aggregates from storage, so a global tier that was away gets every
 //!   window it missed, in order, for as long as raw retention lasts.
 //!
+//! - Alert states ride along: every sender attaches its set of pending and
+//!   firing alerts (its own and its children's, see [`AlertFeed`]) when it
+//!   changes, and the receiver keeps each live child's latest set
+//!   ([`Receiver::alerts`]), so the global tier lists every datacenter's.
+//!
 //! A batch's sequence is the sender's position (the WAL position after the
 //! batch, or the window number); the receiver remembers the last it applied
 //! per sender, replica and epoch, which makes retries idempotent.
 
+mod alerts;
 mod codec;
 mod forwarder;
 mod receiver;
 mod source;
 
+pub use alerts::AlertFeed;
 pub use codec::Entry;
 pub use forwarder::{Forwarder, ForwarderOptions, ForwarderStatus};
 pub use receiver::{ChildStatus, Receiver, ReceiverOptions};

@@ -16,6 +16,7 @@ use tiermon_tsdb::{Aggregate, Db, Resolution};
 use tonic::codegen::tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::alerts::AlertBook;
 use crate::codec::{Decoder, Slot};
 use crate::forwarder::MAX_MESSAGE;
 use crate::source::Children;
@@ -88,6 +89,8 @@ struct Inner {
     apply: Mutex<Applied>,
     children: Mutex<HashMap<(String, String, String), ChildStatus>>,
     dedup: Mutex<Dedup>,
+    /// The latest alert states of each child.
+    alerts: Mutex<AlertBook>,
     /// When this process started (ms): children known from before a
     /// restart get `child_timeout` from then to come back before they stop
     /// holding back the watermark.
@@ -164,6 +167,7 @@ impl Receiver {
             inner: Arc::new(Inner {
                 db,
                 dedup: Mutex::new(Dedup::new(opts.dedup_gap.as_millis() as i64)),
+                alerts: Mutex::new(AlertBook::default()),
                 opts,
                 apply: Mutex::new(applied),
                 children: Mutex::new(children),
@@ -216,8 +220,16 @@ impl Receiver {
         let sender = batch.sender.clone().unwrap_or_default();
         let seq = batch.sequence;
         let k = key(&sender);
-        let mut applied = inner.apply.lock();
         let now = now_ms();
+        // Alert states are not data: any batch may replace them.
+        inner.alerts.lock().report(
+            &identity(&sender),
+            now,
+            batch
+                .alerts_snapshot
+                .then(|| std::mem::take(&mut batch.alerts)),
+        );
+        let mut applied = inner.apply.lock();
         self.touch(&sender, now, batch.complete_through_ms, &batch.children);
         if applied.applied.get(&k).is_some_and(|&last| seq <= last) {
             return Ok(v1::PushAck {
@@ -363,15 +375,20 @@ impl Receiver {
         })
     }
 
+    /// The pending and firing alerts of every child that reports (and of
+    /// its children, which it relays), one per label set and child: the
+    /// replicas of a pair give one. An alert gets its child's
+    /// `datacenter` label unless it has one; `source` names where it was
+    /// evaluated.
+    pub fn alerts(&self) -> Vec<v1::Alert> {
+        let timeout = self.inner.opts.child_timeout.as_millis() as i64;
+        self.inner.alerts.lock().current(now_ms(), timeout)
+    }
+
     fn touch(&self, s: &v1::Sender, now: i64, complete: i64, grandchildren: &[v1::ChildReport]) {
         let mut children = self.inner.children.lock();
         let c = children.entry(child_key(s, "")).or_default();
-        c.identity = Identity {
-            id: s.id.clone(),
-            tier: s.tier.clone(),
-            datacenter: s.datacenter.clone(),
-            replica: s.replica.clone(),
-        };
+        c.identity = identity(s);
         c.last_report_ms = now;
         if complete > 0 {
             c.complete_through_ms = c.complete_through_ms.max(complete);
@@ -439,7 +456,37 @@ impl Receiver {
             ]
         };
         let direct = || children.iter().filter(|c| c.via.is_empty());
+        let (alerts, refused) = {
+            let book = self.inner.alerts.lock();
+            (book.counts(now, timeout), book.dropped)
+        };
         vec![
+            Metric {
+                name: "tiermon_child_alerts",
+                help: "Pending and firing alerts each reporting child holds (its own and those it relays).",
+                kind: "gauge",
+                series: alerts
+                    .into_iter()
+                    .map(|(id, state, n)| {
+                        (
+                            vec![
+                                ("child", id.id),
+                                ("tier", id.tier),
+                                ("datacenter", id.datacenter),
+                                ("replica", id.replica),
+                                ("state", state.to_owned()),
+                            ],
+                            n as f64,
+                        )
+                    })
+                    .collect(),
+            },
+            Metric {
+                name: "tiermon_push_refused_alerts_total",
+                help: "Alerts in children's sets that were refused (invalid labels, unknown state, too many).",
+                kind: "counter",
+                series: vec![(Vec::new(), refused as f64)],
+            },
             Metric {
                 name: "tiermon_child_last_report_timestamp_seconds",
                 help: "When each child (via: the child that relayed it) last reported to this tier.",
@@ -527,6 +574,15 @@ impl Children for Receiver {
 
     fn watermark(&self) -> Option<i64> {
         Receiver::watermark(self)
+    }
+}
+
+fn identity(s: &v1::Sender) -> Identity {
+    Identity {
+        id: s.id.clone(),
+        tier: s.tier.clone(),
+        datacenter: s.datacenter.clone(),
+        replica: s.replica.clone(),
     }
 }
 
@@ -799,6 +855,61 @@ mod tests {
             .iter()
             .map(|s| s.samples.len())
             .sum()
+    }
+
+    #[test]
+    fn alert_states_ride_on_any_batch_and_leave_with_a_silent_child() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db"), tiermon_tsdb::Options::default()).unwrap();
+        let opts = ReceiverOptions {
+            child_timeout: Duration::from_millis(300),
+            ..ReceiverOptions::new("primary/dc1", dir.path().join("receiver"))
+        };
+        let r = Receiver::new(db, opts).unwrap();
+        let firing = |name: &str| v1::Alert {
+            labels: vec![v1::Label {
+                name: "alertname".into(),
+                value: name.into(),
+            }],
+            state: v1::alert::State::Firing as i32,
+            source: "secondary/dc1/a".into(),
+            ..v1::Alert::default()
+        };
+        let mut b = batch(5, "m", 1000);
+        b.alerts = vec![firing("HostDown")];
+        b.alerts_snapshot = true;
+        r.apply(b).unwrap();
+        let got = r.alerts();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .labels
+                .iter()
+                .any(|l| l.name == "datacenter" && l.value == "dc1")
+        );
+        // A duplicate (a heartbeat) still replaces the set.
+        let mut hb = batch(5, "m", 1000);
+        hb.series.clear();
+        hb.alerts = vec![firing("DiskFull"), firing("HostDown")];
+        hb.alerts_snapshot = true;
+        let ack = r.apply(hb).unwrap();
+        assert_eq!(ack.status, v1::push_ack::Status::Duplicate as i32);
+        assert_eq!(r.alerts().len(), 2);
+        // Alerts not flagged as a set change nothing.
+        let mut stray = batch(6, "m", 2000);
+        stray.alerts = vec![firing("Other")];
+        r.apply(stray).unwrap();
+        assert_eq!(r.alerts().len(), 2);
+        let m = r.metrics();
+        let held = m.iter().find(|m| m.name == "tiermon_child_alerts").unwrap();
+        assert!(
+            held.series
+                .iter()
+                .any(|(l, v)| *v == 2.0 && l.contains(&("state", "firing".to_owned())))
+        );
+        // The child falls silent: its alerts go with it.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(r.alerts().is_empty());
     }
 
     #[test]

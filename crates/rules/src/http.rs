@@ -33,13 +33,28 @@ pub struct Rules {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+/// Alerts evaluated elsewhere that `/api/v1/alerts` lists beside the
+/// tier's own: those its children pushed to it.
+pub type RelayedFn = Arc<dyn Fn() -> Vec<ActiveAlert> + Send + Sync>;
+
 struct Inner {
     manager: Manager,
     db: RulesDb,
     files: Vec<String>,
     /// Serialises reloads.
     reload: Mutex<()>,
+    relayed: std::sync::OnceLock<RelayedFn>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("manager", &self.manager)
+            .field("db", &self.db)
+            .field("files", &self.files)
+            .field("relayed", &self.relayed.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why rules could not be (re)loaded.
@@ -77,6 +92,7 @@ impl Rules {
                 db,
                 files,
                 reload: Mutex::new(()),
+                relayed: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -95,6 +111,12 @@ impl Rules {
         let groups = sets.iter().map(|(_, f)| f.groups.len()).sum();
         self.inner.manager.update(&sets).map_err(LoadError)?;
         Ok(groups)
+    }
+
+    /// Lists the alerts `f` gives at `/api/v1/alerts` after the tier's
+    /// own; a second call is ignored.
+    pub fn relay(&self, f: RelayedFn) {
+        let _ = self.inner.relayed.set(f);
     }
 
     /// The manager.
@@ -258,7 +280,10 @@ async fn api_rules(State(r): State<Rules>, Query(q): Query<Vec<(String, String)>
 }
 
 async fn api_alerts(State(r): State<Rules>) -> Response {
-    let alerts: Vec<Json> = r.inner.manager.alerts().iter().map(alert_json).collect();
+    let mut alerts: Vec<Json> = r.inner.manager.alerts().iter().map(alert_json).collect();
+    if let Some(f) = r.inner.relayed.get() {
+        alerts.extend(f().iter().map(alert_json));
+    }
     ok(json!({ "alerts": alerts }))
 }
 
