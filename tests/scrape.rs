@@ -304,6 +304,26 @@ scrape_configs:
         metrics.contains("tiermon_config_last_reload_successful 0"),
         "{metrics}"
     );
+    // The storage's own gauges: series scraped so far are in the head, and
+    // the memory outside it is named.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    assert!(gauge("tiermon_storage_head_series") >= 5.0);
+    assert!(gauge("tiermon_storage_samples_appended_total") >= 5.0);
+    assert!(gauge("tiermon_storage_wal_bytes") > 0.0);
+    assert!(gauge("tiermon_storage_memtable_bytes") > 0.0);
+    for name in [
+        "tiermon_storage_block_cache_bytes",
+        "tiermon_storage_table_readers_bytes",
+        "tiermon_storage_pending_chunks",
+        "tiermon_storage_sst_bytes",
+    ] {
+        gauge(name);
+    }
     let before = q(&base, "scrape_samples_scraped{job=\"om\"}")[0].0.clone();
     assert!(!before.is_empty());
 

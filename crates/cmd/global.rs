@@ -54,9 +54,10 @@ pub(crate) async fn serve(
     // Every datacenter's alerts, as the primaries relay them.
     alerting.serve_on(&api, id.clone(), Some(receiver.clone()));
     let own = {
-        let (r, a) = (receiver.clone(), alerting.clone());
+        let (r, a, d) = (receiver.clone(), alerting.clone(), db.clone());
         tier::MetricsFn::new(move || {
-            let mut m = r.metrics();
+            let mut m = tier::storage_metrics(&d);
+            m.extend(r.metrics());
             m.extend(a.metrics());
             m
         })

@@ -71,9 +71,15 @@ pub(crate) async fn serve(
     alerting.reload_on_sighup();
     alerting.serve_on(&api, id.clone(), Some(receiver.clone()));
     let own = {
-        let (p, r, a) = (pushing.clone(), receiver.clone(), alerting.clone());
+        let (p, r, a, d) = (
+            pushing.clone(),
+            receiver.clone(),
+            alerting.clone(),
+            db.clone(),
+        );
         tier::MetricsFn::new(move || {
-            let mut m = r.metrics();
+            let mut m = tier::storage_metrics(&d);
+            m.extend(r.metrics());
             m.extend(p.metrics());
             m.extend(a.metrics());
             m

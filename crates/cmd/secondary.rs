@@ -121,9 +121,10 @@ pub(crate) async fn serve(
     alerting.serve_on(&api, instance.clone(), None);
     scraping.serve_on(&api);
     let own = {
-        let (p, a) = (pushing.clone(), alerting.clone());
+        let (p, a, d) = (pushing.clone(), alerting.clone(), db.clone());
         tier::MetricsFn::new(move || {
-            let mut m = p.metrics();
+            let mut m = tier::storage_metrics(&d);
+            m.extend(p.metrics());
             m.extend(a.metrics());
             m
         })

@@ -220,6 +220,69 @@ impl Pushing {
     }
 }
 
+/// The storage's gauges as metrics (`tiermon_storage_*`), as Prometheus
+/// exposes `prometheus_tsdb_*`: series, samples, and where memory outside
+/// the head goes.
+pub(crate) fn storage_metrics(db: &Db) -> Vec<Metric> {
+    let g = db.gauges();
+    let m = |name, help, kind, v: f64| Metric {
+        name,
+        help,
+        kind,
+        series: vec![(Vec::new(), v)],
+    };
+    vec![
+        m(
+            "tiermon_storage_head_series",
+            "Series in the head (in memory).",
+            "gauge",
+            g.head_series as f64,
+        ),
+        m(
+            "tiermon_storage_samples_appended_total",
+            "Samples appended since the start.",
+            "counter",
+            g.samples_appended as f64,
+        ),
+        m(
+            "tiermon_storage_pending_chunks",
+            "Sealed chunks in the head waiting to be written to RocksDB.",
+            "gauge",
+            g.pending_chunks as f64,
+        ),
+        m(
+            "tiermon_storage_memtable_bytes",
+            "Bytes of RocksDB's memtables.",
+            "gauge",
+            g.memtable_bytes as f64,
+        ),
+        m(
+            "tiermon_storage_block_cache_bytes",
+            "Bytes in RocksDB's block cache (bounded by storage.block_cache_bytes).",
+            "gauge",
+            g.block_cache_bytes as f64,
+        ),
+        m(
+            "tiermon_storage_table_readers_bytes",
+            "Bytes of RocksDB's open table readers (indexes and filters).",
+            "gauge",
+            g.table_readers_bytes as f64,
+        ),
+        m(
+            "tiermon_storage_sst_bytes",
+            "Bytes of RocksDB's live table files.",
+            "gauge",
+            g.sst_bytes as f64,
+        ),
+        m(
+            "tiermon_storage_wal_bytes",
+            "Bytes of the write-ahead log.",
+            "gauge",
+            g.wal_bytes as f64,
+        ),
+    ]
+}
+
 /// Where a tier's own metrics come from.
 #[derive(Clone)]
 pub(crate) struct MetricsFn(Arc<dyn Fn() -> Vec<Metric> + Send + Sync>);

@@ -46,6 +46,8 @@ impl std::fmt::Debug for Db {
 }
 
 struct Inner {
+    /// RocksDB's block cache, shared by the column families.
+    cache: rocksdb::Cache,
     dir: std::path::PathBuf,
     opts: Options,
     rocks: DB,
@@ -141,6 +143,28 @@ pub struct Stats {
     pub top_label_names_by_values: Vec<(String, usize)>,
 }
 
+/// Gauges of the storage that are cheap to read at any time (no walk
+/// over the series), for a tier's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Series in the head.
+    pub head_series: usize,
+    /// Samples appended since open.
+    pub samples_appended: u64,
+    /// Sealed chunks in the head not yet written to RocksDB.
+    pub pending_chunks: usize,
+    /// Bytes of RocksDB's memtables, all column families.
+    pub memtable_bytes: u64,
+    /// Bytes held in RocksDB's block cache.
+    pub block_cache_bytes: u64,
+    /// Bytes of RocksDB's open table readers (indexes and filters).
+    pub table_readers_bytes: u64,
+    /// Bytes of the live RocksDB files.
+    pub sst_bytes: u64,
+    /// Bytes of the write-ahead log's segments.
+    pub wal_bytes: u64,
+}
+
 /// What [`Db::maintain`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaintainReport {
@@ -202,15 +226,22 @@ impl Db {
         // the cold levels only.
         chunk_opts.set_compression_type(rocksdb::DBCompressionType::None);
         chunk_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&rocksdb::Cache::new_lru_cache(opts.block_cache_bytes));
-        chunk_opts.set_block_based_table_factory(&table);
+        // One block cache for every column family, so that
+        // `block_cache_bytes` bounds it (RocksDB would otherwise give each
+        // family a cache of its own).
+        let cache = rocksdb::Cache::new_lru_cache(opts.block_cache_bytes);
+        let with_cache = |mut o: rocksdb::Options| {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            o.set_block_based_table_factory(&table);
+            o
+        };
         let cfs = vec![
-            ColumnFamilyDescriptor::new(CF_META, rocksdb::Options::default()),
-            ColumnFamilyDescriptor::new(CF_SERIES, lz4()),
-            ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
-            ColumnFamilyDescriptor::new(CF_HEAD, lz4()),
-            ColumnFamilyDescriptor::new(CF_INDEX, index::options()),
+            ColumnFamilyDescriptor::new(CF_META, with_cache(rocksdb::Options::default())),
+            ColumnFamilyDescriptor::new(CF_SERIES, with_cache(lz4())),
+            ColumnFamilyDescriptor::new(CF_CHUNKS, with_cache(chunk_opts)),
+            ColumnFamilyDescriptor::new(CF_HEAD, with_cache(lz4())),
+            ColumnFamilyDescriptor::new(CF_INDEX, with_cache(index::options())),
         ];
         let rocks_dir = dir.join("rocksdb");
         let rocks = DB::open_cf_descriptors(&ro, &rocks_dir, cfs)
@@ -390,6 +421,7 @@ impl Db {
                 cold: RwLock::new(cold),
                 evicted_any: AtomicBool::new(evicted_any),
                 index_from,
+                cache,
             }),
         };
         if db.inner.spans.is_empty() {
@@ -1192,6 +1224,34 @@ impl Db {
             }
         }
         Ok(found.into_iter().map(|(r, (a, b))| (r, a, b)).collect())
+    }
+
+    /// The storage's cheap gauges: what its memory outside the head is
+    /// (RocksDB's memtables, block cache and table readers) and how many
+    /// series and samples it holds.
+    pub fn gauges(&self) -> Gauges {
+        let (head_series, samples_appended, pending_chunks) = {
+            let head = self.inner.head.read();
+            (head.len(), head.samples_appended, head.pending.len())
+        };
+        let rocks = &self.inner.rocks;
+        let sum = |property: &str| -> u64 {
+            [CF_META, CF_SERIES, CF_CHUNKS, CF_HEAD, CF_INDEX]
+                .iter()
+                .filter_map(|n| rocks.cf_handle(n))
+                .filter_map(|c| rocks.property_int_value_cf(&c, property).ok().flatten())
+                .sum()
+        };
+        Gauges {
+            head_series,
+            samples_appended,
+            pending_chunks,
+            memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
+            block_cache_bytes: self.inner.cache.get_usage() as u64,
+            table_readers_bytes: sum("rocksdb.estimate-table-readers-mem"),
+            sst_bytes: sum("rocksdb.live-sst-files-size"),
+            wal_bytes: self.inner.wal.lock().disk_size(),
+        }
     }
 
     /// Sizes, and the metrics and label pairs with the most series (for

@@ -32,7 +32,7 @@ mod tier;
 mod wal;
 
 pub use db::{
-    Appender, CommitResult, Db, MaintainReport, SeriesData, SeriesSamples, Stats, WalBatch,
+    Appender, CommitResult, Db, Gauges, MaintainReport, SeriesData, SeriesSamples, Stats, WalBatch,
 };
 pub use downsample::{Aggregate, Resolution};
 
