@@ -13,8 +13,10 @@ pub struct XorChunk {
     /// Bits written.
     bits: u32,
     n: u16,
-    t: i64,
-    delta: i64,
+    /// The last timestamp, from the first (the stream's first 64 bits).
+    t_off: u32,
+    /// The last timestamp minus the one before it.
+    delta: u32,
     v: u64,
     leading: u8,
     trailing: u8,
@@ -22,6 +24,12 @@ pub struct XorChunk {
 
 /// Most samples a chunk holds.
 pub const MAX_SAMPLES: usize = u16::MAX as usize;
+
+/// Longest time a chunk spans, first sample to last, in the timestamps'
+/// unit (milliseconds: about 49 days); a sample later than that goes to a
+/// new chunk. It keeps the open chunk at 40 bytes: the last timestamp is
+/// held as an offset from the first.
+pub const MAX_SPAN: i64 = u32::MAX as i64;
 
 impl XorChunk {
     /// An empty chunk.
@@ -53,7 +61,7 @@ impl XorChunk {
 
     /// Timestamp of the last sample, if any.
     pub fn last_timestamp(&self) -> Option<i64> {
-        (self.n > 0).then_some(self.t)
+        Some(self.first_timestamp()? + i64::from(self.t_off))
     }
 
     /// Bytes of the encoded stream (without the count).
@@ -77,9 +85,10 @@ impl XorChunk {
         }
     }
 
-    /// Appends a sample. `t` must be greater than the last timestamp and the
-    /// chunk must hold fewer than [`MAX_SAMPLES`]; otherwise nothing is
-    /// appended and `false` is returned.
+    /// Appends a sample. `t` must be greater than the last timestamp and
+    /// at most [`MAX_SPAN`] after the first, and the chunk must hold fewer
+    /// than [`MAX_SAMPLES`]; otherwise nothing is appended and `false` is
+    /// returned.
     pub fn append(&mut self, t: i64, v: f64) -> bool {
         let vb = v.to_bits();
         match self.n {
@@ -87,22 +96,27 @@ impl XorChunk {
                 let mut w = self.writer();
                 w.write_bits(t as u64, 64);
                 w.write_bits(vb, 64);
+                self.t_off = 0;
+                self.delta = 0;
             }
             n if n as usize >= MAX_SAMPLES => return false,
             _ => {
-                if t <= self.t {
-                    return false;
-                }
-                let Some(delta) = t.checked_sub(self.t) else {
+                let Some(first) = self.first_timestamp() else {
                     return false;
                 };
-                let dod = delta.wrapping_sub(self.delta);
+                let last = first + i64::from(self.t_off);
+                let off = match t.checked_sub(first) {
+                    Some(off) if t > last && off <= MAX_SPAN => off as u32,
+                    _ => return false,
+                };
+                let delta = off - self.t_off;
+                let dod = i64::from(delta) - i64::from(self.delta);
                 self.write_dod(dod);
                 self.write_value(vb);
+                self.t_off = off;
                 self.delta = delta;
             }
         }
-        self.t = t;
         self.v = vb;
         self.n += 1;
         true
@@ -334,10 +348,31 @@ impl Iterator for XorIter<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     #[test]
-    fn an_open_chunk_is_48_bytes() {
+    fn an_open_chunk_is_40_bytes() {
         // One per series in the head: the stream is a boxed slice and a bit
-        // count, with the small fields packed beside them.
-        assert_eq!(std::mem::size_of::<XorChunk>(), 48);
+        // count, with the small fields packed beside them, and the last
+        // timestamp an offset from the first.
+        assert_eq!(std::mem::size_of::<XorChunk>(), 40);
+    }
+
+    #[test]
+    fn a_chunk_spans_at_most_max_span() {
+        let mut c = XorChunk::new();
+        assert!(c.append(-5, 1.0));
+        assert!(c.append(MAX_SPAN - 5, 2.0), "the longest span");
+        assert!(!c.append(MAX_SPAN - 4, 3.0), "past it");
+        assert_eq!(c.last_timestamp(), Some(MAX_SPAN - 5));
+        let mut c = XorChunk::new();
+        assert!(c.append(i64::MAX - 1, 1.0));
+        assert!(c.append(i64::MAX, 1.0));
+        assert!(!c.append(i64::MAX, 1.0));
+        assert_eq!(
+            c.iter().collect::<Vec<_>>(),
+            [(i64::MAX - 1, 1.0), (i64::MAX, 1.0)]
+        );
+        let mut c = XorChunk::new();
+        assert!(c.append(i64::MIN, 1.0));
+        assert!(!c.append(0, 1.0), "more than the span from the first");
     }
 
     use super::*;
@@ -384,10 +419,17 @@ pub(crate) mod tests {
     proptest! {
         #[test]
         fn round_trips_bit_exactly(s in samples()) {
+            // What lies within the longest span of the first sample is
+            // taken; everything after is refused.
+            let within = s
+                .iter()
+                .take_while(|&&(t, _)| t - s[0].0 <= MAX_SPAN)
+                .count();
             let mut c = XorChunk::new();
-            for &(t, v) in &s {
-                prop_assert!(c.append(t, v));
+            for (i, &(t, v)) in s.iter().enumerate() {
+                prop_assert_eq!(c.append(t, v), i < within);
             }
+            let s = &s[..within];
             prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(&s));
             prop_assert_eq!(c.first_timestamp(), s.first().map(|&(t, _)| t));
             prop_assert_eq!(c.last_timestamp(), s.last().map(|&(t, _)| t));
@@ -397,7 +439,7 @@ pub(crate) mod tests {
             prop_assert_eq!(again.len(), s.len());
             prop_assert_eq!(again.first_timestamp(), s.first().map(|&(t, _)| t));
             if let Some(&(t, _)) = s.last() {
-                prop_assert!(again.append(t + 1, 1.0));
+                prop_assert_eq!(again.append(t + 1, 1.0), t + 1 - s[0].0 <= MAX_SPAN);
             }
         }
 

@@ -463,7 +463,10 @@ impl Head {
             if !s.chunk.is_empty()
                 && (p != partition_of(s.chunk_min_t(), width)
                     || s.chunk.len() >= max_samples
-                    || s.chunk.encoded_len() >= opts.chunk_bytes)
+                    || s.chunk.encoded_len() >= opts.chunk_bytes
+                    || !t
+                        .checked_sub(s.chunk_min_t())
+                        .is_some_and(|span| span <= tiermon_chunkenc::MAX_SPAN))
             {
                 let sealed = s.seal_chunk(width);
                 self.pending.push(sealed);
@@ -478,7 +481,11 @@ impl Head {
                 s.chunk_seq = *seq;
                 *seq += 1;
             }
-            s.chunk.append(t, v);
+            let appended = s.chunk.append(t, v);
+            debug_assert!(
+                appended,
+                "an open chunk refused a sample it was checked to take"
+            );
             s.min_t = s.min_t.min(t);
             s.max_t = s.max_t.max(t);
             self.samples_appended += 1;
@@ -545,11 +552,12 @@ impl Head {
             let p = partition_of(dedup[i].0, width);
             let mut c = XorChunk::new();
             let start = i;
+            // Until the partition ends or the chunk takes no more (full, or
+            // its longest span reached).
             while i < dedup.len()
                 && partition_of(dedup[i].0, width) == p
-                && c.len() < tiermon_chunkenc::MAX_SAMPLES
+                && c.append(dedup[i].0, dedup[i].1)
             {
-                c.append(dedup[i].0, dedup[i].1);
                 i += 1;
             }
             let seq = self.next_seq;

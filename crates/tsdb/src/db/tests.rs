@@ -1217,7 +1217,64 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
 }
 
 #[test]
-fn a_series_in_memory_stays_104_bytes() {
-    // The open chunk's first timestamp is read from its stream, not kept.
-    assert!(std::mem::size_of::<crate::head::MemSeries>() <= 104);
+fn a_series_in_memory_stays_96_bytes() {
+    // The open chunk's first timestamp is read from its stream, not kept,
+    // and its last is an offset from the first.
+    assert!(std::mem::size_of::<crate::head::MemSeries>() <= 96);
+}
+
+#[test]
+fn a_chunk_never_spans_more_than_the_codec_holds() {
+    // A partition wider than an open chunk can span (about 49 days): the
+    // head starts a new chunk rather than losing samples, in order and out
+    // of order alike.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            partition: Duration::from_secs(200 * 24 * 3600),
+            ooo_window: Duration::from_secs(100 * 24 * 3600),
+            series_idle: Duration::from_secs(400 * 24 * 3600),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let span = tiermon_chunkenc::MAX_SPAN;
+    let l = labels("m", &[]);
+    let mut app = db.appender();
+    let r = app.append(&l, 0, 1.0).unwrap();
+    app.append_ref(r, span, 2.0);
+    app.append_ref(r, span + 1, 3.0);
+    app.append_ref(r, 2 * span + 5, 4.0);
+    app.commit().unwrap();
+    // Out of order, across more than a span.
+    let mut app = db.appender();
+    app.append_ref(r, 2 * span, 5.0);
+    app.append_ref(r, span / 2, 6.0);
+    app.commit().unwrap();
+    db.flush_head().unwrap();
+    let want: Vec<(i64, u64)> = [
+        (0, 1.0f64),
+        (span / 2, 6.0),
+        (span, 2.0),
+        (span + 1, 3.0),
+        (2 * span, 5.0),
+        (2 * span + 5, 4.0),
+    ]
+    .iter()
+    .map(|&(t, v)| (t, v.to_bits()))
+    .collect();
+    let got = values(&db, &[eq("__name__", "m")], 0, 3 * span);
+    assert_eq!(got[0].1, want);
+    drop(db);
+    let db = Db::open(
+        dir.path(),
+        Options {
+            partition: Duration::from_secs(200 * 24 * 3600),
+            series_idle: Duration::from_secs(400 * 24 * 3600),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(values(&db, &[eq("__name__", "m")], 0, 3 * span)[0].1, want);
 }
