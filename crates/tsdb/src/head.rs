@@ -457,7 +457,11 @@ impl Head {
         let seq = &mut self.next_seq;
         let slot = self.slots[r as usize] as usize - 1;
         let s = &mut self.series[slot];
-        let last = s.chunk.last_timestamp();
+        // An open chunk ends at the series' newest sample (out-of-order
+        // ones are older): read from the series, not from the chunk's
+        // stream, which is another cache line.
+        let last = (!s.chunk.is_empty()).then_some(s.max_t);
+        debug_assert_eq!(last, s.chunk.last_timestamp());
         if last.is_none_or(|l| t > l) {
             let p = partition_of(t, width);
             if !s.chunk.is_empty()
