@@ -755,36 +755,36 @@ impl Db {
     pub fn checkpoint(&self) -> Result<()> {
         let start = Instant::now();
         let rocks = &self.inner.rocks;
-        let (segment, snapshot, new_series) = {
-            let head = self.inner.head.write();
-            let segment = self.inner.wal.lock().cut()?;
-            let persisted = get_u64(rocks, cf(rocks, CF_META)?, keys::META_SERIES_PERSISTED)?
-                .unwrap_or(0)
-                .min(u64::from(u32::MAX)) as SeriesRef;
-            let new_series: Vec<(SeriesRef, Labels)> = (persisted..head.next_ref())
-                .filter(|&r| head.contains(r))
-                .map(|r| (r, head.labels(r)))
-                .collect();
-            let snapshot: Vec<(SeriesRef, Vec<u8>)> = head
-                .iter()
-                .map(|s| (s.r, snapshot_series(s, head.width)))
-                .collect();
-            (segment, snapshot, (new_series, head.next_ref()))
-        };
-        let (new_series, total) = new_series;
-        self.write_pending()?;
         let scf = cf(rocks, CF_SERIES)?;
         let hcf = cf(rocks, CF_HEAD)?;
         let mcf = cf(rocks, CF_META)?;
         let icf = cf(rocks, CF_INDEX)?;
+        // The head is written straight into one batch, under a read lock
+        // (commits, which log to the WAL under the write lock, wait; queries
+        // do not): no copy of every series' state or labels is built first,
+        // which at a million series was hundreds of MB for a moment, and
+        // memory the allocator then kept.
         let mut batch = WriteBatch::default();
-        for (r, labels) in &new_series {
-            batch.put_cf(&scf, keys::series(*r), encode_labels(labels));
-            index::add_hash(&mut batch, icf, labels.series_id().0, *r);
-        }
-        for (r, snap) in &snapshot {
-            batch.put_cf(&hcf, keys::series(*r), snap);
-        }
+        let (segment, total) = {
+            let head = self.inner.head.read();
+            let segment = self.inner.wal.lock().cut()?;
+            let persisted = get_u64(rocks, mcf, keys::META_SERIES_PERSISTED)?
+                .unwrap_or(0)
+                .min(u64::from(u32::MAX)) as SeriesRef;
+            for r in (persisted..head.next_ref()).filter(|&r| head.contains(r)) {
+                let labels = head.labels(r);
+                batch.put_cf(&scf, keys::series(r), encode_labels(&labels));
+                index::add_hash(&mut batch, icf, labels.series_id().0, r);
+            }
+            let mut snap = Vec::new();
+            for s in head.iter() {
+                snap.clear();
+                snapshot_series(s, head.width, &mut snap);
+                batch.put_cf(&hcf, keys::series(s.r), &snap);
+            }
+            (segment, head.next_ref())
+        };
+        self.write_pending()?;
         batch.put_cf(
             &mcf,
             keys::META_SERIES_PERSISTED,
@@ -2360,8 +2360,8 @@ fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) 
 }
 
 /// Head state of one series: open chunk and out-of-order buffer.
-fn snapshot_series(s: &crate::head::MemSeries, width: i64) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Appends a series' checkpoint entry to `out`.
+fn snapshot_series(s: &crate::head::MemSeries, width: i64, out: &mut Vec<u8>) {
     // The open chunk's first sample and partition, which its bytes also
     // give (kept so that the entry's layout does not change).
     let chunk_min_t = s.chunk.first_timestamp().unwrap_or(0);
@@ -2370,14 +2370,13 @@ fn snapshot_series(s: &crate::head::MemSeries, width: i64) -> Vec<u8> {
     out.extend_from_slice(&s.min_t.to_le_bytes());
     out.extend_from_slice(&s.max_t.to_le_bytes());
     out.extend_from_slice(&s.chunk_seq.to_le_bytes());
-    wal::put_bytes(&mut out, &s.chunk.to_bytes());
+    wal::put_bytes(out, &s.chunk.to_bytes());
     let ooo = s.ooo.as_deref().map(Vec::as_slice).unwrap_or_default();
-    wal::put_uvarint(&mut out, ooo.len() as u64);
+    wal::put_uvarint(out, ooo.len() as u64);
     for &(t, v) in ooo {
         out.extend_from_slice(&t.to_le_bytes());
         out.extend_from_slice(&v.to_bits().to_le_bytes());
     }
-    out
 }
 
 fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
