@@ -430,11 +430,11 @@ pub(crate) mod tests {
                 prop_assert_eq!(c.append(t, v), i < within);
             }
             let s = &s[..within];
-            prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(&s));
+            prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(s));
             prop_assert_eq!(c.first_timestamp(), s.first().map(|&(t, _)| t));
             prop_assert_eq!(c.last_timestamp(), s.last().map(|&(t, _)| t));
             let bytes = c.to_bytes();
-            prop_assert_eq!(bits(&XorChunk::decode(&bytes).unwrap()), bits(&s));
+            prop_assert_eq!(bits(&XorChunk::decode(&bytes).unwrap()), bits(s));
             let mut again = XorChunk::from_bytes(&bytes).unwrap();
             prop_assert_eq!(again.len(), s.len());
             prop_assert_eq!(again.first_timestamp(), s.first().map(|&(t, _)| t));

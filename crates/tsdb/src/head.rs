@@ -468,9 +468,8 @@ impl Head {
                 && (p != partition_of(s.chunk_min_t(), width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes
-                    || !t
-                        .checked_sub(s.chunk_min_t())
-                        .is_some_and(|span| span <= tiermon_chunkenc::MAX_SPAN))
+                    || t.checked_sub(s.chunk_min_t())
+                        .is_none_or(|span| span > tiermon_chunkenc::MAX_SPAN))
             {
                 let sealed = s.seal_chunk(width);
                 self.pending.push(sealed);
