@@ -759,31 +759,41 @@ impl Db {
         let hcf = cf(rocks, CF_HEAD)?;
         let mcf = cf(rocks, CF_META)?;
         let icf = cf(rocks, CF_INDEX)?;
-        // The head is written straight into one batch, under a read lock
-        // (commits, which log to the WAL under the write lock, wait; queries
-        // do not): no copy of every series' state or labels is built first,
-        // which at a million series was hundreds of MB for a moment, and
-        // memory the allocator then kept.
-        let mut batch = WriteBatch::default();
-        let (segment, total) = {
+        // The head is gathered under a read lock (commits, which log to
+        // the WAL under the write lock, wait; queries do not) into two
+        // contiguous buffers, not one allocation per series — at a million
+        // series that was hundreds of MB for a moment, memory the allocator
+        // then kept — and written after the lock is released.
+        let (segment, total, new_series, snapshot) = {
             let head = self.inner.head.read();
             let segment = self.inner.wal.lock().cut()?;
             let persisted = get_u64(rocks, mcf, keys::META_SERIES_PERSISTED)?
                 .unwrap_or(0)
                 .min(u64::from(u32::MAX)) as SeriesRef;
+            let mut new_series = Packed::default();
             for r in (persisted..head.next_ref()).filter(|&r| head.contains(r)) {
                 let labels = head.labels(r);
-                batch.put_cf(&scf, keys::series(r), encode_labels(&labels));
-                index::add_hash(&mut batch, icf, labels.series_id().0, r);
+                encode_labels_into(&labels, &mut new_series.bytes);
+                new_series.close(r, labels.series_id().0);
             }
-            let mut snap = Vec::new();
+            let mut snapshot = Packed::default();
+            snapshot.bytes.reserve(head.len() * 64);
             for s in head.iter() {
-                snap.clear();
-                snapshot_series(s, head.width, &mut snap);
-                batch.put_cf(&hcf, keys::series(s.r), &snap);
+                snapshot_series(s, head.width, &mut snapshot.bytes);
+                snapshot.close(s.r, 0);
             }
-            (segment, head.next_ref())
+            (segment, head.next_ref(), new_series, snapshot)
         };
+        let gathered = start.elapsed();
+        let mut batch = WriteBatch::default();
+        for (r, id, labels) in new_series.iter() {
+            batch.put_cf(&scf, keys::series(r), labels);
+            index::add_hash(&mut batch, icf, id, r);
+        }
+        for (r, _, snap) in snapshot.iter() {
+            batch.put_cf(&hcf, keys::series(r), snap);
+        }
+        drop((new_series, snapshot));
         self.write_pending()?;
         batch.put_cf(
             &mcf,
@@ -807,6 +817,7 @@ impl Db {
         self.inner.wal.lock().truncate_before(keep)?;
         tracing::debug!(
             series = total,
+            locked_ms = gathered.as_millis() as u64,
             took_ms = start.elapsed().as_millis() as u64,
             "checkpoint written"
         );
@@ -2323,12 +2334,41 @@ fn split_value(v: &[u8]) -> Result<(u8, i64, &[u8])> {
 
 fn encode_labels(labels: &Labels) -> Vec<u8> {
     let mut out = Vec::new();
-    wal::put_uvarint(&mut out, labels.len() as u64);
-    for l in labels {
-        wal::put_bytes(&mut out, l.name.as_bytes());
-        wal::put_bytes(&mut out, l.value.as_bytes());
-    }
+    encode_labels_into(labels, &mut out);
     out
+}
+
+fn encode_labels_into(labels: &Labels, out: &mut Vec<u8>) {
+    wal::put_uvarint(out, labels.len() as u64);
+    for l in labels {
+        wal::put_bytes(out, l.name.as_bytes());
+        wal::put_bytes(out, l.value.as_bytes());
+    }
+}
+
+/// Entries of one kind laid end to end in one buffer, each with its series
+/// and a number (the label hash), for a checkpoint.
+#[derive(Default)]
+struct Packed {
+    bytes: Vec<u8>,
+    /// (series, number, end of its bytes).
+    ends: Vec<(SeriesRef, u64, usize)>,
+}
+
+impl Packed {
+    /// Ends the entry written since the last one.
+    fn close(&mut self, r: SeriesRef, n: u64) {
+        self.ends.push((r, n, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SeriesRef, u64, &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(r, n, end)| {
+            let b = &self.bytes[start..end];
+            start = end;
+            (r, n, b)
+        })
+    }
 }
 
 fn decode_labels(b: &[u8]) -> Option<Labels> {
