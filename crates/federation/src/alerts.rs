@@ -159,8 +159,6 @@ fn problem(a: &v1::Alert) -> Option<String> {
 #[derive(Debug)]
 struct Held {
     identity: Identity,
-    /// When the child last reported, any batch (ms).
-    seen_ms: i64,
     alerts: Vec<v1::Alert>,
 }
 
@@ -174,16 +172,9 @@ pub(crate) struct AlertBook {
 }
 
 impl AlertBook {
-    /// Notes that `child` reported at `now`, replacing its set when the
-    /// batch carries one.
-    pub(crate) fn report(&mut self, child: &Identity, now: i64, set: Option<Vec<v1::Alert>>) {
+    /// Replaces `child`'s set with `alerts`, less those that are refused.
+    pub(crate) fn replace(&mut self, child: &Identity, mut alerts: Vec<v1::Alert>) {
         let key = (child.id.clone(), child.replica.clone());
-        let Some(mut alerts) = set else {
-            if let Some(h) = self.held.get_mut(&key) {
-                h.seen_ms = now;
-            }
-            return;
-        };
         let before = alerts.len();
         let mut first = None;
         alerts.retain(|a| match problem(a) {
@@ -226,34 +217,30 @@ impl AlertBook {
             key,
             Held {
                 identity: child.clone(),
-                seen_ms: now,
                 alerts,
             },
         );
     }
 
-    /// The alerts of every child that reported within `timeout` of `now`.
-    /// The replicas of a pair evaluate the same rules: one alert per label
-    /// set and child id, firing before pending, then the earliest active.
-    pub(crate) fn current(&self, now: i64, timeout: i64) -> Vec<v1::Alert> {
+    /// The alerts of every child `live` says still reports. The replicas
+    /// of a pair evaluate the same rules: one alert per label set and
+    /// child id, firing before pending, then the earliest active.
+    pub(crate) fn current(&self, live: impl Fn(&Identity) -> bool) -> Vec<v1::Alert> {
         // By child id and label set.
         type Key<'a> = (&'a str, Vec<(&'a str, &'a str)>);
         let mut best: HashMap<Key<'_>, &v1::Alert> = HashMap::new();
-        for h in self.held.values() {
-            if now - h.seen_ms > timeout {
-                continue;
-            }
+        for h in self.held.values().filter(|h| live(&h.identity)) {
             for a in &h.alerts {
                 let slot = best
                     .entry((h.identity.id.as_str(), label_key(a)))
                     .or_insert(a);
-                let rank = |x: &v1::Alert| {
+                fn rank(x: &v1::Alert) -> (bool, i64, &str) {
                     (
                         x.state != v1::alert::State::Firing as i32,
                         x.active_at_ms,
-                        x.source.clone(),
+                        x.source.as_str(),
                     )
-                };
+                }
                 if rank(a) < rank(slot) {
                     *slot = a;
                 }
@@ -265,13 +252,14 @@ impl AlertBook {
         out.into_iter().map(|(_, a)| a.clone()).collect()
     }
 
-    /// How many alerts each live child holds, by state.
-    pub(crate) fn counts(&self, now: i64, timeout: i64) -> Vec<(Identity, &'static str, usize)> {
+    /// How many alerts each child `live` says still reports holds, by
+    /// state.
+    pub(crate) fn counts(
+        &self,
+        live: impl Fn(&Identity) -> bool,
+    ) -> Vec<(Identity, &'static str, usize)> {
         let mut out = Vec::new();
-        for h in self.held.values() {
-            if now - h.seen_ms > timeout {
-                continue;
-            }
+        for h in self.held.values().filter(|h| live(&h.identity)) {
             let firing = h
                 .alerts
                 .iter()
@@ -334,29 +322,33 @@ mod tests {
 
     use v1::alert::State::{Firing, Inactive, Pending};
 
+    fn all(_: &Identity) -> bool {
+        true
+    }
+
     #[test]
-    fn a_new_set_replaces_the_old_and_heartbeats_keep_it_alive() {
+    fn a_new_set_replaces_the_old_and_a_silent_child_is_not_shown() {
         let mut book = AlertBook::default();
         let c = child("secondary/a", "", "dc1");
-        book.report(&c, 1000, Some(vec![alert("A", Firing, 10, "s")]));
+        book.replace(&c, vec![alert("A", Firing, 10, "s")]);
         assert_eq!(
-            names(&book.current(1000, 60_000)),
+            names(&book.current(all)),
             ["alertname=A,datacenter=dc1,severity=page s"]
         );
-        book.report(&c, 2000, Some(vec![alert("B", Pending, 10, "s")]));
+        book.replace(&c, vec![alert("B", Pending, 10, "s")]);
         assert_eq!(
-            names(&book.current(2000, 60_000)),
+            names(&book.current(all)),
             ["alertname=B,datacenter=dc1,severity=page s"]
         );
-        // A batch without a set keeps the set, and the child alive.
-        book.report(&c, 50_000, None);
-        assert_eq!(book.current(100_000, 60_000).len(), 1);
+        // Until a new set comes, the set stays.
+        assert_eq!(book.current(all).len(), 1);
         // Silent past the timeout: its alerts are no longer shown.
-        assert!(book.current(110_001, 60_000).is_empty());
-        assert!(book.counts(110_001, 60_000).is_empty());
+        let silent = |i: &Identity| i.id != "secondary/a";
+        assert!(book.current(silent).is_empty());
+        assert!(book.counts(silent).is_empty());
         // An empty set is "no alerts".
-        book.report(&c, 120_000, Some(Vec::new()));
-        assert!(book.current(120_000, 60_000).is_empty());
+        book.replace(&c, Vec::new());
+        assert!(book.current(all).is_empty());
     }
 
     #[test]
@@ -365,12 +357,12 @@ mod tests {
         let a = child("secondary/pair-1", "a", "dc1");
         let b = child("secondary/pair-1", "b", "dc1");
         let other = child("secondary/pair-2", "a", "dc1");
-        book.report(&a, 0, Some(vec![alert("X", Pending, 5, "sa")]));
-        book.report(&b, 0, Some(vec![alert("X", Firing, 9, "sb")]));
-        book.report(&other, 0, Some(vec![alert("X", Firing, 1, "s2")]));
+        book.replace(&a, vec![alert("X", Pending, 5, "sa")]);
+        book.replace(&b, vec![alert("X", Firing, 9, "sb")]);
+        book.replace(&other, vec![alert("X", Firing, 1, "s2")]);
         // Firing beats pending within the pair; the other pair is its own.
         assert_eq!(
-            names(&book.current(0, 1)),
+            names(&book.current(all)),
             [
                 "alertname=X,datacenter=dc1,severity=page s2",
                 "alertname=X,datacenter=dc1,severity=page sb",
@@ -383,10 +375,9 @@ mod tests {
         });
         let mut nameless = alert("Z", Firing, 1, "sa");
         nameless.labels[1].name = "0bad".into();
-        book.report(
+        book.replace(
             &a,
-            1,
-            Some(vec![
+            vec![
                 alert("Q", Inactive, 1, "sa"),
                 bad,
                 nameless,
@@ -395,10 +386,10 @@ mod tests {
                     ..v1::Alert::default()
                 },
                 alert("W", Firing, 1, "sa"),
-            ]),
+            ],
         );
         assert_eq!(book.dropped, 4);
-        let counts = book.counts(1, 10);
+        let counts = book.counts(all);
         assert!(counts.contains(&(a.clone(), "firing", 1)), "{counts:?}");
         // A datacenter label of the alert's own is kept.
         let mut own = alert("V", Firing, 1, "s");
@@ -406,9 +397,9 @@ mod tests {
             name: "datacenter".into(),
             value: "elsewhere".into(),
         });
-        book.report(&other, 1, Some(vec![own]));
+        book.replace(&other, vec![own]);
         assert!(
-            names(&book.current(1, 10))
+            names(&book.current(all))
                 .contains(&"alertname=V,datacenter=elsewhere,severity=page s".to_owned())
         );
     }

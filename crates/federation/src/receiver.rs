@@ -222,13 +222,12 @@ impl Receiver {
         let k = key(&sender);
         let now = now_ms();
         // Alert states are not data: any batch may replace them.
-        inner.alerts.lock().report(
-            &identity(&sender),
-            now,
-            batch
-                .alerts_snapshot
-                .then(|| std::mem::take(&mut batch.alerts)),
-        );
+        if batch.alerts_snapshot {
+            inner
+                .alerts
+                .lock()
+                .replace(&identity(&sender), std::mem::take(&mut batch.alerts));
+        }
         let mut applied = inner.apply.lock();
         self.touch(&sender, now, batch.complete_through_ms, &batch.children);
         if applied.applied.get(&k).is_some_and(|&last| seq <= last) {
@@ -381,8 +380,25 @@ impl Receiver {
     /// `datacenter` label unless it has one; `source` names where it was
     /// evaluated.
     pub fn alerts(&self) -> Vec<v1::Alert> {
+        let live = self.reporting();
+        self.inner
+            .alerts
+            .lock()
+            .current(|c| live.contains(&key_of(c)))
+    }
+
+    /// The direct children that reported within the child timeout, by
+    /// (id, replica).
+    fn reporting(&self) -> std::collections::HashSet<(String, String)> {
+        let now = now_ms();
         let timeout = self.inner.opts.child_timeout.as_millis() as i64;
-        self.inner.alerts.lock().current(now_ms(), timeout)
+        self.inner
+            .children
+            .lock()
+            .values()
+            .filter(|c| c.via.is_empty() && now - c.last_report_ms <= timeout)
+            .map(|c| key_of(&c.identity))
+            .collect()
     }
 
     fn touch(&self, s: &v1::Sender, now: i64, complete: i64, grandchildren: &[v1::ChildReport]) {
@@ -456,9 +472,10 @@ impl Receiver {
             ]
         };
         let direct = || children.iter().filter(|c| c.via.is_empty());
+        let live = self.reporting();
         let (alerts, refused) = {
             let book = self.inner.alerts.lock();
-            (book.counts(now, timeout), book.dropped)
+            (book.counts(|c| live.contains(&key_of(c))), book.dropped)
         };
         vec![
             Metric {
@@ -575,6 +592,10 @@ impl Children for Receiver {
     fn watermark(&self) -> Option<i64> {
         Receiver::watermark(self)
     }
+}
+
+fn key_of(c: &Identity) -> (String, String) {
+    (c.id.clone(), c.replica.clone())
 }
 
 fn identity(s: &v1::Sender) -> Identity {
@@ -907,6 +928,11 @@ mod tests {
                 .iter()
                 .any(|(l, v)| *v == 2.0 && l.contains(&("state", "firing".to_owned())))
         );
+        // A batch without a set keeps the child, and so its set, alive.
+        std::thread::sleep(Duration::from_millis(200));
+        r.apply(batch(7, "m", 3000)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(r.alerts().len(), 2, "reported 200 ms ago");
         // The child falls silent: its alerts go with it.
         std::thread::sleep(Duration::from_millis(400));
         assert!(r.alerts().is_empty());
