@@ -83,9 +83,11 @@ impl<T> SeriesCache<T> {
         }
     }
 
-    fn index(&mut self) -> &mut HashTable<u32> {
+    /// The position of the entry keyed `k`, through the table of
+    /// positions (built on first need in a scrape).
+    fn lookup(&mut self, k: &[u32; 4]) -> Option<usize> {
         let entries = &self.entries;
-        self.index.get_or_insert_with(|| {
+        let index = self.index.get_or_insert_with(|| {
             let mut t = HashTable::with_capacity(entries.len());
             for (i, s) in entries.iter().enumerate() {
                 t.insert_unique(hash_of(&s.key), i as u32, |&j| {
@@ -93,47 +95,39 @@ impl<T> SeriesCache<T> {
                 });
             }
             t
-        })
+        });
+        index
+            .find(hash_of(k), |&j| entries[j as usize].key == *k)
+            .map(|&j| j as usize)
     }
 
     /// The entry for `series`, marking it seen in this scrape.
     #[inline]
     pub fn get(&mut self, series: &str) -> Option<&T> {
         let k = key(series);
-        self.lines += 1;
-        let line = self.lines;
         let at = match self.entries.get(self.cursor) {
             Some(s) if s.key == k => self.cursor,
-            _ => match self.lookup(&k) {
-                Some(i) => {
-                    self.moved = true;
-                    i
-                }
-                None => {
-                    self.lines -= 1;
-                    return None;
-                }
-            },
+            _ => {
+                let i = self.lookup(&k)?;
+                self.moved = true;
+                i
+            }
         };
-        self.cursor = at + 1;
-        let slot = &mut self.entries[at];
-        slot.seen = line;
-        Some(&slot.value)
+        Some(&self.mark(at).value)
     }
 
-    fn lookup(&mut self, k: &[u32; 4]) -> Option<usize> {
-        self.index();
-        let (index, entries) = (self.index.as_ref()?, &self.entries);
-        index
-            .find(hash_of(k), |&j| entries[j as usize].key == *k)
-            .map(|&j| j as usize)
+    /// Marks entry `at` as this scrape's next line.
+    fn mark(&mut self, at: usize) -> &mut Slot<T> {
+        self.lines += 1;
+        self.cursor = at + 1;
+        let slot = &mut self.entries[at];
+        slot.seen = self.lines;
+        slot
     }
 
     /// Adds (or replaces) the entry for `series`, marking it seen.
     pub fn insert(&mut self, series: &str, value: T) -> &T {
         let k = key(series);
-        self.lines += 1;
-        let line = self.lines;
         let at = match self.lookup(&k) {
             Some(i) => {
                 self.entries[i].value = value;
@@ -153,20 +147,17 @@ impl<T> SeriesCache<T> {
                     value,
                     seen: 0,
                 });
-                let (index, entries) = (
-                    self.index.as_mut().expect("built by the lookup"),
-                    &self.entries,
-                );
-                index.insert_unique(hash_of(&k), i as u32, |&j| {
-                    hash_of(&entries[j as usize].key)
-                });
+                // The lookup built the table; it follows the new entry.
+                if let Some(index) = self.index.as_mut() {
+                    let entries = &self.entries;
+                    index.insert_unique(hash_of(&k), i as u32, |&j| {
+                        hash_of(&entries[j as usize].key)
+                    });
+                }
                 i
             }
         };
-        self.cursor = at + 1;
-        let slot = &mut self.entries[at];
-        slot.seen = line;
-        &slot.value
+        &self.mark(at).value
     }
 
     /// Ends a scrape: removes and returns the entries not seen since the
