@@ -179,10 +179,20 @@ impl XorChunk {
 
     /// The serialised chunk: count, then the bit stream.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + self.encoded_len());
+        let mut out = Vec::with_capacity(self.serialized_len());
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Length of [`Self::to_bytes`].
+    pub fn serialized_len(&self) -> usize {
+        2 + self.encoded_len()
+    }
+
+    /// Appends [`Self::to_bytes`] to `out`, without a buffer of its own.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.n.to_be_bytes());
         out.extend_from_slice(self.stream());
-        out
     }
 
     /// Rebuilds an appendable chunk from [`Self::to_bytes`].
@@ -434,6 +444,7 @@ pub(crate) mod tests {
             prop_assert_eq!(c.first_timestamp(), s.first().map(|&(t, _)| t));
             prop_assert_eq!(c.last_timestamp(), s.last().map(|&(t, _)| t));
             let bytes = c.to_bytes();
+            prop_assert_eq!(bytes.len(), c.serialized_len());
             prop_assert_eq!(bits(&XorChunk::decode(&bytes).unwrap()), bits(s));
             let mut again = XorChunk::from_bytes(&bytes).unwrap();
             prop_assert_eq!(again.len(), s.len());
