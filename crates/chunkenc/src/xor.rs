@@ -59,6 +59,13 @@ impl XorChunk {
         Some(i64::from_be_bytes(b))
     }
 
+    /// Whether `t` is within [`MAX_SPAN`] of the first sample (always, for
+    /// an empty chunk).
+    pub fn within_span(&self, t: i64) -> bool {
+        self.first_timestamp()
+            .is_none_or(|first| t.checked_sub(first).is_some_and(|d| d <= MAX_SPAN))
+    }
+
     /// Timestamp of the last sample, if any.
     pub fn last_timestamp(&self) -> Option<i64> {
         Some(self.first_timestamp()? + i64::from(self.t_off))
@@ -105,10 +112,11 @@ impl XorChunk {
                     return false;
                 };
                 let last = first + i64::from(self.t_off);
-                let off = match t.checked_sub(first) {
-                    Some(off) if t > last && off <= MAX_SPAN => off as u32,
-                    _ => return false,
-                };
+                if t <= last || !self.within_span(t) {
+                    return false;
+                }
+                // Within the span: fits in 32 bits.
+                let off = (t - first) as u32;
                 let delta = off - self.t_off;
                 let dod = i64::from(delta) - i64::from(self.delta);
                 self.write_dod(dod);

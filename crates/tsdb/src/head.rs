@@ -468,8 +468,7 @@ impl Head {
                 && (p != partition_of(s.chunk_min_t(), width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes
-                    || t.checked_sub(s.chunk_min_t())
-                        .is_none_or(|span| span > tiermon_chunkenc::MAX_SPAN))
+                    || !s.chunk.within_span(t))
             {
                 let sealed = s.seal_chunk(width);
                 self.pending.push(sealed);
