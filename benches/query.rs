@@ -19,7 +19,9 @@
 //! CPU-seconds counters, 8 network byte counters, a 12-bucket request
 //! duration histogram with its `_sum` and `_count`, 4 request counters and
 //! 10 gauges, every 15 s, each value a function of the series and the step.
-//! tiermon is loaded through remote_write into `tiermon secondary`;
+//! tiermon is loaded through remote_write into `tiermon secondary`, then
+//! restarted (killed) with a short maintenance interval and measured once
+//! a run of its background compaction is done;
 //! Prometheus from OpenMetrics through `promtool tsdb create-blocks-from
 //! openmetrics` (then started on the blocks, and measured once its
 //! start-up compactions are done); VictoriaMetrics through
@@ -48,6 +50,10 @@ const QUERIES: [&str; 5] = [
     r#"sum by (code) (rate(http_requests_total[5m]))"#,
     r#"avg(node_load1)"#,
 ];
+
+/// tiermon's settings for the benchmark (the storage section last, so
+/// that a key can be added to it).
+const TIERMON_CONFIG: &str = "[secondary.query]\nmax_samples = 2000000000\ntimeout = \"10m\"\n[secondary.storage]\nmax_series = 20000000\n";
 
 struct Store {
     name: &'static str,
@@ -307,11 +313,7 @@ fn main() {
         match name {
             "tiermon" => {
                 let cfg = dir.join("tiermon.toml");
-                std::fs::write(
-                    &cfg,
-                    "[secondary.storage]\nmax_series = 20000000\n[secondary.query]\nmax_samples = 2000000000\ntimeout = \"10m\"\n",
-                )
-                .expect("config");
+                std::fs::write(&cfg, TIERMON_CONFIG).expect("config");
                 let child = spawn(
                     Command::new(env!("CARGO_BIN_EXE_tiermon"))
                         .arg("secondary")
@@ -337,6 +339,51 @@ fn main() {
                     name,
                 );
                 remote_write_all(&client, &rt, &store.base, &specs, steps, first);
+                // Measured as it runs once its background compaction has
+                // caught up with the data (as Prometheus is, below): a
+                // restart with a short maintenance interval, then one run
+                // of maintenance done.
+                drop(store);
+                std::fs::write(&cfg, format!("{TIERMON_CONFIG}maintain_every = \"2s\"\n"))
+                    .expect("config");
+                let child = spawn(
+                    Command::new(env!("CARGO_BIN_EXE_tiermon"))
+                        .arg("secondary")
+                        .arg("--config")
+                        .arg(&cfg)
+                        .arg("--data")
+                        .arg(dir.join("tiermon-data"))
+                        .arg("--listen")
+                        .arg(format!("127.0.0.1:{port}"))
+                        .env("TIERMON_LOG", "warn"),
+                    name,
+                    &dir.join("tiermon.log"),
+                );
+                let store = Store {
+                    name: "tiermon",
+                    base: format!("http://127.0.0.1:{port}"),
+                    child,
+                };
+                let metrics = format!("{}/metrics", store.base);
+                let until = Instant::now() + Duration::from_secs(900);
+                loop {
+                    let runs = rt.block_on(async {
+                        let body = client.get(&metrics).send().await.ok()?.text().await.ok()?;
+                        body.lines().find_map(|l| {
+                            l.strip_prefix("tiermon_storage_maintenance_runs_total ")?
+                                .parse::<f64>()
+                                .ok()
+                        })
+                    });
+                    if runs.is_some_and(|n| n >= 1.0) {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < until,
+                        "tiermon's maintenance did not finish"
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                }
                 running.push(store);
             }
             "prometheus" => {

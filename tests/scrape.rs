@@ -321,6 +321,8 @@ scrape_configs:
         "tiermon_storage_table_readers_bytes",
         "tiermon_storage_pending_chunks",
         "tiermon_storage_sst_bytes",
+        "tiermon_storage_compactions_total",
+        "tiermon_storage_maintenance_runs_total",
     ] {
         gauge(name);
     }

@@ -76,6 +76,7 @@ pub(crate) fn storage_options(s: &StorageConfig, key: &str) -> anyhow::Result<Op
     };
     Ok(Options {
         partition: s.partition,
+        block: s.block,
         ooo_window: s.out_of_order_window,
         series_idle: s.series_idle,
         retention_raw: s.retention_raw,
@@ -243,6 +244,18 @@ pub(crate) fn storage_metrics(db: &Db) -> Vec<Metric> {
             "Samples appended since the start.",
             "counter",
             g.samples_appended as f64,
+        ),
+        m(
+            "tiermon_storage_compactions_total",
+            "Compaction runs since the start (blocks of open partitions, closed partitions).",
+            "counter",
+            g.compactions as f64,
+        ),
+        m(
+            "tiermon_storage_maintenance_runs_total",
+            "Storage maintenance runs completed since the start (storage.maintain_every).",
+            "counter",
+            g.maintenance_runs as f64,
         ),
         m(
             "tiermon_storage_pending_chunks",

@@ -199,6 +199,7 @@ mod tests {
         .unwrap();
         let s = &c.secondary;
         assert_eq!(s.storage.retention_raw.as_secs(), 30 * 24 * 3600);
+        assert_eq!(s.storage.block.as_secs(), 3 * 3600);
         assert_eq!(s.storage.blob.location, "s3://tiermon-blocks/dc1");
         assert_eq!(s.storage.blob.options["region"], "eu-west-1");
         assert_eq!(s.storage.blob.options["access_key_id"], "AKIA");

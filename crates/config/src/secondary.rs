@@ -80,6 +80,12 @@ pub struct StorageConfig {
     /// Width of a time partition.
     #[serde(with = "humantime_serde")]
     pub partition: Duration,
+    /// Width of the blocks an open partition's data is compacted into
+    /// once it is older than `out_of_order_window` (divides `partition`;
+    /// 0s, or `partition` or more: open partitions are compacted only when
+    /// they close).
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
     /// How late a sample may arrive behind its series' newest one.
     #[serde(with = "humantime_serde")]
     pub out_of_order_window: Duration,
@@ -120,6 +126,7 @@ impl Default for StorageConfig {
         let day = 24 * 3600;
         Self {
             partition: Duration::from_secs(day),
+            block: Duration::from_secs(2 * 3600),
             out_of_order_window: Duration::from_secs(3600),
             series_idle: Duration::from_secs(3 * 3600),
             retention_raw: Duration::from_secs(15 * day),
@@ -217,6 +224,22 @@ impl StorageConfig {
             return Err(Error::invalid(
                 format!("{key}.partition"),
                 "must be at least 1h (aggregates are per hour)",
+            ));
+        }
+        if !self.block.is_zero()
+            && self.block < self.partition
+            && !self
+                .partition
+                .as_millis()
+                .is_multiple_of(self.block.as_millis())
+        {
+            return Err(Error::invalid(
+                format!("{key}.block"),
+                format!(
+                    "{} does not divide partition ({}): blocks are aligned within a partition",
+                    humantime_serde::re::humantime::format_duration(self.block),
+                    humantime_serde::re::humantime::format_duration(self.partition)
+                ),
             ));
         }
         if self.series_idle < self.out_of_order_window {

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
@@ -67,6 +67,11 @@ struct Inner {
     wal_epoch: u64,
     /// Longest raw chunk of each partition, where reads start.
     spans: Spans,
+    /// Compaction runs since the start (blocks of open partitions and
+    /// closed partitions).
+    compactions: AtomicU64,
+    /// Runs of `maintain` completed since the start.
+    maintenance_runs: AtomicU64,
     /// Which series the index on disk holds, for the partitions being
     /// written.
     indexed: Mutex<Indexed>,
@@ -163,6 +168,11 @@ pub struct Gauges {
     pub sst_bytes: u64,
     /// Bytes of the write-ahead log's segments.
     pub wal_bytes: u64,
+    /// Compaction runs since the start: the blocks of an open partition,
+    /// or a closed partition.
+    pub compactions: u64,
+    /// Runs of [`Db::maintain`] completed since the start.
+    pub maintenance_runs: u64,
 }
 
 /// What [`Db::maintain`] did.
@@ -170,6 +180,9 @@ pub struct Gauges {
 pub struct MaintainReport {
     /// Partitions compacted into pcodec chunks.
     pub compacted: Vec<i64>,
+    /// (partition, until, series rewritten): the blocks of an open
+    /// partition compacted up to `until`.
+    pub blocks: Vec<(i64, i64, usize)>,
     /// (resolution, partition) downsampled.
     pub downsampled: Vec<(Resolution, i64)>,
     /// (resolution, partition) deleted by retention.
@@ -200,6 +213,16 @@ impl Db {
                     ),
                 });
             }
+        }
+        let (b, w) = (opts.block.as_millis(), opts.partition.as_millis());
+        if b > 0 && b < w && !w.is_multiple_of(b) {
+            return Err(Error::Config {
+                key: "block",
+                detail: format!(
+                    "{:?} does not divide the partition width ({:?}): blocks are aligned within a partition",
+                    opts.block, opts.partition
+                ),
+            });
         }
         if opts.series_idle < opts.ooo_window {
             return Err(Error::Config {
@@ -253,7 +276,7 @@ impl Db {
         })?;
         head.next_seq = get_u64(&rocks, meta, keys::META_NEXT_SEQ)?.unwrap_or(0);
         let checkpoint = get_u64(&rocks, meta, keys::META_CHECKPOINT)?.unwrap_or(0);
-        let spans = Spans::load(&rocks, meta, opts.partition_ms())?;
+        let spans = Spans::load(&rocks, meta, opts.partition_ms(), opts.block_ms())?;
         let tier = match &opts.blob {
             None => None,
             Some(b) => Some(Tier::new(b, load_manifest(&rocks, meta)?)?),
@@ -420,6 +443,8 @@ impl Db {
                 indexed: Mutex::new(indexed),
                 cold: RwLock::new(cold),
                 evicted_any: AtomicBool::new(evicted_any),
+                compactions: AtomicU64::new(0),
+                maintenance_runs: AtomicU64::new(0),
                 index_from,
                 cache,
             }),
@@ -1263,6 +1288,8 @@ impl Db {
             table_readers_bytes: sum("rocksdb.estimate-table-readers-mem"),
             sst_bytes: sum("rocksdb.live-sst-files-size"),
             wal_bytes: self.inner.wal.lock().disk_size(),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+            maintenance_runs: self.inner.maintenance_runs.load(Ordering::Relaxed),
         }
     }
 
@@ -1356,8 +1383,19 @@ impl Db {
         let closed_before = partition_of(now - o.ooo_window_ms(), width);
         self.inner.head.write().seal_closed(closed_before);
         self.write_pending()?;
+        let horizon = now.saturating_sub(o.ooo_window_ms());
         for p in self.partitions(Resolution::Raw)? {
             if p + width > closed_before {
+                // Open: its blocks older than the out-of-order window.
+                if let Some(b) = o.block_ms()
+                    && horizon > p
+                {
+                    let until = p + (horizon.min(p + width) - p) / b * b;
+                    let n = self.compact_blocks(p, until)?;
+                    if n > 0 {
+                        report.blocks.push((p, until, n));
+                    }
+                }
                 continue;
             }
             // The hour windows are written last: a partition without them
@@ -1383,6 +1421,7 @@ impl Db {
             .indexed
             .lock()
             .forget_before(closed_before.saturating_sub(width));
+        self.inner.maintenance_runs.fetch_add(1, Ordering::Relaxed);
         Ok(report)
     }
 
@@ -1712,6 +1751,7 @@ impl Db {
             Ok(())
         })?;
         if changed {
+            self.inner.compactions.fetch_add(1, Ordering::Relaxed);
             self.inner.spans.write(
                 rocks,
                 cf(rocks, CF_META)?,
@@ -1721,6 +1761,82 @@ impl Db {
             )?;
         }
         Ok(changed)
+    }
+
+    /// Compacts the sealed chunks of open raw partition `p` between the
+    /// blocks compacted before and `until` (a block boundary) into one
+    /// pcodec chunk per series and block, each holding exactly the series'
+    /// samples of its block. A chunk reaching past `until` keeps its later
+    /// samples as a chunk of its own; a chunk from before the range is left
+    /// as it is (its samples in the range are copied, under the same
+    /// write sequence rule). Returns how many series were rewritten.
+    ///
+    /// Written in bounded batches, each series' rewrite in one: the range
+    /// is recorded first (it only widens reads' seeks), so a crash part
+    /// way leaves some series as they were, which is correct, and the
+    /// partition's compaction when it closes takes them in.
+    fn compact_blocks(&self, p: i64, until: i64) -> Result<usize> {
+        let Some(block) = self.inner.opts.block_ms() else {
+            return Ok(0);
+        };
+        let spans = &self.inner.spans;
+        let from = spans.compacted_until(p);
+        if until <= from {
+            return Ok(0);
+        }
+        let rocks = &self.inner.rocks;
+        let ccf = cf(rocks, CF_CHUNKS)?;
+        spans.claim_blocks(rocks, cf(rocks, CF_META)?, p, until)?;
+        let reach = from.saturating_sub(spans.get(p)).max(p);
+        let prefix = keys::partition_prefix(0, p);
+        let mut it = rocks.raw_iterator_cf(ccf);
+        let mut batch = WriteBatch::default();
+        let mut group: Vec<(keys::ChunkKey, Vec<u8>)> = Vec::new();
+        let mut rewritten = 0;
+        it.seek(prefix);
+        while let Some(k) = it.key().filter(|k| k.starts_with(&prefix)) {
+            let corrupt = || Error::Corrupt {
+                what: "chunk key".into(),
+            };
+            let r = keys::parse_chunk(k).ok_or_else(corrupt)?.r;
+            // The chunks of `r` that can hold samples in the range.
+            group.clear();
+            let series = keys::series_prefix(0, p, r);
+            it.seek(keys::chunk(0, p, r, reach, 0));
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                if !k.starts_with(&series) {
+                    break;
+                }
+                let key = keys::parse_chunk(k).ok_or_else(corrupt)?;
+                if key.min_t >= until {
+                    break;
+                }
+                if split_value(v)?.1 >= from {
+                    group.push((key, v.to_vec()));
+                }
+                it.next();
+            }
+            if group.iter().any(|(k, _)| k.min_t >= from) {
+                rewrite_blocks(&mut batch, ccf, &group, from, until, block)?;
+                rewritten += 1;
+                if batch.size_in_bytes() > 16 << 20 {
+                    rocks
+                        .write(std::mem::take(&mut batch))
+                        .map_err(Error::rocks("writing compacted blocks"))?;
+                }
+            }
+            match r.checked_add(1) {
+                Some(next) => it.seek(keys::series_prefix(0, p, next)),
+                None => break,
+            }
+        }
+        it.status()
+            .map_err(Error::rocks("reading chunks to compact"))?;
+        rocks
+            .write(batch)
+            .map_err(Error::rocks("writing compacted blocks"))?;
+        self.inner.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(rewritten)
     }
 
     /// Writes 1-minute and 1-hour aggregates of raw partition `p`.
@@ -2070,8 +2186,9 @@ impl Db {
     ) -> Result<()> {
         // Chunks are keyed by their first sample: the first one that can
         // reach `mint` starts no earlier than the partition's longest chunk
-        // before it, and none after `maxt` can.
-        let from = mint.saturating_sub(self.inner.spans.get(p)).max(p);
+        // before it (or `mint`'s block, where blocks were compacted), and
+        // none after `maxt` can.
+        let from = self.inner.spans.seek_from(p, mint);
         let prefix = keys::series_prefix(0, p, r);
         it.seek(keys::chunk(0, p, r, from, 0));
         while it.valid() {
@@ -2311,6 +2428,72 @@ fn get_u64(rocks: &DB, cf: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
             },
         )?))),
     }
+}
+
+/// Rewrites one series' chunks `group` (every chunk that holds samples in
+/// `[from, until)`, key order) into block chunks of `block` width within
+/// that range: see `Db::compact_blocks`.
+fn rewrite_blocks(
+    batch: &mut WriteBatch,
+    ccf: &ColumnFamily,
+    group: &[(keys::ChunkKey, Vec<u8>)],
+    from: i64,
+    until: i64,
+    block: i64,
+) -> Result<()> {
+    let mut parts = Runs::default();
+    for (k, v) in group {
+        parts.push_chunk(k.seq, v)?;
+    }
+    let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
+    for (k, v) in group.iter().filter(|(k, _)| k.min_t >= from) {
+        batch.delete_cf(ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
+        // What reaches past the range stays a chunk of its own, under its
+        // own sequence: chunks after the range may overlap it.
+        let (enc, max_t, _) = split_value(v)?;
+        if max_t < until {
+            continue;
+        }
+        let mut one = Runs::default();
+        one.push_chunk(k.seq, v)?;
+        let rest: Vec<(i64, f64)> = merge(one).into_iter().filter(|s| s.0 >= until).collect();
+        let (Some(&(t0, _)), Some(&(t1, _))) = (rest.first(), rest.last()) else {
+            continue;
+        };
+        let payload = if enc == ENC_XOR {
+            let mut c = XorChunk::new();
+            for &(t, v) in &rest {
+                if !c.append(t, v) {
+                    return Err(Error::Corrupt {
+                        what: "chunk samples out of order".into(),
+                    });
+                }
+            }
+            c.to_bytes()
+        } else {
+            let (ts, vs): (Vec<i64>, Vec<f64>) = rest.into_iter().unzip();
+            tiermon_chunkenc::sealed::encode(&ts, &vs)
+        };
+        batch.put_cf(
+            ccf,
+            keys::chunk(0, k.partition, k.r, t0, k.seq),
+            chunk_value(enc, t1, &payload),
+        );
+    }
+    let merged = merge(parts);
+    let lo = merged.partition_point(|s| s.0 < from);
+    let hi = merged.partition_point(|s| s.0 < until);
+    let (p, r) = (group[0].0.partition, group[0].0.r);
+    for run in merged[lo..hi].chunk_by(|a, b| (a.0 - from) / block == (b.0 - from) / block) {
+        let (ts, vs): (Vec<i64>, Vec<f64>) = run.iter().copied().unzip();
+        let (t0, t1) = (ts[0], ts[ts.len() - 1]);
+        batch.put_cf(
+            ccf,
+            keys::chunk(0, p, r, t0, seq),
+            chunk_value(ENC_SEALED, t1, &tiermon_chunkenc::sealed::encode(&ts, &vs)),
+        );
+    }
+    Ok(())
 }
 
 fn chunk_value(enc: u8, max_t: i64, payload: &[u8]) -> Vec<u8> {

@@ -45,7 +45,7 @@ fn partition_meta(prefix: &[u8], partition: i64) -> [u8; 13] {
     k
 }
 
-fn parse_partition_meta(prefix: &[u8], k: &[u8]) -> Option<i64> {
+pub(crate) fn parse_partition_meta(prefix: &[u8], k: &[u8]) -> Option<i64> {
     let rest = k.strip_prefix(prefix)?;
     (rest.len() == 8).then(|| unflip(rest))
 }
@@ -74,6 +74,16 @@ pub(crate) fn parse_tier(k: &[u8]) -> Option<(u8, i64, u32)> {
     ))
 }
 
+/// Prefix of the block compaction records in `meta`: `"blck/" | partition
+/// (8, sign-flipped BE)` → the time (i64 BE) before which the open raw
+/// partition's chunks may have been compacted into blocks: a block chunk
+/// holds exactly the series' samples of one aligned block.
+pub(crate) const META_BLOCKS: &[u8] = b"blck/";
+
+pub(crate) fn blocks(partition: i64) -> [u8; 13] {
+    partition_meta(META_BLOCKS, partition)
+}
+
 /// Prefix of the chunk span records in `meta`: `"span/" | partition (8,
 /// sign-flipped BE)`, the longest raw chunk of the partition (`max_t -
 /// min_t`, i64 BE).
@@ -81,10 +91,6 @@ pub(crate) const META_SPAN: &[u8] = b"span/";
 
 pub(crate) fn span(partition: i64) -> [u8; 13] {
     partition_meta(META_SPAN, partition)
-}
-
-pub(crate) fn parse_span(k: &[u8]) -> Option<i64> {
-    parse_partition_meta(META_SPAN, k)
 }
 
 pub(crate) fn flip(t: i64) -> [u8; 8] {
@@ -175,9 +181,16 @@ mod tests {
         assert!(d.starts_with(&partition_prefix(0, 0)));
         assert_eq!(parse_tier(&tier(2, -5, 7)), Some((2, -5, 7)));
         assert_eq!(parse_tier(b"tier/x"), None);
-        assert_eq!(parse_span(&span(-86_400_000)), Some(-86_400_000));
+        assert_eq!(
+            parse_partition_meta(META_SPAN, &span(-86_400_000)),
+            Some(-86_400_000)
+        );
+        assert_eq!(
+            parse_partition_meta(META_BLOCKS, &blocks(7_200_000)),
+            Some(7_200_000)
+        );
         assert!(span(-1) < span(0) && span(0) < span(i64::MAX));
-        assert_eq!(parse_span(b"span/x"), None);
+        assert_eq!(parse_partition_meta(META_SPAN, b"span/x"), None);
         assert_eq!(parse_cold(&cold(-86_400_000)), Some(-86_400_000));
         assert_eq!(parse_cold(&span(0)), None);
     }

@@ -54,6 +54,13 @@ pub struct Options {
     /// Width of a time partition: chunks never span one, and retention,
     /// compaction and tiering work on whole partitions.
     pub partition: Duration,
+    /// Width of the blocks an open partition is compacted into: once a
+    /// block is older than the out-of-order window, each series' sealed
+    /// chunks in it become one pcodec chunk, so that long reads decode a
+    /// few large chunks, not hundreds of small ones. Divides `partition`;
+    /// zero (or a partition's width or more) leaves open partitions as
+    /// written until they close.
+    pub block: Duration,
     /// Samples per head chunk before it is sealed.
     pub chunk_samples: usize,
     /// Encoded bytes of an open head chunk before it is sealed and written
@@ -103,6 +110,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             partition: Duration::from_secs(24 * 3600),
+            block: Duration::from_secs(2 * 3600),
             chunk_samples: 120,
             chunk_bytes: 128,
             ooo_window: Duration::from_secs(3600),
@@ -127,6 +135,12 @@ impl Default for Options {
 impl Options {
     pub(crate) fn partition_ms(&self) -> i64 {
         (self.partition.as_millis() as i64).max(1)
+    }
+
+    /// The block width, if open partitions are compacted in blocks.
+    pub(crate) fn block_ms(&self) -> Option<i64> {
+        let b = self.block.as_millis() as i64;
+        (b > 0 && b < self.partition_ms()).then_some(b)
     }
 
     pub(crate) fn ooo_window_ms(&self) -> i64 {

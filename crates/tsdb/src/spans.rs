@@ -10,6 +10,14 @@
 //! RocksDB write as the chunk that raises it, so a chunk is never readable
 //! with a bound too small for it. A partition without a record is read
 //! from its start.
+//!
+//! Block chunks (an open partition's sealed chunks compacted into one
+//! pcodec chunk per series and aligned block, see `Db::compact_blocks`)
+//! do not raise the bound: each holds exactly the samples of its block, so
+//! one that reaches `mint` starts at or after `mint`'s block. The time
+//! before which blocks may be compacted is kept under
+//! [`keys::META_BLOCKS`], recorded before the first block chunk below it is
+//! written, so a read's seek only ever starts earlier than it needs to.
 
 use std::collections::HashMap;
 
@@ -25,30 +33,25 @@ pub(crate) struct Spans {
     width: i64,
     /// Read for every series a query reads; written rarely.
     known: RwLock<HashMap<i64, i64>>,
+    /// Width of the compacted blocks, if blocks are compacted.
+    block: Option<i64>,
+    /// Per partition, the time before which its chunks may be blocks.
+    blocks: RwLock<HashMap<i64, i64>>,
 }
 
 impl Spans {
     /// The bounds recorded in `meta`.
-    pub(crate) fn load(rocks: &DB, meta: &ColumnFamily, width: i64) -> Result<Spans> {
-        let mut known = HashMap::new();
-        for item in rocks.iterator_cf(
-            meta,
-            IteratorMode::From(keys::META_SPAN, rocksdb::Direction::Forward),
-        ) {
-            let (k, v) = item.map_err(Error::rocks("reading chunk spans"))?;
-            if !k.starts_with(keys::META_SPAN) {
-                break;
-            }
-            let corrupt = || Error::Corrupt {
-                what: "chunk span record".into(),
-            };
-            let p = keys::parse_span(&k).ok_or_else(corrupt)?;
-            let s = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
-            known.insert(p, s);
-        }
+    pub(crate) fn load(
+        rocks: &DB,
+        meta: &ColumnFamily,
+        width: i64,
+        block: Option<i64>,
+    ) -> Result<Spans> {
         Ok(Spans {
             width,
-            known: RwLock::new(known),
+            known: RwLock::new(load_records(rocks, meta, keys::META_SPAN, "chunk span")?),
+            block,
+            blocks: RwLock::new(load_records(rocks, meta, keys::META_BLOCKS, "block")?),
         })
     }
 
@@ -61,6 +64,42 @@ impl Spans {
     /// Longest chunk of raw partition `p`, at most the partition width.
     pub(crate) fn get(&self, p: i64) -> i64 {
         self.known.read().get(&p).copied().unwrap_or(self.width)
+    }
+
+    /// Where a read of raw partition `p` from `mint` on starts: no chunk
+    /// keyed before it holds a sample at or after `mint`.
+    pub(crate) fn seek_from(&self, p: i64, mint: i64) -> i64 {
+        let mint = mint.max(p);
+        let mut from = mint.saturating_sub(self.get(p));
+        if let Some(b) = self.block
+            && mint < self.compacted_until(p)
+        {
+            from = from.min(p + (mint - p).div_euclid(b) * b);
+        }
+        from.max(p)
+    }
+
+    /// The time before which partition `p`'s chunks may be blocks (`p`
+    /// when none are).
+    pub(crate) fn compacted_until(&self, p: i64) -> i64 {
+        self.blocks.read().get(&p).copied().unwrap_or(p)
+    }
+
+    /// Records that partition `p`'s chunks before `until` may be blocks,
+    /// before any of them is written.
+    pub(crate) fn claim_blocks(
+        &self,
+        rocks: &DB,
+        meta: &ColumnFamily,
+        p: i64,
+        until: i64,
+    ) -> Result<()> {
+        let mut blocks = self.blocks.write();
+        rocks
+            .put_cf(meta, keys::blocks(p), until.to_be_bytes())
+            .map_err(Error::rocks("recording compacted blocks"))?;
+        blocks.insert(p, until);
+        Ok(())
     }
 
     /// Writes `batch`, which puts raw chunks of the given `(partition,
@@ -114,10 +153,41 @@ impl Spans {
     /// Forgets partition `p` (deleted by retention).
     pub(crate) fn forget(&self, rocks: &DB, meta: &ColumnFamily, p: i64) -> Result<()> {
         let mut known = self.known.write();
+        let mut blocks = self.blocks.write();
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(meta, keys::span(p));
+        batch.delete_cf(meta, keys::blocks(p));
         rocks
-            .delete_cf(meta, keys::span(p))
+            .write(batch)
             .map_err(Error::rocks("deleting a chunk span"))?;
         known.remove(&p);
+        blocks.remove(&p);
         Ok(())
     }
+}
+
+/// The `partition → i64` records under `prefix` in `meta`.
+fn load_records(
+    rocks: &DB,
+    meta: &ColumnFamily,
+    prefix: &[u8],
+    what: &str,
+) -> Result<HashMap<i64, i64>> {
+    let mut out = HashMap::new();
+    for item in rocks.iterator_cf(
+        meta,
+        IteratorMode::From(prefix, rocksdb::Direction::Forward),
+    ) {
+        let (k, v) = item.map_err(Error::rocks("reading partition records"))?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        let corrupt = || Error::Corrupt {
+            what: format!("{what} record"),
+        };
+        let p = keys::parse_partition_meta(prefix, &k).ok_or_else(corrupt)?;
+        let s = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
+        out.insert(p, s);
+    }
+    Ok(out)
 }

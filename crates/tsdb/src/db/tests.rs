@@ -1278,3 +1278,179 @@ fn a_chunk_never_spans_more_than_the_codec_holds() {
     .unwrap();
     assert_eq!(values(&db, &[eq("__name__", "m")], 0, 3 * span)[0].1, want);
 }
+
+/// Every raw chunk stored in partition `p`: (series, first sample, last
+/// sample, encoding), in key order.
+fn stored_chunks(db: &Db, p: i64) -> Vec<(SeriesRef, i64, i64, u8)> {
+    let rocks = &db.inner.rocks;
+    let prefix = keys::partition_prefix(0, p);
+    rocks
+        .prefix_iterator_cf(cf(rocks, CF_CHUNKS).unwrap(), prefix)
+        .map(|item| item.unwrap())
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| {
+            let key = keys::parse_chunk(&k).unwrap();
+            let (enc, max_t, _) = split_value(&v).unwrap();
+            (key.r, key.min_t, max_t, enc)
+        })
+        .collect()
+}
+
+#[test]
+fn open_partitions_compact_into_blocks_that_read_as_written() {
+    // Partition [0, 1 h) in blocks of 10 min, out-of-order window 10 min.
+    // A dense series with rewrites, a sparse one whose one chunk spans
+    // every block, a series with staleness markers, and a series that
+    // arrives late into blocks already compacted.
+    let o = Options {
+        block: Duration::from_secs(600),
+        ..opts()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    type Model = std::collections::BTreeMap<(&'static str, i64), u64>;
+    let want = std::cell::RefCell::new(Model::new());
+    let put = |db: &Db, name: &'static str, samples: &mut dyn Iterator<Item = (i64, f64)>| {
+        let l = labels(name, &[]);
+        let mut app = db.appender();
+        for (t, v) in samples {
+            app.append(&l, t, v).unwrap();
+            want.borrow_mut().insert((name, t), v.to_bits());
+        }
+        app.commit().unwrap();
+    };
+    let noisy = |i: i64| ((i * 7919) % 1013) as f64 / 7.0;
+    put(&db, "dense", &mut (0..2100).map(|i| (i * 1000, noisy(i))));
+    // One chunk of 120 slow-changing samples from 23 min 20 s to 31 min
+    // 16 s: across the end of what the first round compacts. Every chunk
+    // spans less than a block, so a read's seek by the longest chunk alone
+    // would miss the start of a block chunk.
+    put(
+        &db,
+        "sparse",
+        &mut (0..120).map(|i| (1_400_000 + i * 4000, (i / 40) as f64)),
+    );
+    put(
+        &db,
+        "stale",
+        &mut (0..2100).map(|i| {
+            let v = if i % 97 == 5 {
+                STALE_NAN
+            } else {
+                (i % 3) as f64
+            };
+            (i * 1000, v)
+        }),
+    );
+    // Rewrites inside what the first round compacts, sealed apart.
+    put(
+        &db,
+        "dense",
+        &mut (1560..1740).map(|i| (i * 1000, -noisy(i))),
+    );
+    put(
+        &db,
+        "dense",
+        &mut (2100..3000).map(|i| (i * 1000, noisy(i))),
+    );
+    db.flush_head().unwrap();
+
+    let check = |db: &Db, when: &str| {
+        for name in ["dense", "sparse", "stale", "late"] {
+            let mut windows: Vec<(i64, i64)> = vec![(0, 3_600_000)];
+            for mint in (0..3_600_000).step_by(97_000) {
+                for len in [0, 5_000, 300_000, 1_000_000] {
+                    windows.push((mint, mint + len));
+                }
+            }
+            for b in (0..=3_600_000).step_by(600_000) {
+                windows.extend([(b - 1, b - 1), (b, b), (b - 30_000, b + 30_000)]);
+            }
+            for (mint, maxt) in windows {
+                let got: Vec<(i64, u64)> = values(db, &[eq("__name__", name)], mint, maxt)
+                    .into_iter()
+                    .flat_map(|(_, v)| v)
+                    .collect();
+                let expect: Vec<(i64, u64)> = want
+                    .borrow()
+                    .range((name, mint)..=(name, maxt))
+                    .map(|(&(_, t), &v)| (t, v))
+                    .collect();
+                assert_eq!(got, expect, "{name} in [{mint}, {maxt}] {when}");
+            }
+        }
+    };
+    check(&db, "before compaction");
+
+    // At 45 min the blocks before 30 min are closed.
+    let report = db.maintain(2_700_000).unwrap();
+    assert_eq!(report.blocks, vec![(0, 1_800_000, 3)]);
+    assert!(report.compacted.is_empty(), "the partition is open");
+    assert_eq!(db.gauges().compactions, 1);
+    assert_eq!(db.gauges().maintenance_runs, 1);
+    let chunks = stored_chunks(&db, 0);
+    assert!(
+        db.inner.spans.get(0) < 600_000,
+        "every chunk is shorter than a block"
+    );
+    for (r, first_block) in [(0, 0), (1, 2), (2, 0)] {
+        let mine: Vec<_> = chunks.iter().filter(|c| c.0 == r).collect();
+        // One pcodec chunk per block, holding only the block's samples.
+        let blocks: Vec<_> = mine.iter().filter(|c| c.1 < 1_800_000).collect();
+        assert_eq!(blocks.len(), 3 - first_block, "series {r}: {mine:?}");
+        for (i, c) in blocks.iter().enumerate() {
+            let b = (first_block + i) as i64 * 600_000;
+            assert!(c.3 == ENC_SEALED && c.1 >= b && c.2 < b + 600_000, "{c:?}");
+        }
+    }
+    // The sparse chunk's samples after 30 min stay a chunk of their own.
+    assert!(
+        chunks.contains(&(1, 1_800_000, 1_876_000, ENC_XOR)),
+        "{chunks:?}"
+    );
+    check(&db, "after the first blocks");
+    // Nothing new to do until another block closes.
+    assert!(db.maintain(2_900_000).unwrap().blocks.is_empty());
+
+    // Late data in compacted blocks: a new series, and rewrites of the
+    // dense series within its window.
+    put(&db, "late", &mut (300..480).map(|i| (i * 1000, i as f64)));
+    put(
+        &db,
+        "dense",
+        &mut (2400..2700).map(|i| (i * 1000, 1e6 + i as f64)),
+    );
+    db.flush_head().unwrap();
+    check(&db, "with late chunks");
+    drop(db);
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    assert_eq!(db.inner.spans.compacted_until(0), 1_800_000);
+    check(&db, "after a restart");
+
+    // At 65 min the blocks up to 50 min: the second round takes the
+    // remainders and the rewrites, and leaves the late series' chunk in
+    // the compacted range as it is.
+    let report = db.maintain(3_900_000).unwrap();
+    assert_eq!(report.blocks, vec![(0, 3_000_000, 3)]);
+    check(&db, "after the second blocks");
+    // The partition closes: one chunk per series.
+    let report = db.maintain(7_300_000).unwrap();
+    assert_eq!(report.compacted, vec![0]);
+    let chunks = stored_chunks(&db, 0);
+    assert_eq!(chunks.len(), 4, "{chunks:?}");
+    check(&db, "after the partition closed");
+    drop(db);
+    let db = Db::open(dir.path(), o).unwrap();
+    check(&db, "after another restart");
+}
+
+#[test]
+fn blocks_that_do_not_divide_the_partition_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        block: Duration::from_secs(7 * 60),
+        ..opts()
+    };
+    let err = Db::open(dir.path(), o).err().unwrap().to_string();
+    assert!(err.contains("block") && err.contains("divide"), "{err}");
+}
