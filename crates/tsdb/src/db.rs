@@ -755,12 +755,19 @@ impl Db {
         let mcf = cf(rocks, CF_META)?;
         let icf = cf(rocks, CF_INDEX)?;
         let mut batch = WriteBatch::default();
+        let mut partitions: Vec<i64> = Vec::new();
         for c in chunks {
             batch.put_cf(
                 &ccf,
                 keys::chunk(0, c.partition, c.r, c.min_t, c.seq),
                 chunk_value(ENC_XOR, c.max_t, &c.bytes),
             );
+            if !partitions.contains(&c.partition) {
+                partitions.push(c.partition);
+            }
+        }
+        for p in partitions {
+            batch.put_cf(&mcf, keys::written(p), []);
         }
         for (p, series) in fresh {
             index::add(&mut batch, icf, *p, series);
@@ -1402,13 +1409,14 @@ impl Db {
             // is not downsampled yet (its minute windows may be there:
             // received from below, see `put_aggregates`).
             if !self.has_partition(Resolution::OneHour, p)? {
+                self.take_written(p)?;
                 if self.compact_partition(p)? {
                     report.compacted.push(p);
                 }
                 self.downsample_partition(p)?;
                 report.downsampled.push((Resolution::OneMinute, p));
                 report.downsampled.push((Resolution::OneHour, p));
-            } else if self.compact_partition(p)? {
+            } else if self.take_written(p)? && self.compact_partition(p)? {
                 // Late samples arrived in a closed partition.
                 report.compacted.push(p);
             }
@@ -1723,6 +1731,7 @@ impl Db {
     fn compact_partition(&self, p: i64) -> Result<bool> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
+        let mcf = cf(rocks, CF_META)?;
         let mut changed = false;
         let mut batch = WriteBatch::default();
         let mut span = 0i64;
@@ -1748,19 +1757,44 @@ impl Db {
                 );
             }
             changed = true;
+            // Bounded batches, each series' rewrite in one (with the span
+            // it raises): a day of a large fleet is gigabytes.
+            if batch.size_in_bytes() > 16 << 20 {
+                self.inner.spans.write(
+                    rocks,
+                    mcf,
+                    std::mem::take(&mut batch),
+                    [(p, span)],
+                    "writing compacted chunks",
+                )?;
+            }
             Ok(())
         })?;
         if changed {
             self.inner.compactions.fetch_add(1, Ordering::Relaxed);
-            self.inner.spans.write(
-                rocks,
-                cf(rocks, CF_META)?,
-                batch,
-                [(p, span)],
-                "writing compacted chunks",
-            )?;
+            self.inner
+                .spans
+                .write(rocks, mcf, batch, [(p, span)], "writing compacted chunks")?;
         }
         Ok(changed)
+    }
+
+    /// Whether raw partition `p` received chunks since this was last
+    /// asked, forgetting it: a write after this marks it again.
+    fn take_written(&self, p: i64) -> Result<bool> {
+        let rocks = &self.inner.rocks;
+        let mcf = cf(rocks, CF_META)?;
+        let key = keys::written(p);
+        let marked = rocks
+            .get_cf(mcf, key)
+            .map_err(Error::rocks("reading a partition's write mark"))?
+            .is_some();
+        if marked {
+            rocks
+                .delete_cf(mcf, key)
+                .map_err(Error::rocks("clearing a partition's write mark"))?;
+        }
+        Ok(marked)
     }
 
     /// Compacts the sealed chunks of open raw partition `p` between the
@@ -2065,6 +2099,9 @@ impl Db {
         if res == Resolution::Raw {
             // Chunks written since are read from the partition's start.
             self.inner.spans.forget(rocks, cf(rocks, CF_META)?, p)?;
+            rocks
+                .delete_cf(cf(rocks, CF_META)?, keys::written(p))
+                .map_err(Error::rocks("deleting a partition's write mark"))?;
         }
         Ok(())
     }

@@ -84,6 +84,16 @@ pub(crate) fn blocks(partition: i64) -> [u8; 13] {
     partition_meta(META_BLOCKS, partition)
 }
 
+/// Prefix of the records of raw partitions that received chunks since
+/// their last compaction: `"wrtn/" | partition (8, sign-flipped BE)`, put
+/// in the same write as the chunks, so that maintenance compacts a closed
+/// partition again only when something arrived late for it.
+pub(crate) const META_WRITTEN: &[u8] = b"wrtn/";
+
+pub(crate) fn written(partition: i64) -> [u8; 13] {
+    partition_meta(META_WRITTEN, partition)
+}
+
 /// Prefix of the chunk span records in `meta`: `"span/" | partition (8,
 /// sign-flipped BE)`, the longest raw chunk of the partition (`max_t -
 /// min_t`, i64 BE).

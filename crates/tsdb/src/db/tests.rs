@@ -1433,12 +1433,28 @@ fn open_partitions_compact_into_blocks_that_read_as_written() {
     let report = db.maintain(3_900_000).unwrap();
     assert_eq!(report.blocks, vec![(0, 3_000_000, 3)]);
     check(&db, "after the second blocks");
-    // The partition closes: one chunk per series.
+    // The partition closes: one chunk per series (the most compact form
+    // on disk), and nothing is rewritten again at the next run.
     let report = db.maintain(7_300_000).unwrap();
     assert_eq!(report.compacted, vec![0]);
     let chunks = stored_chunks(&db, 0);
     assert_eq!(chunks.len(), 4, "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.3 == ENC_SEALED), "{chunks:?}");
+    assert!(db.maintain(7_400_000).unwrap().compacted.is_empty());
     check(&db, "after the partition closed");
+    // A late chunk in the closed partition marks it: the next run
+    // compacts it again, and the run after that has nothing to do.
+    put(
+        &db,
+        "late",
+        &mut (900..960).map(|i| (i * 1000, -(i as f64))),
+    );
+    db.flush_head().unwrap();
+    check(&db, "with a late chunk after the close");
+    assert_eq!(db.maintain(7_500_000).unwrap().compacted, vec![0]);
+    assert_eq!(stored_chunks(&db, 0).len(), 4);
+    assert!(db.maintain(7_600_000).unwrap().compacted.is_empty());
+    check(&db, "after the late chunk was compacted");
     drop(db);
     let db = Db::open(dir.path(), o).unwrap();
     check(&db, "after another restart");
