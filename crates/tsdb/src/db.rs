@@ -2394,6 +2394,7 @@ fn merge(r: Runs) -> Vec<(i64, f64)> {
             }
             return out;
         }
+        return merge_ordered(&buf, &runs);
     }
     let mut all: Vec<(i64, u64, usize, f64)> = Vec::with_capacity(buf.len());
     for (seq, x) in &runs {
@@ -2465,6 +2466,44 @@ fn get_u64(rocks: &DB, cf: &ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
             },
         )?))),
     }
+}
+
+/// Merges overlapping runs, each in strictly increasing time, given in
+/// order of their first timestamp (copies of chunks rewritten after a
+/// restart, rewrites): a merge of the runs that overlap at each point,
+/// where the higher sequence wins a timestamp, instead of a sort of every
+/// sample.
+fn merge_ordered(buf: &[(i64, f64)], runs: &[(u64, std::ops::Range<usize>)]) -> Vec<(i64, f64)> {
+    use std::cmp::Reverse;
+    /// Time, higher sequence first, run, position.
+    type Next = (i64, Reverse<u64>, usize, usize);
+    // Smallest first.
+    let mut heap: std::collections::BinaryHeap<Reverse<Next>> = std::collections::BinaryHeap::new();
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(buf.len());
+    let mut next = 0;
+    loop {
+        // A run joins once it can hold the next timestamp.
+        while let Some((seq, x)) = runs.get(next) {
+            if heap
+                .peek()
+                .is_some_and(|Reverse((t, ..))| buf[x.start].0 > *t)
+            {
+                break;
+            }
+            heap.push(Reverse((buf[x.start].0, Reverse(*seq), next, x.start)));
+            next += 1;
+        }
+        let Some(Reverse((t, seq, run, i))) = heap.pop() else {
+            break;
+        };
+        if out.last().is_none_or(|last| last.0 != t) {
+            out.push(buf[i]);
+        }
+        if i + 1 < runs[run].1.end {
+            heap.push(Reverse((buf[i + 1].0, seq, run, i + 1)));
+        }
+    }
+    out
 }
 
 /// Rewrites one series' chunks `group` (every chunk that holds samples in

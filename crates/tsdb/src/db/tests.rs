@@ -1090,6 +1090,39 @@ fn narrow_reads_find_chunks_that_started_long_before() {
 }
 
 proptest::proptest! {
+    /// Runs each in order that overlap (copies of chunks rewritten after a
+    /// restart, rewrites) merge as a sort of every sample would.
+    #[test]
+    fn merging_ordered_runs_that_overlap_keeps_the_latest_write(
+        runs in proptest::collection::vec(
+            (0u64..1000, 0i64..40, proptest::collection::vec((1i64..4, proptest::num::f64::ANY), 1..40)),
+            2..8,
+        ),
+    ) {
+        let mut parts = Runs::default();
+        let mut model = std::collections::BTreeMap::new();
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        // Sequences distinct, written in any order.
+        order.sort_by_key(|&i| runs[i].0);
+        let seqs: Vec<u64> = (0..runs.len()).map(|i| order.iter().position(|&j| j == i).unwrap() as u64).collect();
+        let mut by_seq: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
+        for (i, (_, start, steps)) in runs.into_iter().enumerate() {
+            let mut t = start;
+            let run: Vec<(i64, f64)> = steps.into_iter().map(|(d, v)| { t += d; (t, v) }).collect();
+            parts.push_samples(seqs[i], &run);
+            by_seq.push((seqs[i], run));
+        }
+        by_seq.sort_by_key(|(seq, _)| *seq);
+        for (_, run) in &by_seq {
+            for &(t, v) in run {
+                model.insert(t, v.to_bits());
+            }
+        }
+        let got: Vec<(i64, u64)> = merge(parts).into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let want: Vec<(i64, u64)> = model.into_iter().collect();
+        proptest::prop_assert_eq!(got, want);
+    }
+
     /// Merging runs keeps, per timestamp, the sample of the latest run
     /// (and within a run the last one), whether the runs lie apart in
     /// time (the concatenating fast path) or overlap.
