@@ -314,19 +314,22 @@ fn main() {
             "tiermon" => {
                 let cfg = dir.join("tiermon.toml");
                 std::fs::write(&cfg, TIERMON_CONFIG).expect("config");
-                let child = spawn(
-                    Command::new(env!("CARGO_BIN_EXE_tiermon"))
-                        .arg("secondary")
-                        .arg("--config")
-                        .arg(&cfg)
-                        .arg("--data")
-                        .arg(dir.join("tiermon-data"))
-                        .arg("--listen")
-                        .arg(format!("127.0.0.1:{port}"))
-                        .env("TIERMON_LOG", "warn"),
-                    name,
-                    &dir.join("tiermon.log"),
-                );
+                let start = || {
+                    spawn(
+                        Command::new(env!("CARGO_BIN_EXE_tiermon"))
+                            .arg("secondary")
+                            .arg("--config")
+                            .arg(&cfg)
+                            .arg("--data")
+                            .arg(dir.join("tiermon-data"))
+                            .arg("--listen")
+                            .arg(format!("127.0.0.1:{port}"))
+                            .env("TIERMON_LOG", "warn"),
+                        name,
+                        &dir.join("tiermon.log"),
+                    )
+                };
+                let child = start();
                 let store = Store {
                     name: "tiermon",
                     base,
@@ -346,19 +349,7 @@ fn main() {
                 drop(store);
                 std::fs::write(&cfg, format!("{TIERMON_CONFIG}maintain_every = \"2s\"\n"))
                     .expect("config");
-                let child = spawn(
-                    Command::new(env!("CARGO_BIN_EXE_tiermon"))
-                        .arg("secondary")
-                        .arg("--config")
-                        .arg(&cfg)
-                        .arg("--data")
-                        .arg(dir.join("tiermon-data"))
-                        .arg("--listen")
-                        .arg(format!("127.0.0.1:{port}"))
-                        .env("TIERMON_LOG", "warn"),
-                    name,
-                    &dir.join("tiermon.log"),
-                );
+                let child = start();
                 let store = Store {
                     name: "tiermon",
                     base: format!("http://127.0.0.1:{port}"),

@@ -276,7 +276,7 @@ impl Db {
         })?;
         head.next_seq = get_u64(&rocks, meta, keys::META_NEXT_SEQ)?.unwrap_or(0);
         let checkpoint = get_u64(&rocks, meta, keys::META_CHECKPOINT)?.unwrap_or(0);
-        let spans = Spans::load(&rocks, meta, opts.partition_ms(), opts.block_ms())?;
+        let spans = Spans::load(&rocks, meta, opts.partition_ms())?;
         let tier = match &opts.blob {
             None => None,
             Some(b) => Some(Tier::new(b, load_manifest(&rocks, meta)?)?),
@@ -1808,19 +1808,24 @@ impl Db {
     /// Written in bounded batches, each series' rewrite in one: the range
     /// is recorded first (it only widens reads' seeks), so a crash part
     /// way leaves some series as they were, which is correct, and the
-    /// partition's compaction when it closes takes them in.
+    /// partition's compaction when it closes takes them in. So does it
+    /// the rest of a partition compacted with another block width.
     fn compact_blocks(&self, p: i64, until: i64) -> Result<usize> {
         let Some(block) = self.inner.opts.block_ms() else {
             return Ok(0);
         };
         let spans = &self.inner.spans;
-        let from = spans.compacted_until(p);
+        let from = match spans.compacted(p) {
+            None => p,
+            Some((done, width)) if width == block => done,
+            Some(_) => return Ok(0),
+        };
         if until <= from {
             return Ok(0);
         }
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
-        spans.claim_blocks(rocks, cf(rocks, CF_META)?, p, until)?;
+        spans.claim_blocks(rocks, cf(rocks, CF_META)?, p, until, block)?;
         let reach = from.saturating_sub(spans.get(p)).max(p);
         let prefix = keys::partition_prefix(0, p);
         let mut it = rocks.raw_iterator_cf(ccf);
@@ -1869,7 +1874,9 @@ impl Db {
         rocks
             .write(batch)
             .map_err(Error::rocks("writing compacted blocks"))?;
-        self.inner.compactions.fetch_add(1, Ordering::Relaxed);
+        if rewritten > 0 {
+            self.inner.compactions.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(rewritten)
     }
 
@@ -2522,7 +2529,11 @@ fn rewrite_blocks(
         parts.push_chunk(k.seq, v)?;
     }
     let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
-    for (k, v) in group.iter().filter(|(k, _)| k.min_t >= from) {
+    // `parts` holds one run per chunk of `group`, in its order.
+    for ((k, v), (_, run)) in group.iter().zip(&parts.runs) {
+        if k.min_t < from {
+            continue;
+        }
         batch.delete_cf(ccf, keys::chunk(0, k.partition, k.r, k.min_t, k.seq));
         // What reaches past the range stays a chunk of its own, under its
         // own sequence: chunks after the range may overlap it.
@@ -2531,7 +2542,7 @@ fn rewrite_blocks(
             continue;
         }
         let mut one = Runs::default();
-        one.push_chunk(k.seq, v)?;
+        one.push_samples(k.seq, &parts.buf[run.clone()]);
         let rest: Vec<(i64, f64)> = merge(one).into_iter().filter(|s| s.0 >= until).collect();
         let (Some(&(t0, _)), Some(&(t1, _))) = (rest.first(), rest.last()) else {
             continue;

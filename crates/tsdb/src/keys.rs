@@ -76,8 +76,9 @@ pub(crate) fn parse_tier(k: &[u8]) -> Option<(u8, i64, u32)> {
 
 /// Prefix of the block compaction records in `meta`: `"blck/" | partition
 /// (8, sign-flipped BE)` → the time (i64 BE) before which the open raw
-/// partition's chunks may have been compacted into blocks: a block chunk
-/// holds exactly the series' samples of one aligned block.
+/// partition's chunks may have been compacted into blocks, then the
+/// blocks' width (i64 BE): a block chunk holds exactly the series' samples
+/// of one aligned block.
 pub(crate) const META_BLOCKS: &[u8] = b"blck/";
 
 pub(crate) fn blocks(partition: i64) -> [u8; 13] {

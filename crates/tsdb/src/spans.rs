@@ -15,9 +15,11 @@
 //! pcodec chunk per series and aligned block, see `Db::compact_blocks`)
 //! do not raise the bound: each holds exactly the samples of its block, so
 //! one that reaches `mint` starts at or after `mint`'s block. The time
-//! before which blocks may be compacted is kept under
+//! before which blocks may be compacted, and their width, are kept under
 //! [`keys::META_BLOCKS`], recorded before the first block chunk below it is
 //! written, so a read's seek only ever starts earlier than it needs to.
+//! Reads use the recorded width, so a changed `block` setting (or none)
+//! still reads what an earlier one compacted.
 
 use std::collections::HashMap;
 
@@ -33,25 +35,26 @@ pub(crate) struct Spans {
     width: i64,
     /// Read for every series a query reads; written rarely.
     known: RwLock<HashMap<i64, i64>>,
-    /// Width of the compacted blocks, if blocks are compacted.
-    block: Option<i64>,
-    /// Per partition, the time before which its chunks may be blocks.
-    blocks: RwLock<HashMap<i64, i64>>,
+    /// Per partition, the time before which its chunks may be blocks, and
+    /// the blocks' width.
+    blocks: RwLock<HashMap<i64, (i64, i64)>>,
 }
 
 impl Spans {
     /// The bounds recorded in `meta`.
-    pub(crate) fn load(
-        rocks: &DB,
-        meta: &ColumnFamily,
-        width: i64,
-        block: Option<i64>,
-    ) -> Result<Spans> {
+    pub(crate) fn load(rocks: &DB, meta: &ColumnFamily, width: i64) -> Result<Spans> {
+        let int = |v: &[u8]| Some(i64::from_be_bytes(v.try_into().ok()?));
+        let pair = |v: &[u8]| Some((int(v.get(..8)?)?, int(v.get(8..)?)?));
         Ok(Spans {
             width,
-            known: RwLock::new(load_records(rocks, meta, keys::META_SPAN, "chunk span")?),
-            block,
-            blocks: RwLock::new(load_records(rocks, meta, keys::META_BLOCKS, "block")?),
+            known: RwLock::new(load_records(
+                rocks,
+                meta,
+                keys::META_SPAN,
+                "chunk span",
+                int,
+            )?),
+            blocks: RwLock::new(load_records(rocks, meta, keys::META_BLOCKS, "block", pair)?),
         })
     }
 
@@ -71,34 +74,38 @@ impl Spans {
     pub(crate) fn seek_from(&self, p: i64, mint: i64) -> i64 {
         let mint = mint.max(p);
         let mut from = mint.saturating_sub(self.get(p));
-        if let Some(b) = self.block
-            && mint < self.compacted_until(p)
+        if let Some((until, b)) = self.compacted(p)
+            && mint < until
         {
             from = from.min(p + (mint - p).div_euclid(b) * b);
         }
         from.max(p)
     }
 
-    /// The time before which partition `p`'s chunks may be blocks (`p`
-    /// when none are).
-    pub(crate) fn compacted_until(&self, p: i64) -> i64 {
-        self.blocks.read().get(&p).copied().unwrap_or(p)
+    /// The time before which partition `p`'s chunks may be blocks, and
+    /// the blocks' width, if any were compacted.
+    pub(crate) fn compacted(&self, p: i64) -> Option<(i64, i64)> {
+        self.blocks.read().get(&p).copied()
     }
 
-    /// Records that partition `p`'s chunks before `until` may be blocks,
-    /// before any of them is written.
+    /// Records that partition `p`'s chunks before `until` may be blocks of
+    /// `width`, before any of them is written.
     pub(crate) fn claim_blocks(
         &self,
         rocks: &DB,
         meta: &ColumnFamily,
         p: i64,
         until: i64,
+        width: i64,
     ) -> Result<()> {
         let mut blocks = self.blocks.write();
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&until.to_be_bytes());
+        v[8..].copy_from_slice(&width.to_be_bytes());
         rocks
-            .put_cf(meta, keys::blocks(p), until.to_be_bytes())
+            .put_cf(meta, keys::blocks(p), v)
             .map_err(Error::rocks("recording compacted blocks"))?;
-        blocks.insert(p, until);
+        blocks.insert(p, (until, width));
         Ok(())
     }
 
@@ -166,13 +173,15 @@ impl Spans {
     }
 }
 
-/// The `partition → i64` records under `prefix` in `meta`.
-fn load_records(
+/// The records under `prefix` in `meta`, by partition, each value read by
+/// `parse`.
+fn load_records<T>(
     rocks: &DB,
     meta: &ColumnFamily,
     prefix: &[u8],
     what: &str,
-) -> Result<HashMap<i64, i64>> {
+    parse: impl Fn(&[u8]) -> Option<T>,
+) -> Result<HashMap<i64, T>> {
     let mut out = HashMap::new();
     for item in rocks.iterator_cf(
         meta,
@@ -186,8 +195,7 @@ fn load_records(
             what: format!("{what} record"),
         };
         let p = keys::parse_partition_meta(prefix, &k).ok_or_else(corrupt)?;
-        let s = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt())?);
-        out.insert(p, s);
+        out.insert(p, parse(&v).ok_or_else(corrupt)?);
     }
     Ok(out)
 }

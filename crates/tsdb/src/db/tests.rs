@@ -1457,8 +1457,19 @@ fn open_partitions_compact_into_blocks_that_read_as_written() {
     check(&db, "with late chunks");
     drop(db);
     let db = Db::open(dir.path(), o.clone()).unwrap();
-    assert_eq!(db.inner.spans.compacted_until(0), 1_800_000);
+    assert_eq!(db.inner.spans.compacted(0), Some((1_800_000, 600_000)));
     check(&db, "after a restart");
+    // Blocks turned off, or another width: what was compacted still reads
+    // (the recorded width, not the setting), and nothing is compacted in
+    // this partition with another width.
+    drop(db);
+    for block in [Duration::ZERO, Duration::from_secs(1200)] {
+        let other = Db::open(dir.path(), Options { block, ..o.clone() }).unwrap();
+        check(&other, &format!("with block = {block:?}"));
+        assert!(other.maintain(3_900_000).unwrap().blocks.is_empty());
+        check(&other, &format!("with block = {block:?}, maintained"));
+    }
+    let db = Db::open(dir.path(), o.clone()).unwrap();
 
     // At 65 min the blocks up to 50 min: the second round takes the
     // remainders and the rewrites, and leaves the late series' chunk in
