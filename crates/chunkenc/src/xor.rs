@@ -76,6 +76,14 @@ impl XorChunk {
         byte_len(self.bits)
     }
 
+    /// Where the next sample will be written (or the buffer's end, if it
+    /// is full): for prefetching; never dereferenced.
+    pub fn tail(&self) -> *const u8 {
+        self.buf
+            .as_ptr()
+            .wrapping_add((self.bits as usize / 8).min(self.buf.len().saturating_sub(1)))
+    }
+
     /// Heap bytes held.
     pub fn heap_size(&self) -> usize {
         self.buf.len()

@@ -661,12 +661,7 @@ impl Db {
                 }
             }
             let mut accepted = Vec::with_capacity(samples.len());
-            for (i, &(r, t, v)) in samples.iter().enumerate() {
-                match head.append(r, t, v, o) {
-                    Ok(()) => accepted.push((r, t, v)),
-                    Err(e) => res.rejected.push((i, e)),
-                }
-            }
+            head.append_all(samples, o, &mut accepted, &mut res.rejected);
             res.accepted = accepted.len();
             if !accepted.is_empty() {
                 self.inner.wal.lock().log(&[Record::Samples(accepted)])?;

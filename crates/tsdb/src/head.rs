@@ -174,6 +174,50 @@ pub(crate) struct Head {
     pub samples_appended: u64,
     /// Partition width in milliseconds.
     pub width: i64,
+    /// The partition of the last sample appended, to tell without a
+    /// division whether the next one is in it.
+    partitions: PartitionCache,
+}
+
+/// The bounds of one partition, `[start, end)`: nearly every sample of a
+/// commit falls in the same partition as the open chunk of its series, and
+/// a 64-bit division per sample is a tenth of an append.
+#[derive(Debug, Default)]
+struct PartitionCache {
+    start: i64,
+    end: i64,
+}
+
+impl PartitionCache {
+    /// Whether `a` and `b` are in the same partition of `width` ms.
+    #[inline]
+    fn same(&mut self, a: i64, b: i64, width: i64) -> bool {
+        if !(self.start..self.end).contains(&b) {
+            self.start = partition_of(b, width);
+            self.end = self.start.saturating_add(width);
+        }
+        (self.start..self.end).contains(&a)
+    }
+}
+
+/// How many samples ahead [`Head::append_all`] prefetches a series and, at
+/// half that distance, the end of its open chunk: far enough to hide a
+/// miss to memory, near enough that the lines are still in L1.
+const PREFETCH: usize = 16;
+
+/// Asks the CPU to bring the cache line at `p` into L1. It is a hint: it
+/// never dereferences `p` and never faults, whatever the address.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `prefetch` reads nothing and cannot fault on any address; SSE
+    // is part of every x86_64 target.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 impl Head {
@@ -442,6 +486,35 @@ impl Head {
         Labels::from_sorted(v)
     }
 
+    /// Appends samples of series in memory, in order: the accepted to
+    /// `accepted`, the rejected to `rejected` with their index. A commit's
+    /// series are spread over memory, so each append would wait for its
+    /// series and its chunk's last bytes; they are fetched ahead instead.
+    pub(crate) fn append_all(
+        &mut self,
+        samples: &[(SeriesRef, i64, f64)],
+        opts: &crate::Options,
+        accepted: &mut Vec<(SeriesRef, i64, f64)>,
+        rejected: &mut Vec<(usize, SampleError)>,
+    ) {
+        for (i, &(r, t, v)) in samples.iter().enumerate() {
+            if let Some(&(ahead, _, _)) = samples.get(i + PREFETCH) {
+                let slot = self.slots[ahead as usize] as usize - 1;
+                let s: *const MemSeries = &self.series[slot];
+                prefetch(s);
+                prefetch(s.cast::<u8>().wrapping_add(64));
+            }
+            if let Some(&(ahead, _, _)) = samples.get(i + PREFETCH / 2) {
+                let slot = self.slots[ahead as usize] as usize - 1;
+                prefetch(self.series[slot].chunk.tail());
+            }
+            match self.append(r, t, v, opts) {
+                Ok(()) => accepted.push((r, t, v)),
+                Err(e) => rejected.push((i, e)),
+            }
+        }
+    }
+
     /// Appends one sample; a chunk that fills up or crosses a partition is
     /// sealed into `pending`.
     pub(crate) fn append(
@@ -463,9 +536,8 @@ impl Head {
         let last = (!s.chunk.is_empty()).then_some(s.max_t);
         debug_assert_eq!(last, s.chunk.last_timestamp());
         if last.is_none_or(|l| t > l) {
-            let p = partition_of(t, width);
             if !s.chunk.is_empty()
-                && (p != partition_of(s.chunk_min_t(), width)
+                && (!self.partitions.same(s.chunk_min_t(), t, width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes
                     || !s.chunk.within_span(t))
@@ -955,5 +1027,77 @@ mod tests {
             4 * SEGMENT * std::mem::size_of::<usize>()
                 + v.segments.capacity() * std::mem::size_of::<Vec<usize>>()
         );
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tiermon_model::Labels;
+
+    proptest! {
+        /// The cache answers as two divisions would, whatever it held.
+        #[test]
+        fn the_partition_cache_agrees_with_dividing(
+            pairs in proptest::collection::vec((-10_000i64..10_000, -10_000i64..10_000), 1..50),
+            width in 1i64..3_000,
+        ) {
+            let mut cache = PartitionCache::default();
+            for (a, b) in pairs {
+                prop_assert_eq!(
+                    cache.same(a, b, width),
+                    partition_of(a, width) == partition_of(b, width),
+                    "a {} b {} width {}", a, b, width
+                );
+            }
+        }
+    }
+
+    /// A commit whose series cross a partition boundary at different
+    /// samples seals each chunk within one partition, and reports the
+    /// rejected samples by their index in the commit.
+    #[test]
+    fn appending_a_batch_seals_at_partitions_and_names_the_rejected() {
+        let width = 1_000;
+        let mut head = Head::new(width);
+        let opts = crate::Options {
+            ooo_window: std::time::Duration::from_millis(100),
+            ..crate::Options::default()
+        };
+        for r in 0..40 {
+            let l = Labels::from_pairs([("__name__", "m"), ("i", &r.to_string())]);
+            head.create(r, &l);
+        }
+        // Series r has samples every 70 ms from -3000 + r, so that each
+        // crosses -2000, -1000, 0 and 1000 at its own step, interleaved in
+        // one commit; then one sample too old for series 3.
+        let mut samples = Vec::new();
+        for k in 0..80 {
+            for r in 0..40u32 {
+                samples.push((r, -3_000 + i64::from(r) + 70 * k, k as f64));
+            }
+        }
+        samples.push((3, -3_000, 0.5));
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        head.append_all(&samples, &opts, &mut accepted, &mut rejected);
+        assert_eq!(accepted.len(), samples.len() - 1);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].0, samples.len() - 1);
+        let mut per_series = vec![0usize; 40];
+        for c in &head.pending {
+            assert_eq!(partition_of(c.min_t, width), c.partition, "{c:?}");
+            assert_eq!(partition_of(c.max_t, width), c.partition, "{c:?}");
+            per_series[c.r as usize] += XorChunk::from_bytes(&c.bytes).unwrap().len();
+        }
+        for (r, sealed) in per_series.iter().enumerate() {
+            let s = head.get(r as u32).unwrap();
+            let open: Vec<(i64, f64)> = s.chunk.iter().collect();
+            assert_eq!(sealed + open.len(), 80, "series {r}");
+            // The open chunk holds the last partition's samples alone.
+            let p = partition_of(s.max_t, width);
+            assert!(open.iter().all(|&(t, _)| partition_of(t, width) == p));
+        }
     }
 }
