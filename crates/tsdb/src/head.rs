@@ -180,8 +180,8 @@ pub(crate) struct Head {
 }
 
 /// The bounds of one partition, `[start, end)`: nearly every sample of a
-/// commit falls in the same partition as the open chunk of its series, and
-/// a 64-bit division per sample is a tenth of an append.
+/// commit falls in the same partition as the open chunk of its series, so
+/// the two 64-bit divisions that would tell it are rarely needed.
 #[derive(Debug, Default)]
 struct PartitionCache {
     start: i64,

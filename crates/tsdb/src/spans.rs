@@ -44,7 +44,13 @@ impl Spans {
     /// The bounds recorded in `meta`.
     pub(crate) fn load(rocks: &DB, meta: &ColumnFamily, width: i64) -> Result<Spans> {
         let int = |v: &[u8]| Some(i64::from_be_bytes(v.try_into().ok()?));
-        let pair = |v: &[u8]| Some((int(v.get(..8)?)?, int(v.get(8..)?)?));
+        // A record of one i64 was written before the width was kept: its
+        // blocks' width is not known, so reads seek from the partition's
+        // start and maintenance leaves the rest to the partition's close.
+        let pair = |v: &[u8]| match v.len() {
+            8 => Some((int(v)?, width)),
+            _ => Some((int(v.get(..8)?)?, int(v.get(8..)?)?)),
+        };
         Ok(Spans {
             width,
             known: RwLock::new(load_records(

@@ -1459,6 +1459,26 @@ fn open_partitions_compact_into_blocks_that_read_as_written() {
     let db = Db::open(dir.path(), o.clone()).unwrap();
     assert_eq!(db.inner.spans.compacted(0), Some((1_800_000, 600_000)));
     check(&db, "after a restart");
+    // A record from before the width was kept (one i64) still opens and
+    // reads: seeks start at the partition's start, and maintenance does
+    // not compact that partition in blocks again.
+    let meta = cf(&db.inner.rocks, CF_META).unwrap();
+    db.inner
+        .rocks
+        .put_cf(meta, keys::blocks(0), 1_800_000i64.to_be_bytes())
+        .unwrap();
+    drop(db);
+    let old = Db::open(dir.path(), o.clone()).unwrap();
+    let partition = o.partition_ms();
+    assert_eq!(old.inner.spans.compacted(0), Some((1_800_000, partition)));
+    check(&old, "with a record without the width");
+    assert!(old.maintain(3_900_000).unwrap().blocks.is_empty());
+    let meta = cf(&old.inner.rocks, CF_META).unwrap();
+    old.inner
+        .spans
+        .claim_blocks(&old.inner.rocks, meta, 0, 1_800_000, 600_000)
+        .unwrap();
+    let db = old;
     // Blocks turned off, or another width: what was compacted still reads
     // (the recorded width, not the setting), and nothing is compacted in
     // this partition with another width.
