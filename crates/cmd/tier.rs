@@ -264,6 +264,12 @@ pub(crate) fn storage_metrics(db: &Db) -> Vec<Metric> {
             g.pending_chunks as f64,
         ),
         m(
+            "tiermon_storage_pending_bytes",
+            "Heap bytes of the sealed chunks waiting to be written to RocksDB.",
+            "gauge",
+            g.pending_bytes as f64,
+        ),
+        m(
             "tiermon_storage_memtable_bytes",
             "Bytes of RocksDB's memtables.",
             "gauge",

@@ -25,8 +25,14 @@ const ENC_XOR: u8 = 0;
 const ENC_SEALED: u8 = 1;
 const ENC_AGG: u8 = 2;
 
-/// Sealed chunks collected before they are written to RocksDB together.
-const PENDING_BATCH: usize = 256;
+/// Bytes of sealed chunks collected before they are written to RocksDB
+/// together, as one table file: they stay readable in the head and their
+/// samples are in the WAL meanwhile.
+const PENDING_BYTES: usize = 8 << 20;
+
+/// Folder (in the data folder) of the table files of sealed chunks being
+/// written, before RocksDB ingests them.
+const INGEST_DIR: &str = "ingest";
 
 /// A series and its labels.
 type Named = (SeriesRef, Labels);
@@ -56,8 +62,11 @@ struct Inner {
     /// Serialises maintenance (compaction, downsampling, retention).
     maintenance: Mutex<()>,
     /// Serialises writes of sealed chunks, so that the stored `next_seq`
-    /// never goes backwards.
-    chunk_writes: Mutex<()>,
+    /// never goes backwards; counts the table files written.
+    chunk_writes: Mutex<u64>,
+    /// Options of the chunk column family, for the table files of sealed
+    /// chunks written outside RocksDB and then ingested.
+    sst_opts: rocksdb::Options,
     /// Blob storage for old partitions, when configured.
     tier: Option<Tier>,
     /// WAL positions that readers still need, by reader name: checkpoints
@@ -158,6 +167,9 @@ pub struct Gauges {
     pub samples_appended: u64,
     /// Sealed chunks in the head not yet written to RocksDB.
     pub pending_chunks: usize,
+    /// Heap bytes of those chunks: about two table files of them (more
+    /// while their writes fail), whatever the number of series.
+    pub pending_bytes: usize,
     /// Bytes of RocksDB's memtables, all column families.
     pub memtable_bytes: u64,
     /// Bytes held in RocksDB's block cache.
@@ -240,6 +252,15 @@ impl Db {
             std::fs::remove_dir_all(&spool)
                 .map_err(|e| Error::io("emptying the upload spool", &spool, e))?;
         }
+        // Table files of sealed chunks an earlier run did not ingest: their
+        // samples are in the WAL, which replay writes again.
+        let ingest = dir.join(INGEST_DIR);
+        if ingest.exists() {
+            std::fs::remove_dir_all(&ingest)
+                .map_err(|e| Error::io("emptying the ingest folder", &ingest, e))?;
+        }
+        std::fs::create_dir_all(&ingest)
+            .map_err(|e| Error::io("creating the ingest folder", &ingest, e))?;
         let mut ro = rocksdb::Options::default();
         ro.create_if_missing(true);
         ro.create_missing_column_families(true);
@@ -259,10 +280,12 @@ impl Db {
             o.set_block_based_table_factory(&table);
             o
         };
+        let chunk_opts = with_cache(chunk_opts);
+        let sst_opts = chunk_opts.clone();
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, with_cache(rocksdb::Options::default())),
             ColumnFamilyDescriptor::new(CF_SERIES, with_cache(lz4())),
-            ColumnFamilyDescriptor::new(CF_CHUNKS, with_cache(chunk_opts)),
+            ColumnFamilyDescriptor::new(CF_CHUNKS, chunk_opts),
             ColumnFamilyDescriptor::new(CF_HEAD, with_cache(lz4())),
             ColumnFamilyDescriptor::new(CF_INDEX, with_cache(index::options())),
         ];
@@ -435,7 +458,8 @@ impl Db {
                 head: RwLock::new(head),
                 wal: Mutex::new(wal),
                 maintenance: Mutex::new(()),
-                chunk_writes: Mutex::new(()),
+                chunk_writes: Mutex::new(0),
+                sst_opts,
                 tier,
                 wal_holds: Mutex::new(std::collections::HashMap::new()),
                 wal_epoch,
@@ -670,7 +694,7 @@ impl Db {
         // Sealed chunks stay readable in the head and their samples are in
         // the WAL, so they go to RocksDB in batches rather than one write
         // per commit (checkpoint and maintenance flush the rest).
-        if self.inner.head.read().pending.len() >= PENDING_BATCH {
+        if self.inner.head.read().pending.waiting_bytes() >= PENDING_BYTES {
             self.write_pending()?;
         }
         Ok(res)
@@ -679,26 +703,31 @@ impl Db {
     /// Writes sealed chunks waiting in the head to RocksDB. On failure they
     /// stay in the head (still readable) for the next attempt.
     fn write_pending(&self) -> Result<()> {
-        let _serial = self.inner.chunk_writes.lock();
+        let mut files = self.inner.chunk_writes.lock();
         let (chunks, next_seq, fresh) = {
             let mut head = self.inner.head.write();
-            if head.pending.is_empty() {
+            if head.pending.nothing_waiting() {
                 return Ok(());
             }
-            let chunks = std::mem::take(&mut head.pending);
+            let chunks = head.pending.start_write();
             match self.unindexed(&head, chunks.iter().map(|c| (c.partition, c.r))) {
                 Ok(fresh) => (chunks, head.next_seq, fresh),
                 Err(e) => {
-                    head.pending = chunks;
+                    head.pending.finish_write(chunks, false);
                     return Err(e);
                 }
             }
         };
-        let r = self.write_chunks(&chunks, next_seq, &fresh);
-        match &r {
-            Ok(()) => self.mark_indexed(&fresh),
-            Err(_) => self.inner.head.write().pending.extend(chunks),
+        *files += 1;
+        let r = self.write_chunks(&chunks, next_seq, &fresh, *files);
+        if r.is_ok() {
+            self.mark_indexed(&fresh);
         }
+        self.inner
+            .head
+            .write()
+            .pending
+            .finish_write(chunks, r.is_ok());
         r
     }
 
@@ -739,31 +768,28 @@ impl Db {
         }
     }
 
+    /// Writes sealed chunks: first what reads need to find them (the
+    /// partitions' spans, the index of series new to a partition) and the
+    /// next sequence, then the chunks themselves as one sorted table file
+    /// ingested into the chunk column family, then the partitions' write
+    /// marks, so that maintenance that clears a mark has the chunks that
+    /// set it. The table file keeps the chunks out of RocksDB's memtable
+    /// and WAL, whose skip-list inserts and copies cost more than the
+    /// appends that sealed them; our WAL holds their samples until the
+    /// checkpoint after this write, so a crash part way is made whole by
+    /// replay, which writes them again.
     fn write_chunks(
         &self,
         chunks: &[SealedChunk],
         next_seq: u64,
         fresh: &[(i64, Vec<(SeriesRef, Labels)>)],
+        file_no: u64,
     ) -> Result<()> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
         let mcf = cf(rocks, CF_META)?;
         let icf = cf(rocks, CF_INDEX)?;
         let mut batch = WriteBatch::default();
-        let mut partitions: Vec<i64> = Vec::new();
-        for c in chunks {
-            batch.put_cf(
-                &ccf,
-                keys::chunk(0, c.partition, c.r, c.min_t, c.seq),
-                chunk_value(ENC_XOR, c.max_t, &c.bytes),
-            );
-            if !partitions.contains(&c.partition) {
-                partitions.push(c.partition);
-            }
-        }
-        for p in partitions {
-            batch.put_cf(&mcf, keys::written(p), []);
-        }
         for (p, series) in fresh {
             index::add(&mut batch, icf, *p, series);
         }
@@ -774,7 +800,49 @@ impl Db {
             batch,
             chunks.iter().map(|c| (c.partition, c.max_t - c.min_t)),
             "writing sealed chunks",
-        )
+        )?;
+        let order = table_order(chunks);
+        let path = self
+            .inner
+            .dir
+            .join(INGEST_DIR)
+            .join(format!("{file_no:08}.sst"));
+        let table = || -> std::result::Result<(), rocksdb::Error> {
+            let mut writer = rocksdb::SstFileWriter::create(&self.inner.sst_opts);
+            writer.open(&path)?;
+            let mut value = Vec::new();
+            for (key, i) in &order {
+                let c = &chunks[*i];
+                value.clear();
+                chunk_value_into(ENC_XOR, c.max_t, &c.bytes, &mut value);
+                writer.put(key, &value)?;
+            }
+            writer.finish()
+        };
+        if let Err(e) = table() {
+            let _ = std::fs::remove_file(&path);
+            return Err(Error::rocks("writing a table file of sealed chunks")(e));
+        }
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        // A link, not a copy: the file is ours and on the same file system.
+        ingest.set_move_files(true);
+        let r = rocks
+            .ingest_external_file_cf_opts(&ccf, &ingest, vec![&path])
+            .map_err(Error::rocks("ingesting sealed chunks"));
+        // After a move the name is RocksDB's link; after a failure, ours.
+        let _ = std::fs::remove_file(&path);
+        r?;
+        let mut marks = WriteBatch::default();
+        let mut partitions: Vec<i64> = Vec::new();
+        for c in chunks {
+            if !partitions.contains(&c.partition) {
+                partitions.push(c.partition);
+                marks.put_cf(&mcf, keys::written(c.partition), []);
+            }
+        }
+        rocks
+            .write(marks)
+            .map_err(Error::rocks("marking the partitions written"))
     }
 
     /// Writes the head to RocksDB and deletes the WAL before that point, so
@@ -1269,9 +1337,14 @@ impl Db {
     /// (RocksDB's memtables, block cache and table readers) and how many
     /// series and samples it holds.
     pub fn gauges(&self) -> Gauges {
-        let (head_series, samples_appended, pending_chunks) = {
+        let (head_series, samples_appended, pending_chunks, pending_bytes) = {
             let head = self.inner.head.read();
-            (head.len(), head.samples_appended, head.pending.len())
+            (
+                head.len(),
+                head.samples_appended,
+                head.pending.len(),
+                head.pending.heap_size(),
+            )
         };
         let rocks = &self.inner.rocks;
         let sum = |property: &str| -> u64 {
@@ -1285,6 +1358,7 @@ impl Db {
             head_series,
             samples_appended,
             pending_chunks,
+            pending_bytes,
             memtable_bytes: sum("rocksdb.cur-size-all-mem-tables"),
             block_cache_bytes: self.inner.cache.get_usage() as u64,
             table_readers_bytes: sum("rocksdb.estimate-table-readers-mem"),
@@ -2162,19 +2236,19 @@ impl Db {
         maxt: i64,
     ) -> (Vec<HeadSnapshot>, Vec<SeriesRef>) {
         let head = self.inner.head.read();
-        // Sealed chunks not yet written, by series: one pass, not one per
-        // selected series.
+        let all = head.select(matchers);
+        // Sealed chunks not yet written, of the selected series: one pass,
+        // not one per selected series.
         let mut pending: std::collections::HashMap<SeriesRef, Vec<(u64, Vec<u8>)>> =
             std::collections::HashMap::new();
-        for c in &head.pending {
-            if c.min_t <= maxt && c.max_t >= mint {
+        for c in head.pending.iter() {
+            if c.min_t <= maxt && c.max_t >= mint && all.binary_search(&c.r).is_ok() {
                 pending
                     .entry(c.r)
                     .or_default()
                     .push((c.seq, c.bytes.clone()));
             }
         }
-        let all = head.select(matchers);
         let snaps = all
             .iter()
             .filter_map(|&r| {
@@ -2578,12 +2652,40 @@ fn rewrite_blocks(
     Ok(())
 }
 
+/// The keys of sealed chunks in the order a table file takes them
+/// (ascending, each once), with the index of the chunk stored under each:
+/// of two under one key, the later, as in a write batch. A scrape seals in
+/// reference order already, so the sort is mostly skipped.
+fn table_order(chunks: &[SealedChunk]) -> Vec<([u8; 29], usize)> {
+    let mut order: Vec<([u8; 29], usize)> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (keys::chunk(0, c.partition, c.r, c.min_t, c.seq), i))
+        .collect();
+    if !order.is_sorted_by(|a, b| a.0 < b.0) {
+        // Stable, so that equal keys stay in sealing order.
+        order.sort_by(|a, b| a.0.cmp(&b.0));
+        order.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 = later.1;
+            }
+            same
+        });
+    }
+    order
+}
+
 fn chunk_value(enc: u8, max_t: i64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + payload.len());
+    chunk_value_into(enc, max_t, payload, &mut v);
+    v
+}
+
+fn chunk_value_into(enc: u8, max_t: i64, payload: &[u8], v: &mut Vec<u8>) {
     v.push(enc);
     v.extend_from_slice(&max_t.to_le_bytes());
     v.extend_from_slice(payload);
-    v
 }
 
 fn split_value(v: &[u8]) -> Result<(u8, i64, &[u8])> {

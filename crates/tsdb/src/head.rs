@@ -98,6 +98,79 @@ pub(crate) struct SealedChunk {
     pub bytes: Vec<u8>,
 }
 
+/// Sealed chunks not yet in RocksDB: those waiting for the next write,
+/// and those of the write under way, which reads still find here until it
+/// is done.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    waiting: Vec<SealedChunk>,
+    /// Bytes of the waiting chunks' streams.
+    bytes: usize,
+    writing: Arc<Vec<SealedChunk>>,
+    /// Heap bytes of the waiting chunks, and of those being written.
+    heap: (usize, usize),
+}
+
+impl Pending {
+    pub fn push(&mut self, c: SealedChunk) {
+        self.bytes += c.bytes.len();
+        self.heap.0 += c.bytes.capacity() + std::mem::size_of::<SealedChunk>();
+        self.waiting.push(c);
+    }
+
+    /// Heap bytes of the chunks waiting and being written.
+    pub fn heap_size(&self) -> usize {
+        self.heap.0 + self.heap.1
+    }
+
+    /// Chunks waiting and being written.
+    pub fn len(&self) -> usize {
+        self.waiting.len() + self.writing.len()
+    }
+
+    /// Bytes of the chunks waiting.
+    pub fn waiting_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether no chunk is waiting.
+    pub fn nothing_waiting(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Chunks waiting and being written.
+    pub fn iter(&self) -> impl Iterator<Item = &SealedChunk> {
+        self.waiting.iter().chain(self.writing.iter())
+    }
+
+    /// Takes the waiting chunks for a write; they stay readable here until
+    /// [`Self::finish_write`]. Writes are serialised by the caller.
+    pub fn start_write(&mut self) -> Arc<Vec<SealedChunk>> {
+        debug_assert!(
+            self.writing.is_empty(),
+            "two writes of pending chunks at once"
+        );
+        self.bytes = 0;
+        self.heap = (0, self.heap.0);
+        self.writing = Arc::new(std::mem::take(&mut self.waiting));
+        Arc::clone(&self.writing)
+    }
+
+    /// Ends the write of `chunks` (from [`Self::start_write`]): written,
+    /// they are forgotten; not, they wait for the next write.
+    pub fn finish_write(&mut self, chunks: Arc<Vec<SealedChunk>>, written: bool) {
+        self.writing = Arc::default();
+        self.heap.1 = 0;
+        if written {
+            return;
+        }
+        let chunks = Arc::try_unwrap(chunks).unwrap_or_else(|shared| (*shared).clone());
+        for c in chunks {
+            self.push(c);
+        }
+    }
+}
+
 /// One series in memory.
 #[derive(Debug)]
 pub(crate) struct MemSeries {
@@ -169,7 +242,7 @@ pub(crate) struct Head {
     /// name → values seen.
     values: HashMap<u32, Vec<u32>>,
     /// Sealed chunks not yet in RocksDB.
-    pub pending: Vec<SealedChunk>,
+    pub pending: Pending,
     pub next_seq: u64,
     pub samples_appended: u64,
     /// Partition width in milliseconds.
@@ -896,11 +969,7 @@ impl Head {
             + self.free.capacity() * 4
             + self.by_hash.capacity() * (std::mem::size_of::<SeriesRef>() + 1)
             + self.symbols.heap_size()
-            + self
-                .pending
-                .iter()
-                .map(|c| c.bytes.len() + 64)
-                .sum::<usize>()
+            + self.pending.heap_size()
     }
 }
 
@@ -1086,7 +1155,7 @@ mod append_tests {
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].0, samples.len() - 1);
         let mut per_series = vec![0usize; 40];
-        for c in &head.pending {
+        for c in head.pending.iter() {
             assert_eq!(partition_of(c.min_t, width), c.partition, "{c:?}");
             assert_eq!(partition_of(c.max_t, width), c.partition, "{c:?}");
             per_series[c.r as usize] += XorChunk::from_bytes(&c.bytes).unwrap().len();

@@ -87,7 +87,7 @@ pub(crate) fn blocks(partition: i64) -> [u8; 13] {
 
 /// Prefix of the records of raw partitions that received chunks since
 /// their last compaction: `"wrtn/" | partition (8, sign-flipped BE)`, put
-/// in the same write as the chunks, so that maintenance compacts a closed
+/// once the chunks are written, so that maintenance compacts a closed
 /// partition again only when something arrived late for it.
 pub(crate) const META_WRITTEN: &[u8] = b"wrtn/";
 

@@ -1221,7 +1221,7 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
         db.write_pending().unwrap();
         {
             let head = db.inner.head.read();
-            assert!(head.pending.is_empty() && head.get(0).unwrap().chunk.len() == 60);
+            assert!(head.pending.len() == 0 && head.get(0).unwrap().chunk.len() == 60);
             assert!(head.get(0).unwrap().ooo_sealed);
         }
         let got = values(&db, &[eq("__name__", "m")], 10_000, 20_000);
@@ -1533,4 +1533,108 @@ fn blocks_that_do_not_divide_the_partition_are_refused() {
     };
     let err = Db::open(dir.path(), o).err().unwrap().to_string();
     assert!(err.contains("block") && err.contains("divide"), "{err}");
+}
+
+fn sealed(r: SeriesRef, partition: i64, min_t: i64, seq: u64, payload: u8) -> SealedChunk {
+    SealedChunk {
+        r,
+        partition,
+        min_t,
+        max_t: min_t,
+        seq,
+        bytes: vec![payload],
+    }
+}
+
+proptest::proptest! {
+    /// A table file gets every key once, ascending, holding the chunk a
+    /// write batch would have kept: the last sealed under it.
+    #[test]
+    fn a_table_file_takes_each_key_once_ascending_and_the_last_sealed_wins(
+        chunks in proptest::collection::vec((0u32..4, -1i64..2, 0i64..3, 0u64..3), 0..40),
+    ) {
+        let chunks: Vec<SealedChunk> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, p, t, seq))| sealed(r, p, t, seq, i as u8))
+            .collect();
+        let order = table_order(&chunks);
+        proptest::prop_assert!(order.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut model = std::collections::BTreeMap::new();
+        for (i, c) in chunks.iter().enumerate() {
+            model.insert(keys::chunk(0, c.partition, c.r, c.min_t, c.seq), i);
+        }
+        let want: Vec<([u8; 29], usize)> = model.into_iter().collect();
+        proptest::prop_assert_eq!(order, want);
+    }
+}
+
+/// How many samples each series named `m` has between `mint` and `maxt`.
+fn sample_counts(db: &Db, mint: i64, maxt: i64) -> Vec<(String, usize)> {
+    db.select(&[eq("__name__", "m")], mint, maxt)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.labels.to_string(), s.samples.len()))
+        .collect()
+}
+
+#[test]
+fn sealed_chunks_stay_readable_when_their_table_file_fails_and_are_written_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut app = db.appender();
+    let refs: Vec<SeriesRef> = (0..50)
+        .map(|i| {
+            app.append(&labels("m", &[("i", &i.to_string())]), 0, 0.0)
+                .unwrap()
+        })
+        .collect();
+    app.commit().unwrap();
+    // Series sealed out of reference order, so the table file is sorted.
+    for step in 1..300i64 {
+        let mut app = db.appender();
+        for &r in refs.iter().rev() {
+            app.append_ref(r, step * 1000, (step * i64::from(r)) as f64);
+        }
+        app.commit().unwrap();
+    }
+    let want: Vec<(String, usize)> = (0..50)
+        .map(|i| (labels("m", &[("i", &i.to_string())]).to_string(), 300))
+        .collect();
+    let mut want = want;
+    want.sort();
+    let read = |db: &Db| {
+        let mut got = sample_counts(db, 0, i64::MAX);
+        got.sort();
+        got
+    };
+    assert_eq!(read(&db), want);
+    // The folder table files are written in is a file now: the write
+    // fails, naming what it did, and the chunks wait in the head.
+    let ingest = dir.path().join(INGEST_DIR);
+    std::fs::remove_dir_all(&ingest).unwrap();
+    std::fs::write(&ingest, b"not a folder").unwrap();
+    let waiting = db.inner.head.read().pending.len();
+    assert!(waiting >= 100, "{waiting} sealed chunks, in memory");
+    let err = db.flush_head().unwrap_err().to_string();
+    assert!(err.contains("table file of sealed chunks"), "{err}");
+    let sealed = db.inner.head.read().pending.len();
+    assert!(sealed > waiting, "the open chunks were sealed too");
+    assert_eq!(read(&db), want, "sealed chunks are read from the head");
+    assert!(stored_chunks(&db, 0).is_empty());
+    std::fs::remove_file(&ingest).unwrap();
+    std::fs::create_dir(&ingest).unwrap();
+    db.flush_head().unwrap();
+    assert_eq!(db.inner.head.read().pending.len(), 0);
+    assert_eq!(stored_chunks(&db, 0).len(), sealed);
+    assert!(std::fs::read_dir(&ingest).unwrap().next().is_none());
+    assert_eq!(read(&db), want, "and then from RocksDB");
+    db.checkpoint().unwrap();
+    drop(db);
+    // A table file left by a crash is removed at the next start (replay
+    // writes its chunks again).
+    std::fs::write(ingest.join("00000009.sst"), b"torn").unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert!(std::fs::read_dir(&ingest).unwrap().next().is_none());
+    assert_eq!(read(&db), want, "after a restart");
 }
