@@ -281,7 +281,11 @@ impl Db {
             o
         };
         let chunk_opts = with_cache(chunk_opts);
-        let sst_opts = chunk_opts.clone();
+        let mut sst_opts = chunk_opts.clone();
+        // A table file would otherwise take the bottommost level's zstd,
+        // on the appending thread, for chunks that are compressed already;
+        // compaction applies it where the data settles.
+        sst_opts.set_bottommost_compression_type(rocksdb::DBCompressionType::None);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_META, with_cache(rocksdb::Options::default())),
             ColumnFamilyDescriptor::new(CF_SERIES, with_cache(lz4())),

@@ -107,20 +107,22 @@ pub(crate) struct Pending {
     /// Bytes of the waiting chunks' streams.
     bytes: usize,
     writing: Arc<Vec<SealedChunk>>,
-    /// Heap bytes of the waiting chunks, and of those being written.
+    /// Heap bytes of the streams of the waiting chunks, and of those
+    /// being written.
     heap: (usize, usize),
 }
 
 impl Pending {
     pub fn push(&mut self, c: SealedChunk) {
         self.bytes += c.bytes.len();
-        self.heap.0 += c.bytes.capacity() + std::mem::size_of::<SealedChunk>();
+        self.heap.0 += c.bytes.capacity();
         self.waiting.push(c);
     }
 
     /// Heap bytes of the chunks waiting and being written.
     pub fn heap_size(&self) -> usize {
-        self.heap.0 + self.heap.1
+        let size = std::mem::size_of::<SealedChunk>();
+        self.heap.0 + self.heap.1 + (self.waiting.capacity() + self.writing.capacity()) * size
     }
 
     /// Chunks waiting and being written.
