@@ -187,8 +187,12 @@ fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_throu
     let mut acked: Vec<(i64, f64)> = Vec::new();
     let mut refused = 0;
     let mut i = 0.0;
+    // The slowest write, to tell a stalled intake from a loaded machine.
+    let mut slowest = (0, 0);
     events.reverse();
-    while now_ms() < end {
+    // Every event happens, however slow the machine: the loop ends only
+    // once the last one is past.
+    while now_ms() < end || !events.is_empty() {
         if let Some(&(at, what)) = events.last()
             && now_ms() - start >= at
         {
@@ -205,7 +209,9 @@ fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_throu
             }
         }
         let t = now_ms();
-        if write(&secondary.url(), t, i) {
+        let ok = write(&secondary.url(), t, i);
+        slowest = slowest.max((now_ms() - t, t - start));
+        if ok {
             acked.push((t, i));
         } else {
             refused += 1;
@@ -213,7 +219,14 @@ fn acknowledged_samples_reach_the_primary_and_the_global_tier_exactly_once_throu
         i += 10.0;
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(acked.len() > 100, "{} acknowledged", acked.len());
+    assert!(
+        acked.len() > 100,
+        "{} acknowledged, {refused} refused in {} ms; the slowest write took {} ms, {} ms in",
+        acked.len(),
+        now_ms() - start,
+        slowest.0,
+        slowest.1
+    );
     assert!(refused > 0, "the secondary was down for a while");
     let expect =
         |k: usize| -> Vec<(i64, f64)> { acked.iter().map(|&(t, v)| (t, v + k as f64)).collect() };
