@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use crate::config::{Authorization, BasicAuth, TlsConfig};
 
+/// The User-Agent of every request.
+pub(crate) const USER_AGENT: &str = concat!("tiermon/", env!("CARGO_PKG_VERSION"));
+
 /// A client builder that trusts what `tls` says.
 pub(crate) fn builder(tls: Option<&TlsConfig>) -> Result<reqwest::ClientBuilder, String> {
     let mut b = reqwest::Client::builder()
-        .user_agent(concat!("tiermon/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .tcp_nodelay(true);
     if let Some(r) = crate::discovery::dns::HostResolver::configured() {
         b = b.dns_resolver(std::sync::Arc::new(r));

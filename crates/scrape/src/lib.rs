@@ -16,6 +16,7 @@
 mod client;
 mod config;
 mod discovery;
+mod http1;
 mod manager;
 mod relabel;
 mod scrape;

@@ -183,6 +183,7 @@ pub(crate) async fn run(
         meta_changed: false,
     });
     let mut runtime = rt.borrow_and_update().clone();
+    let mut idle = crate::http1::Idle::default();
     let mut next = first_slot(wall_ms(), iv, target.key, seed);
     loop {
         let wait = Duration::from_millis((next - wall_ms()).max(0) as u64);
@@ -214,7 +215,7 @@ pub(crate) async fn run(
         };
         let started = Instant::now();
         let fetched = tokio::select! {
-            r = fetch(&runtime, &target) => r,
+            r = fetch(&runtime, &target, &mut idle) => r,
             _ = cmd.changed() => match *cmd.borrow() {
                 Cmd::Shutdown => return,
                 // Gone mid-scrape: discard it and go stale.
@@ -303,10 +304,24 @@ pub(crate) async fn run(
 /// A scrape's body and its format, or why there is none.
 type Fetched = Result<(Vec<u8>, Format), String>;
 
-async fn fetch(rt: &JobRuntime, target: &Target) -> Fetched {
+async fn fetch(rt: &JobRuntime, target: &Target, idle: &mut crate::http1::Idle) -> Fetched {
     let job = &rt.job;
     let timeout = target.timeout;
     let fut = async {
+        if target.url.scheme() == "http" {
+            match fetch_plain(rt, target, idle).await? {
+                crate::http1::Answer::Page { body, content_type } => {
+                    let format = content_type
+                        .as_ref()
+                        .and_then(|v| v.to_str().ok())
+                        .map(Format::from_content_type)
+                        .unwrap_or_default();
+                    return Ok((body, format));
+                }
+                // Followed by the general client, from the start.
+                crate::http1::Answer::Redirect => {}
+            }
+        }
         let mut req = rt
             .client
             .get(target.url.clone())
@@ -353,6 +368,48 @@ async fn fetch(rt: &JobRuntime, target: &Target) -> Fetched {
             crate::config::PromDuration(timeout)
         )),
     }
+}
+
+/// A plain-HTTP scrape on the target's own connection (see [`crate::http1`]),
+/// with the headers the general client would send.
+async fn fetch_plain(
+    rt: &JobRuntime,
+    target: &Target,
+    idle: &mut crate::http1::Idle,
+) -> Result<crate::http1::Answer, String> {
+    let job = &rt.job;
+    let req = crate::client::authorize(
+        rt.client
+            .get(target.url.clone())
+            .header(reqwest::header::ACCEPT, job.accept.as_str())
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", target.timeout.as_secs_f64()),
+            ),
+        job.config.basic_auth.as_ref(),
+        job.config.authorization.as_ref(),
+    )?
+    .build()
+    .map_err(describe)?;
+    let mut headers = req.headers().clone();
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        reqwest::header::HeaderValue::from_static(crate::client::USER_AGENT),
+    );
+    if job.compression {
+        headers.insert(
+            reqwest::header::ACCEPT_ENCODING,
+            reqwest::header::HeaderValue::from_static("gzip"),
+        );
+    }
+    crate::http1::get(
+        idle,
+        &target.url,
+        &headers,
+        job.limits.body_size,
+        job.config.follow_redirects != Some(false),
+    )
+    .await
 }
 
 /// The error of a request with its causes (reqwest's own message is terse).

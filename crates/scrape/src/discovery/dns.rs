@@ -317,32 +317,42 @@ impl HostResolver {
     }
 }
 
+impl HostResolver {
+    /// The addresses of `host`.
+    pub(crate) async fn resolve(host: &str) -> std::result::Result<Vec<IpAddr>, String> {
+        let r = Resolver::system()?;
+        let mut addrs = Vec::new();
+        for ty in [TYPE::A, TYPE::AAAA] {
+            for rec in r.lookup(host, ty).await.unwrap_or_default() {
+                match rec {
+                    Record::A(a) => addrs.push(a.into()),
+                    Record::Aaaa(a) => addrs.push(a.into()),
+                    _ => {}
+                }
+            }
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+        }
+        // Not in DNS: `/etc/hosts` and the rest of the C library's
+        // sources (so `localhost` still works).
+        Ok(tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| format!("no address for {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect())
+    }
+}
+
 impl reqwest::dns::Resolve for HostResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let r = Resolver::system()?;
-            let mut addrs: Vec<SocketAddr> = Vec::new();
-            for ty in [TYPE::A, TYPE::AAAA] {
-                for rec in r.lookup(&host, ty).await.unwrap_or_default() {
-                    match rec {
-                        Record::A(a) => addrs.push(SocketAddr::new(a.into(), 0)),
-                        Record::Aaaa(a) => addrs.push(SocketAddr::new(a.into(), 0)),
-                        _ => {}
-                    }
-                }
-                if !addrs.is_empty() {
-                    break;
-                }
-            }
-            if addrs.is_empty() {
-                // Not in DNS: `/etc/hosts` and the rest of the C library's
-                // sources (so `localhost` still works).
-                addrs = tokio::net::lookup_host((host.as_str(), 0))
-                    .await
-                    .map_err(|e| format!("no address for {host}: {e}"))?
-                    .collect();
-            }
+            let addrs: Vec<SocketAddr> = HostResolver::resolve(&host)
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
