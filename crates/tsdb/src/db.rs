@@ -2668,7 +2668,7 @@ fn table_order(chunks: &[SealedChunk]) -> Vec<([u8; 29], usize)> {
         .collect();
     if !order.is_sorted_by(|a, b| a.0 < b.0) {
         // Stable, so that equal keys stay in sealing order.
-        order.sort_by(|a, b| a.0.cmp(&b.0));
+        order.sort_by_key(|a| a.0);
         order.dedup_by(|later, earlier| {
             let same = later.0 == earlier.0;
             if same {
