@@ -222,16 +222,17 @@ fn body_capacity(headers: &HeaderMap) -> usize {
 /// `body_size_limit` does) without holding more than the limit.
 enum Page {
     Plain(Vec<u8>),
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    /// Boxed: the decoder's state is ten times the size of a `Vec`.
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
 }
 
 impl Page {
     fn new(gzip: bool, capacity: usize) -> Self {
         if gzip {
             // A gzipped page is typically a tenth of the decoded one.
-            Page::Gzip(flate2::write::GzDecoder::new(Vec::with_capacity(
+            Page::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::with_capacity(
                 capacity.saturating_mul(8).min(16 << 20),
-            )))
+            ))))
         } else {
             Page::Plain(Vec::with_capacity(capacity))
         }
