@@ -84,3 +84,16 @@ pub(crate) fn with_query(base: &str, query: &[(&str, String)]) -> Result<url::Ur
     }
     Ok(url)
 }
+
+/// An error with its causes, `: `-separated (reqwest's and hyper's own
+/// messages name only the outermost).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -266,8 +266,9 @@ impl Page {
     }
 }
 
-/// Whether a page of `len` bytes is within `limit` (0: none).
-fn within(len: usize, limit: u64) -> Result<(), String> {
+/// Whether a page of `len` bytes is within `limit` (0: none), as
+/// Prometheus' `body_size_limit` says.
+pub(crate) fn within(len: usize, limit: u64) -> Result<(), String> {
     if limit > 0 && len as u64 > limit {
         return Err(format!(
             "body size limit exceeded: more than {limit} bytes (body_size_limit)"
@@ -278,14 +279,7 @@ fn within(len: usize, limit: u64) -> Result<(), String> {
 
 /// `what` failed, with the error's causes.
 fn describe(what: &str, e: &hyper::Error) -> String {
-    let mut s = format!("{what}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
+    format!("{what}: {}", crate::client::with_causes(e))
 }
 
 #[cfg(test)]
@@ -413,8 +407,11 @@ mod tests {
         let mut idle = Idle::default();
         assert_eq!(page(&mut idle, &srv.url, 0).await.unwrap(), b"a 1\n");
         assert!(idle.0.is_none());
-        let mut a = b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nb 1\n".to_vec();
-        let srv = serve(std::mem::take(&mut a), 1).await;
+        let srv = serve(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nb 1\n".to_vec(),
+            1,
+        )
+        .await;
         assert_eq!(page(&mut idle, &srv.url, 0).await.unwrap(), b"b 1\n");
         assert!(idle.0.is_none());
     }

@@ -311,41 +311,18 @@ async fn fetch(rt: &JobRuntime, target: &Target, idle: &mut crate::http1::Idle) 
         if target.url.scheme() == "http" {
             match fetch_plain(rt, target, idle).await? {
                 crate::http1::Answer::Page { body, content_type } => {
-                    let format = content_type
-                        .as_ref()
-                        .and_then(|v| v.to_str().ok())
-                        .map(Format::from_content_type)
-                        .unwrap_or_default();
-                    return Ok((body, format));
+                    return Ok((body, format_of(content_type.as_ref())));
                 }
                 // Followed by the general client, from the start.
                 crate::http1::Answer::Redirect => {}
             }
         }
-        let mut req = rt
-            .client
-            .get(target.url.clone())
-            .header(reqwest::header::ACCEPT, job.accept.as_str())
-            .header(
-                "X-Prometheus-Scrape-Timeout-Seconds",
-                format!("{}", timeout.as_secs_f64()),
-            );
-        req = crate::client::authorize(
-            req,
-            job.config.basic_auth.as_ref(),
-            job.config.authorization.as_ref(),
-        )?;
-        let mut resp = req.send().await.map_err(describe)?;
+        let mut resp = request(rt, target)?.send().await.map_err(describe)?;
         let status = resp.status();
         if status != reqwest::StatusCode::OK {
             return Err(format!("server returned HTTP status {status}"));
         }
-        let format = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(Format::from_content_type)
-            .unwrap_or_default();
+        let format = format_of(resp.headers().get(reqwest::header::CONTENT_TYPE));
         let limit = job.limits.body_size;
         let mut body = Vec::with_capacity(
             resp.content_length()
@@ -353,11 +330,7 @@ async fn fetch(rt: &JobRuntime, target: &Target, idle: &mut crate::http1::Idle) 
         );
         while let Some(chunk) = resp.chunk().await.map_err(describe)? {
             body.extend_from_slice(&chunk);
-            if limit > 0 && body.len() as u64 > limit {
-                return Err(format!(
-                    "body size limit exceeded: more than {limit} bytes (body_size_limit)"
-                ));
-            }
+            crate::http1::within(body.len(), limit)?;
         }
         Ok((body, format))
     };
@@ -378,20 +351,8 @@ async fn fetch_plain(
     idle: &mut crate::http1::Idle,
 ) -> Result<crate::http1::Answer, String> {
     let job = &rt.job;
-    let req = crate::client::authorize(
-        rt.client
-            .get(target.url.clone())
-            .header(reqwest::header::ACCEPT, job.accept.as_str())
-            .header(
-                "X-Prometheus-Scrape-Timeout-Seconds",
-                format!("{}", target.timeout.as_secs_f64()),
-            ),
-        job.config.basic_auth.as_ref(),
-        job.config.authorization.as_ref(),
-    )?
-    .build()
-    .map_err(describe)?;
-    let mut headers = req.headers().clone();
+    let mut req = request(rt, target)?.build().map_err(describe)?;
+    let mut headers = std::mem::take(req.headers_mut());
     headers.insert(
         reqwest::header::USER_AGENT,
         reqwest::header::HeaderValue::from_static(crate::client::USER_AGENT),
@@ -412,16 +373,34 @@ async fn fetch_plain(
     .await
 }
 
+/// A scrape's request as the job's client sends it: `Accept` by the
+/// job's formats, Prometheus' timeout header, the job's credentials.
+fn request(rt: &JobRuntime, target: &Target) -> Result<reqwest::RequestBuilder, String> {
+    let job = &rt.job;
+    crate::client::authorize(
+        rt.client
+            .get(target.url.clone())
+            .header(reqwest::header::ACCEPT, job.accept.as_str())
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", target.timeout.as_secs_f64()),
+            ),
+        job.config.basic_auth.as_ref(),
+        job.config.authorization.as_ref(),
+    )
+}
+
+/// The exposition format a `Content-Type` names (text 0.0.4 when none).
+fn format_of(content_type: Option<&reqwest::header::HeaderValue>) -> Format {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .map(Format::from_content_type)
+        .unwrap_or_default()
+}
+
 /// The error of a request with its causes (reqwest's own message is terse).
 fn describe(e: reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
+    crate::client::with_causes(&e)
 }
 
 /// What one scrape did.

@@ -315,9 +315,7 @@ impl HostResolver {
     pub(crate) fn configured() -> Option<Self> {
         std::env::var_os("TIERMON_RESOLV_CONF").map(|_| HostResolver)
     }
-}
 
-impl HostResolver {
     /// The addresses of `host`.
     pub(crate) async fn resolve(host: &str) -> std::result::Result<Vec<IpAddr>, String> {
         let r = Resolver::system()?;
