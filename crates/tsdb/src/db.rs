@@ -1030,8 +1030,12 @@ impl Db {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<SeriesSamples>> {
+        /// Series per batch: a large read is decoded by two reader
+        /// threads (see [`Db::select_batches`]), a small one on the
+        /// caller's.
+        const BATCH: usize = 1024;
         let mut out = Vec::new();
-        self.select_batches(matchers, mint, maxt, usize::MAX, |b| {
+        self.select_batches(matchers, mint, maxt, BATCH, |b| {
             out.extend(b);
             true
         })?;
@@ -1799,17 +1803,28 @@ impl Db {
         Ok(())
     }
 
-    /// Rewrites each series' chunks in raw partition `p` into one pcodec
-    /// chunk; returns whether anything changed.
+    /// Rewrites each series' chunks in raw partition `p` into pcodec
+    /// chunks, one per block (see [`Options::block`]; one for the whole
+    /// partition without blocks), each holding exactly the series' samples
+    /// of its block; returns whether anything changed. A series already in
+    /// that form is left as it is. Chunks of a block, not of the whole
+    /// partition, so that reading an hour of a closed day decodes at most
+    /// two blocks per series, not the day.
     fn compact_partition(&self, p: i64) -> Result<bool> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
         let mcf = cf(rocks, CF_META)?;
+        let width = self
+            .inner
+            .opts
+            .block_ms()
+            .unwrap_or(self.inner.opts.partition_ms());
+        let block_of = |t: i64| t.saturating_sub(p) / width;
         let mut changed = false;
         let mut batch = WriteBatch::default();
         let mut span = 0i64;
         self.for_each_series(Resolution::Raw, p, |r, group| {
-            if group.len() < 2 {
+            if in_blocks(group, &block_of)? {
                 return Ok(());
             }
             let mut parts = Runs::default();
@@ -1819,8 +1834,9 @@ impl Db {
             }
             let merged = merge(parts);
             let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
-            if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
-                let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+            for run in merged.chunk_by(|a, b| block_of(a.0) == block_of(b.0)) {
+                let (ts, vs): (Vec<i64>, Vec<f64>) = run.iter().copied().unzip();
+                let (t0, t1) = (ts[0], ts[ts.len() - 1]);
                 let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
                 span = span.max(t1 - t0);
                 batch.put_cf(
@@ -2654,6 +2670,21 @@ fn rewrite_blocks(
         );
     }
     Ok(())
+}
+
+/// Whether one series' chunks of a partition (key order) are compacted
+/// already: pcodec chunks, each within one block, one per block.
+fn in_blocks(group: &[(keys::ChunkKey, Vec<u8>)], block_of: &impl Fn(i64) -> i64) -> Result<bool> {
+    let mut last = None;
+    for (k, v) in group {
+        let (enc, max_t, _) = split_value(v)?;
+        let b = block_of(k.min_t);
+        if enc != ENC_SEALED || block_of(max_t) != b || last.is_some_and(|l| l >= b) {
+            return Ok(false);
+        }
+        last = Some(b);
+    }
+    Ok(true)
 }
 
 /// The keys of sealed chunks in the order a table file takes them
