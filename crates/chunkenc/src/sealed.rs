@@ -21,12 +21,28 @@
 //! arithmetic progressions (regular timestamps, window starts, counts) as
 //! their first value and step.
 
+//!
+//! A paged chunk (version 2, [`encode_paged`]) holds a longer run, a
+//! closed partition's, in pages (its blocks): one pcodec chunk per column
+//! whose pages decode on their own, and each page's count and first
+//! timestamp up front, so that a read of a short range decodes only the
+//! pages it needs ([`decode_pages_into`]) while the run pays one set of
+//! headers. Layout: `2 | count (varint) | pages (varint) | per page:
+//! count, first timestamp's zigzag delta from the previous page's (varints)
+//! | value mode (1) | [scale (1)] | timestamps length (varint) |
+//! timestamps | values`, where a paged pcodec column is `PCO_PAGED |
+//! header and chunk metadata length (varint) | header and chunk metadata |
+//! each page's length (varints) | the pages`, and progressions and
+//! constants are formulas as in version 1.
+
 use pco::data_types::Number;
-use pco::{ChunkConfig, DeltaSpec};
+use pco::wrapped::{FileCompressor, FileDecompressor};
+use pco::{ChunkConfig, DeltaSpec, PagingSpec};
 
 use crate::{Error, Result};
 
 const VERSION: u8 = 1;
+const VERSION_PAGED: u8 = 2;
 const VALUES_F64: u8 = 0;
 const VALUES_BITS: u8 = 1;
 const VALUES_SCALED: u8 = 2;
@@ -35,6 +51,9 @@ const VALUES_CONST: u8 = 3;
 /// First byte of an integer column that is an arithmetic progression (a
 /// pcodec column begins with its magic "pco!", never with this).
 const INTS_STEP: u8 = 0;
+
+/// First byte of a paged pcodec column.
+const PCO_PAGED: u8 = 1;
 
 /// Most values a column that is stored as a formula (a constant or a
 /// progression) may claim, so that damaged input cannot ask for an
@@ -193,41 +212,40 @@ fn compress<T: Number>(v: &[T]) -> Vec<u8> {
 /// timestamps of recording rules) as `INTS_STEP | first | step` (zigzag
 /// varints), anything else as pcodec.
 fn int_column(v: &[i64]) -> Vec<u8> {
-    if let [first, ref rest @ ..] = *v
-        && v.len() <= MAX_FORMULA_VALUES
+    if v.len() <= MAX_FORMULA_VALUES
+        && let Some(formula) = progression(v)
     {
-        let step = rest.first().map_or(0, |&s| s.wrapping_sub(first));
-        if v.windows(2).all(|w| w[1] == w[0].wrapping_add(step)) {
-            let mut out = vec![INTS_STEP];
-            put_varint(&mut out, zigzag(first));
-            put_varint(&mut out, zigzag(step));
-            return out;
-        }
+        return formula;
     }
     compress(v)
 }
 
 /// Decodes [`int_column`] of `n` values.
-fn decode_int_column(mut b: &[u8], n: usize) -> Result<Vec<i64>> {
+fn decode_int_column(b: &[u8], n: usize) -> Result<Vec<i64>> {
     if b.first() == Some(&INTS_STEP) {
-        b = &b[1..];
-        let first = unzigzag(get_varint(&mut b)?);
-        let step = unzigzag(get_varint(&mut b)?);
-        if !b.is_empty() {
-            return Err(Error::Corrupt(format!(
-                "{} bytes after an integer progression",
-                b.len()
-            )));
-        }
-        let mut x = first;
-        let mut out = Vec::with_capacity(formula_len(n)?);
-        for _ in 0..n {
-            out.push(x);
-            x = x.wrapping_add(step);
-        }
-        return Ok(out);
+        return progression_values(b, 0, n);
     }
     pco::standalone::simple_decompress::<i64>(b).map_err(|e| Error::Corrupt(format!("pcodec: {e}")))
+}
+
+/// Values `start..start + n` of the progression [`progression`] wrote.
+fn progression_values(mut b: &[u8], start: usize, n: usize) -> Result<Vec<i64>> {
+    b = b.get(1..).unwrap_or_default();
+    let first = unzigzag(get_varint(&mut b)?);
+    let step = unzigzag(get_varint(&mut b)?);
+    if !b.is_empty() {
+        return Err(Error::Corrupt(format!(
+            "{} bytes after an integer progression",
+            b.len()
+        )));
+    }
+    let mut x = first.wrapping_add(step.wrapping_mul(start as i64));
+    let mut out = Vec::with_capacity(formula_len(n)?);
+    for _ in 0..n {
+        out.push(x);
+        x = x.wrapping_add(step);
+    }
+    Ok(out)
 }
 
 fn formula_len(n: usize) -> Result<usize> {
@@ -286,6 +304,10 @@ fn same_bits(encoded: &[u8], vs: &[f64]) -> bool {
 /// Decodes a sealed chunk into timestamps and values.
 pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     let (&version, mut rest) = b.split_first().ok_or(Error::Truncated("sealed chunk"))?;
+    if version == VERSION_PAGED {
+        let (counts, _, rest) = page_table(rest)?;
+        return decode_paged(&counts, rest, 0..counts.len());
+    }
     if version != VERSION {
         return Err(Error::Corrupt(format!(
             "unknown sealed chunk version {version}"
@@ -320,6 +342,288 @@ pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
 pub fn count(b: &[u8]) -> Result<usize> {
     let mut rest = b.get(1..).ok_or(Error::Truncated("sealed chunk"))?;
     Ok(get_varint(&mut rest)? as usize)
+}
+
+/// Encodes samples (timestamps strictly increasing) into a paged chunk
+/// whose pages hold `pages` samples each, in order (see the module
+/// documentation). One page, or a run longer than a formula may claim,
+/// gives a version 1 chunk.
+pub fn encode_paged(ts: &[i64], vs: &[f64], pages: &[usize]) -> Vec<u8> {
+    assert_eq!(ts.len(), vs.len(), "one value per timestamp");
+    assert_eq!(
+        pages.iter().sum::<usize>(),
+        ts.len(),
+        "pages hold every sample"
+    );
+    assert!(pages.iter().all(|&n| n > 0), "no empty page");
+    if pages.len() < 2 || ts.len() > MAX_FORMULA_VALUES {
+        return encode(ts, vs);
+    }
+    let mut out = vec![VERSION_PAGED];
+    put_varint(&mut out, ts.len() as u64);
+    put_varint(&mut out, pages.len() as u64);
+    let (mut at, mut prev) = (0, 0i64);
+    for &n in pages {
+        put_varint(&mut out, n as u64);
+        put_varint(&mut out, zigzag(ts[at].wrapping_sub(prev)));
+        prev = ts[at];
+        at += n;
+    }
+    let (header, v) = paged_values(vs, pages);
+    out.extend_from_slice(&header);
+    let t = match progression(ts) {
+        Some(formula) => formula,
+        None => paged_compress(ts, pages),
+    };
+    put_varint(&mut out, t.len() as u64);
+    out.extend_from_slice(&t);
+    out.extend_from_slice(&v);
+    out
+}
+
+/// [`values`] of a paged chunk.
+fn paged_values(vs: &[f64], pages: &[usize]) -> (Vec<u8>, Vec<u8>) {
+    if let Some(first) = vs.first()
+        && vs.iter().all(|v| v.to_bits() == first.to_bits())
+    {
+        return (vec![VALUES_CONST], first.to_bits().to_le_bytes().to_vec());
+    }
+    if let Some((scale, ints)) = scaled(vs) {
+        return (vec![VALUES_SCALED, scale], paged_compress(&ints, pages));
+    }
+    let v = paged_compress(vs, pages);
+    let all = Pages::read(&v, pages).and_then(|p| p.decode::<f64>(0..pages.len()));
+    match all {
+        Ok(back) if back.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits()) => {
+            (vec![VALUES_F64], v)
+        }
+        _ => {
+            let bits: Vec<u64> = vs.iter().map(|v| v.to_bits()).collect();
+            (vec![VALUES_BITS], paged_compress(&bits, pages))
+        }
+    }
+}
+
+/// `INTS_STEP | first | step` for an arithmetic progression.
+fn progression(v: &[i64]) -> Option<Vec<u8>> {
+    let [first, ref rest @ ..] = *v else {
+        return None;
+    };
+    let step = rest.first().map_or(0, |&s| s.wrapping_sub(first));
+    if !v.windows(2).all(|w| w[1] == w[0].wrapping_add(step)) {
+        return None;
+    }
+    let mut out = vec![INTS_STEP];
+    put_varint(&mut out, zigzag(first));
+    put_varint(&mut out, zigzag(step));
+    Some(out)
+}
+
+/// A paged pcodec column, with pcodec's automatic delta choice or with
+/// first-order deltas, whichever is shorter.
+fn paged_compress<T: Number>(v: &[T], pages: &[usize]) -> Vec<u8> {
+    let paging = PagingSpec::Exact(pages.to_vec());
+    let auto = ChunkConfig::default().with_paging_spec(paging.clone());
+    let deltas = ChunkConfig::default()
+        .with_delta_spec(DeltaSpec::TryConsecutive(1))
+        .with_paging_spec(paging);
+    let try_one = |config: &ChunkConfig| -> pco::errors::PcoResult<Vec<u8>> {
+        let fc = FileCompressor::default();
+        let mut cc = fc.chunk_compressor(v, config)?;
+        let head = cc.write_meta(fc.write_header(Vec::new())?)?;
+        let mut out = vec![PCO_PAGED];
+        put_varint(&mut out, head.len() as u64);
+        out.extend_from_slice(&head);
+        let bodies = (0..pages.len())
+            .map(|i| cc.write_page(i, Vec::new()))
+            .collect::<pco::errors::PcoResult<Vec<_>>>()?;
+        for b in &bodies {
+            put_varint(&mut out, b.len() as u64);
+        }
+        for b in bodies {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    };
+    // pco only fails on invalid configuration, which these are not.
+    let a = try_one(&auto).unwrap_or_default();
+    let b = try_one(&deltas).unwrap_or_default();
+    if !b.is_empty() && (a.is_empty() || b.len() < a.len()) {
+        b
+    } else {
+        a
+    }
+}
+
+/// A paged pcodec column, split into its parts.
+struct Pages<'a> {
+    head: &'a [u8],
+    bodies: Vec<&'a [u8]>,
+    counts: &'a [usize],
+}
+
+impl<'a> Pages<'a> {
+    fn read(mut b: &'a [u8], counts: &'a [usize]) -> Result<Self> {
+        if b.first() != Some(&PCO_PAGED) {
+            return Err(Error::Corrupt("paged column without its marker".into()));
+        }
+        b = &b[1..];
+        let len = get_varint(&mut b)? as usize;
+        if len > b.len() {
+            return Err(Error::Truncated("paged column header"));
+        }
+        let (head, mut rest) = b.split_at(len);
+        let mut lens = Vec::with_capacity(counts.len());
+        for _ in counts {
+            lens.push(get_varint(&mut rest)? as usize);
+        }
+        let mut bodies = Vec::with_capacity(counts.len());
+        for len in lens {
+            if len > rest.len() {
+                return Err(Error::Truncated("paged column page"));
+            }
+            let (page, r) = rest.split_at(len);
+            bodies.push(page);
+            rest = r;
+        }
+        if !rest.is_empty() {
+            return Err(Error::Corrupt(format!(
+                "{} bytes after a paged column's pages",
+                rest.len()
+            )));
+        }
+        Ok(Self {
+            head,
+            bodies,
+            counts,
+        })
+    }
+
+    /// The numbers of pages `range`.
+    fn decode<T: Number>(&self, range: std::ops::Range<usize>) -> Result<Vec<T>> {
+        let pco_err = |e: pco::errors::PcoError| Error::Corrupt(format!("pcodec: {e}"));
+        let (fd, rest) = FileDecompressor::new(self.head).map_err(pco_err)?;
+        let (mut cd, _) = fd.chunk_decompressor::<T, &[u8]>(rest).map_err(pco_err)?;
+        let n: usize = self.counts[range.clone()].iter().sum();
+        let mut out = vec![T::default(); n];
+        let mut at = 0;
+        for i in range {
+            let count = self.counts[i];
+            let mut pd = cd
+                .page_decompressor(self.bodies[i], count)
+                .map_err(pco_err)?;
+            let got = pd.read(&mut out[at..at + count]).map_err(pco_err)?;
+            if got.n_processed != count {
+                return Err(Error::Corrupt(format!(
+                    "a page of {count} numbers decoded {}",
+                    got.n_processed
+                )));
+            }
+            at += count;
+        }
+        Ok(out)
+    }
+}
+
+/// The page table of a paged chunk: each page's count and first
+/// timestamp, and what follows the table.
+fn page_table(mut b: &[u8]) -> Result<(Vec<usize>, Vec<i64>, &[u8])> {
+    let n = get_varint(&mut b)? as usize;
+    let n = formula_len(n)?;
+    let pages = get_varint(&mut b)? as usize;
+    if pages < 2 || pages > n {
+        return Err(Error::Corrupt(format!("{pages} pages for {n} samples")));
+    }
+    let (mut counts, mut firsts) = (Vec::with_capacity(pages), Vec::with_capacity(pages));
+    let (mut sum, mut prev) = (0usize, 0i64);
+    for _ in 0..pages {
+        let c = get_varint(&mut b)? as usize;
+        let t = prev.wrapping_add(unzigzag(get_varint(&mut b)?));
+        sum = sum.saturating_add(c);
+        if c == 0 || sum > n || firsts.last().is_some_and(|&l| t <= l) {
+            return Err(Error::Corrupt("paged chunk page table".into()));
+        }
+        counts.push(c);
+        firsts.push(t);
+        prev = t;
+    }
+    if sum != n {
+        return Err(Error::Corrupt(format!(
+            "paged chunk's pages hold {sum} samples, its header says {n}"
+        )));
+    }
+    Ok((counts, firsts, b))
+}
+
+/// Appends to `out` the samples of a sealed chunk's pages that may hold
+/// samples in `[mint, maxt]`: of a paged chunk, only those pages (with any
+/// samples of theirs outside the range); of a version 1 chunk, every
+/// sample.
+pub fn decode_pages_into(b: &[u8], mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) -> Result<()> {
+    let (&version, rest) = b.split_first().ok_or(Error::Truncated("sealed chunk"))?;
+    if version != VERSION_PAGED {
+        let (ts, vs) = decode(b)?;
+        out.extend(ts.into_iter().zip(vs));
+        return Ok(());
+    }
+    let (counts, firsts, rest) = page_table(rest)?;
+    // Page i holds [firsts[i], firsts[i + 1]).
+    let lo = firsts.partition_point(|&f| f <= mint).saturating_sub(1);
+    let hi = firsts.partition_point(|&f| f <= maxt);
+    if lo >= hi {
+        return Ok(());
+    }
+    let (ts, vs) = decode_paged(&counts, rest, lo..hi)?;
+    out.extend(ts.into_iter().zip(vs));
+    Ok(())
+}
+
+/// Timestamps and values of pages `range` of a paged chunk, after its
+/// page table.
+fn decode_paged(
+    counts: &[usize],
+    rest: &[u8],
+    range: std::ops::Range<usize>,
+) -> Result<(Vec<i64>, Vec<f64>)> {
+    let (&mode, rest) = rest
+        .split_first()
+        .ok_or(Error::Truncated("sealed chunk value mode"))?;
+    let (scale, mut rest) = scale_of(mode, rest)?;
+    let tlen = get_varint(&mut rest)? as usize;
+    if tlen > rest.len() {
+        return Err(Error::Truncated("sealed chunk timestamps"));
+    }
+    let (tb, vb) = rest.split_at(tlen);
+    let start: usize = counts[..range.start].iter().sum();
+    let len: usize = counts[range.clone()].iter().sum();
+    let ts = if tb.first() == Some(&INTS_STEP) {
+        progression_values(tb, start, len)?
+    } else {
+        Pages::read(tb, counts)?.decode::<i64>(range.clone())?
+    };
+    let vs = match mode {
+        VALUES_CONST => decode_values(mode, scale, vb, len)?,
+        VALUES_F64 => Pages::read(vb, counts)?.decode::<f64>(range)?,
+        VALUES_BITS => Pages::read(vb, counts)?
+            .decode::<u64>(range)?
+            .into_iter()
+            .map(f64::from_bits)
+            .collect(),
+        VALUES_SCALED => Pages::read(vb, counts)?
+            .decode::<i64>(range)?
+            .into_iter()
+            .map(|i| i as f64 / scale)
+            .collect(),
+        m => return Err(Error::Corrupt(format!("unknown value mode {m}"))),
+    };
+    if ts.len() != len || vs.len() != len {
+        return Err(Error::Corrupt(format!(
+            "sealed chunk pages say {len} samples, hold {} timestamps and {} values",
+            ts.len(),
+            vs.len()
+        )));
+    }
+    Ok((ts, vs))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -386,7 +690,128 @@ mod tests {
         #[test]
         fn corrupt_input_is_an_error_not_a_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode(&b);
+            let _ = decode_pages_into(&b, i64::MIN, i64::MAX, &mut Vec::new());
         }
+
+        #[test]
+        fn paged_chunks_round_trip_and_read_their_pages(
+            s in crate::xor::tests::samples(),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+            range in (any::<proptest::sample::Index>(), any::<proptest::sample::Index>()),
+        ) {
+            let (ts, vs) = split(&s);
+            let pages = page_counts(ts.len(), &cuts);
+            let b = encode_paged(&ts, &vs, &pages);
+            let (ts2, vs2) = decode(&b).unwrap();
+            prop_assert_eq!(&ts2, &ts);
+            prop_assert_eq!(bits(&vs2), bits(&vs));
+            prop_assert_eq!(count(&b).unwrap(), ts.len());
+            // A range between two of the samples (or outside them all).
+            if !ts.is_empty() {
+                let (a, z) = (range.0.index(ts.len()), range.1.index(ts.len()));
+                let (mint, maxt) = (ts[a.min(z)], ts[a.max(z)]);
+                let mut got = Vec::new();
+                decode_pages_into(&b, mint, maxt, &mut got).unwrap();
+                let want: Vec<(i64, u64)> = s.iter().filter(|x| x.0 >= mint && x.0 <= maxt).map(|x| (x.0, x.1.to_bits())).collect();
+                let inside: Vec<(i64, u64)> = got.iter().filter(|x| x.0 >= mint && x.0 <= maxt).map(|x| (x.0, x.1.to_bits())).collect();
+                prop_assert_eq!(inside, want);
+                // Whole pages only, and no page without samples in range.
+                let all: Vec<(i64, u64)> = s.iter().map(|x| (x.0, x.1.to_bits())).collect();
+                let got: Vec<(i64, u64)> = got.iter().map(|x| (x.0, x.1.to_bits())).collect();
+                prop_assert!(all.windows(got.len()).any(|w| w == got.as_slice()), "a contiguous part");
+            }
+        }
+
+        #[test]
+        fn damaged_paged_chunks_are_an_error_not_a_panic(
+            s in crate::xor::tests::samples(),
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let (ts, vs) = split(&s);
+            let pages = page_counts(ts.len(), &[at, cut]);
+            let mut b = encode_paged(&ts, &vs, &pages);
+            if !b.is_empty() {
+                let i = at.index(b.len());
+                b[i] ^= byte;
+                let _ = decode(&b);
+                let _ = decode_pages_into(&b, ts.first().copied().unwrap_or(0), i64::MAX, &mut Vec::new());
+                b.truncate(cut.index(b.len()));
+                let _ = decode(&b);
+                let _ = decode_pages_into(&b, i64::MIN, i64::MAX, &mut Vec::new());
+            }
+        }
+    }
+
+    fn bits(vs: &[f64]) -> Vec<u64> {
+        vs.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Page counts for `n` samples cut at `cuts`.
+    fn page_counts(n: usize, cuts: &[proptest::sample::Index]) -> Vec<usize> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(n)).filter(|&c| c > 0).collect();
+        at.push(0);
+        at.push(n);
+        at.sort_unstable();
+        at.dedup();
+        at.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// A day of a counter at 15 s with scrape jitter, in 2 h pages.
+    fn day() -> (Vec<i64>, Vec<f64>, Vec<usize>) {
+        let ts: Vec<i64> = (0..5760)
+            .map(|i| 1_700_000_000_000 + i * 15_000 + (i * 7919) % 13)
+            .collect();
+        let mut v = 1e6;
+        let vs: Vec<f64> = (0..5760)
+            .map(|i| {
+                v += ((i * 7919) % 97) as f64;
+                v
+            })
+            .collect();
+        (ts, vs, vec![480; 12])
+    }
+
+    #[test]
+    fn a_short_read_decodes_only_its_pages() {
+        let (ts, vs, pages) = day();
+        let b = encode_paged(&ts, &vs, &pages);
+        let mut got = Vec::new();
+        // 1 h inside the third page; then 1 h across the third and fourth.
+        decode_pages_into(&b, ts[970], ts[1200], &mut got).unwrap();
+        assert_eq!(got.len(), 480);
+        assert_eq!(got[0].0, ts[960]);
+        got.clear();
+        decode_pages_into(&b, ts[1300], ts[1500], &mut got).unwrap();
+        assert_eq!(got.len(), 960);
+        assert_eq!(got.last().unwrap().0, ts[1919]);
+        got.clear();
+        // Before the first sample and after the last.
+        decode_pages_into(&b, 0, ts[0] - 1, &mut got).unwrap();
+        assert!(got.is_empty());
+        decode_pages_into(&b, ts[5759] + 1, i64::MAX, &mut got).unwrap();
+        assert_eq!(got.len(), 480, "the last page may hold it");
+    }
+
+    #[test]
+    fn a_paged_day_costs_less_than_a_chunk_per_page() {
+        let (ts, vs, pages) = day();
+        let paged = encode_paged(&ts, &vs, &pages).len();
+        let apart: usize = (0..12)
+            .map(|p| encode(&ts[p * 480..(p + 1) * 480], &vs[p * 480..(p + 1) * 480]).len())
+            .sum();
+        let whole = encode(&ts, &vs).len();
+        // Pages cost something (pcodec's state at each page start) but
+        // less than half of what separate chunks' headers do (these
+        // before their keys).
+        assert!(
+            (paged - whole) * 2 < apart - whole,
+            "paged {paged} B, a chunk per page {apart} B, one chunk {whole} B"
+        );
     }
 
     #[test]

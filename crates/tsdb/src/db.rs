@@ -1128,7 +1128,7 @@ impl Db {
             for c in blob.remove(&s.r).unwrap_or_default() {
                 let (_, max_t, _) = split_value(&c.value)?;
                 if c.min_t <= maxt && max_t >= mint {
-                    parts.push_chunk(c.seq, &c.value)?;
+                    parts.push_range(c.seq, &c.value, mint, maxt)?;
                 }
             }
             let mut samples = merge(parts);
@@ -1803,13 +1803,11 @@ impl Db {
         Ok(())
     }
 
-    /// Rewrites each series' chunks in raw partition `p` into pcodec
-    /// chunks, one per block (see [`Options::block`]; one for the whole
-    /// partition without blocks), each holding exactly the series' samples
-    /// of its block; returns whether anything changed. A series already in
-    /// that form is left as it is. Chunks of a block, not of the whole
-    /// partition, so that reading an hour of a closed day decodes at most
-    /// two blocks per series, not the day.
+    /// Rewrites each series' chunks in raw partition `p` into one pcodec
+    /// chunk, paged by block (see [`Options::block`]): the most compact
+    /// form on disk, of which a short read decodes only the pages it
+    /// needs. Returns whether anything changed; a series already in one
+    /// sealed chunk is left as it is.
     fn compact_partition(&self, p: i64) -> Result<bool> {
         let rocks = &self.inner.rocks;
         let ccf = cf(rocks, CF_CHUNKS)?;
@@ -1824,7 +1822,9 @@ impl Db {
         let mut batch = WriteBatch::default();
         let mut span = 0i64;
         self.for_each_series(Resolution::Raw, p, |r, group| {
-            if in_blocks(group, &block_of)? {
+            if let [(_, v)] = group
+                && split_value(v)?.0 == ENC_SEALED
+            {
                 return Ok(());
             }
             let mut parts = Runs::default();
@@ -1834,10 +1834,13 @@ impl Db {
             }
             let merged = merge(parts);
             let seq = group.iter().map(|(k, _)| k.seq).max().unwrap_or(0);
-            for run in merged.chunk_by(|a, b| block_of(a.0) == block_of(b.0)) {
-                let (ts, vs): (Vec<i64>, Vec<f64>) = run.iter().copied().unzip();
-                let (t0, t1) = (ts[0], ts[ts.len() - 1]);
-                let enc = tiermon_chunkenc::sealed::encode(&ts, &vs);
+            if let (Some(&(t0, _)), Some(&(t1, _))) = (merged.first(), merged.last()) {
+                let pages: Vec<usize> = merged
+                    .chunk_by(|a, b| block_of(a.0) == block_of(b.0))
+                    .map(<[_]>::len)
+                    .collect();
+                let (ts, vs): (Vec<i64>, Vec<f64>) = merged.into_iter().unzip();
+                let enc = tiermon_chunkenc::sealed::encode_paged(&ts, &vs, &pages);
                 span = span.max(t1 - t0);
                 batch.put_cf(
                     ccf,
@@ -2339,7 +2342,7 @@ impl Db {
             }
             let (_, max_t, _) = split_value(v)?;
             if max_t >= mint {
-                parts.push_chunk(key.seq, v)?;
+                parts.push_range(key.seq, v, mint, maxt)?;
             }
             it.next();
         }
@@ -2426,6 +2429,12 @@ struct Runs {
 impl Runs {
     /// Adds a stored chunk value (any raw encoding).
     fn push_chunk(&mut self, seq: u64, v: &[u8]) -> Result<()> {
+        self.push_range(seq, v, i64::MIN, i64::MAX)
+    }
+
+    /// Adds a stored chunk value's samples, at least those in `[mint,
+    /// maxt]`: of a paged chunk, only the pages that may hold them.
+    fn push_range(&mut self, seq: u64, v: &[u8], mint: i64, maxt: i64) -> Result<()> {
         let (enc, _, payload) = split_value(v)?;
         let corrupt = |e: tiermon_chunkenc::Error| Error::Corrupt {
             what: format!("chunk: {e}"),
@@ -2434,8 +2443,8 @@ impl Runs {
         match enc {
             ENC_XOR => XorChunk::decode_into(payload, &mut self.buf).map_err(corrupt)?,
             ENC_SEALED => {
-                let (ts, vs) = tiermon_chunkenc::sealed::decode(payload).map_err(corrupt)?;
-                self.buf.extend(ts.into_iter().zip(vs));
+                tiermon_chunkenc::sealed::decode_pages_into(payload, mint, maxt, &mut self.buf)
+                    .map_err(corrupt)?
             }
             other => {
                 return Err(Error::Corrupt {
@@ -2670,21 +2679,6 @@ fn rewrite_blocks(
         );
     }
     Ok(())
-}
-
-/// Whether one series' chunks of a partition (key order) are compacted
-/// already: pcodec chunks, each within one block, one per block.
-fn in_blocks(group: &[(keys::ChunkKey, Vec<u8>)], block_of: &impl Fn(i64) -> i64) -> Result<bool> {
-    let mut last = None;
-    for (k, v) in group {
-        let (enc, max_t, _) = split_value(v)?;
-        let b = block_of(k.min_t);
-        if enc != ENC_SEALED || block_of(max_t) != b || last.is_some_and(|l| l >= b) {
-            return Ok(false);
-        }
-        last = Some(b);
-    }
-    Ok(true)
 }
 
 /// The keys of sealed chunks in the order a table file takes them

@@ -58,10 +58,10 @@ pub struct Options {
     /// block is older than the out-of-order window, each series' sealed
     /// chunks in it become one pcodec chunk, so that long reads decode a
     /// few large chunks, not hundreds of small ones. A closed partition
-    /// keeps one chunk per series and block too, so that a short read of
-    /// an old day decodes a block, not the day. Divides `partition`;
-    /// zero (or a partition's width or more) leaves open partitions as
-    /// written until they close, then makes one chunk per series of each.
+    /// becomes one chunk per series paged by block, so that a short read
+    /// of an old day decodes a block or two, not the day. Divides
+    /// `partition`; zero (or a partition's width or more) leaves open
+    /// partitions as written until they close, and pages nothing.
     pub block: Duration,
     /// Samples per head chunk before it is sealed.
     pub chunk_samples: usize,
