@@ -301,6 +301,21 @@ fn same_bits(encoded: &[u8], vs: &[f64]) -> bool {
     }
 }
 
+/// A chunk's value mode and scale, timestamp column and value column,
+/// from what follows its counts.
+fn columns(rest: &[u8]) -> Result<(u8, f64, &[u8], &[u8])> {
+    let (&mode, rest) = rest
+        .split_first()
+        .ok_or(Error::Truncated("sealed chunk value mode"))?;
+    let (scale, mut rest) = scale_of(mode, rest)?;
+    let tlen = get_varint(&mut rest)? as usize;
+    if tlen > rest.len() {
+        return Err(Error::Truncated("sealed chunk timestamps"));
+    }
+    let (tb, vb) = rest.split_at(tlen);
+    Ok((mode, scale, tb, vb))
+}
+
 /// Decodes a sealed chunk into timestamps and values.
 pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     let (&version, mut rest) = b.split_first().ok_or(Error::Truncated("sealed chunk"))?;
@@ -317,15 +332,7 @@ pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     if n == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
-    let (&mode, rest) = rest
-        .split_first()
-        .ok_or(Error::Truncated("sealed chunk value mode"))?;
-    let (scale, mut rest) = scale_of(mode, rest)?;
-    let tlen = get_varint(&mut rest)? as usize;
-    if tlen > rest.len() {
-        return Err(Error::Truncated("sealed chunk timestamps"));
-    }
-    let (tb, vb) = rest.split_at(tlen);
+    let (mode, scale, tb, vb) = columns(rest)?;
     let ts = decode_int_column(tb, n)?;
     let vs = decode_values(mode, scale, vb, n)?;
     if ts.len() != n || vs.len() != n {
@@ -585,15 +592,7 @@ fn decode_paged(
     rest: &[u8],
     range: std::ops::Range<usize>,
 ) -> Result<(Vec<i64>, Vec<f64>)> {
-    let (&mode, rest) = rest
-        .split_first()
-        .ok_or(Error::Truncated("sealed chunk value mode"))?;
-    let (scale, mut rest) = scale_of(mode, rest)?;
-    let tlen = get_varint(&mut rest)? as usize;
-    if tlen > rest.len() {
-        return Err(Error::Truncated("sealed chunk timestamps"));
-    }
-    let (tb, vb) = rest.split_at(tlen);
+    let (mode, scale, tb, vb) = columns(rest)?;
     let start: usize = counts[..range.start].iter().sum();
     let len: usize = counts[range.clone()].iter().sum();
     let ts = if tb.first() == Some(&INTS_STEP) {
