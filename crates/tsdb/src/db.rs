@@ -2601,10 +2601,29 @@ fn merge_ordered(buf: &[(i64, f64)], runs: &[(u64, std::ops::Range<usize>)]) -> 
         let Some(Reverse((t, seq, run, i))) = heap.pop() else {
             break;
         };
+        let end = runs[run].1.end;
+        if heap.is_empty() {
+            // One run alone until the next one starts: copied in one go
+            // (runs overlap at their edges, after a restart or where
+            // blocks were compacted, rarely all along).
+            let upto = runs.get(next).map_or(end, |(_, x)| {
+                i + buf[i..end].partition_point(|s| s.0 < buf[x.start].0)
+            });
+            let from = if out.last().is_some_and(|last| last.0 == t) {
+                i + 1
+            } else {
+                i
+            };
+            out.extend_from_slice(&buf[from..upto.max(from)]);
+            if upto < end {
+                heap.push(Reverse((buf[upto].0, seq, run, upto)));
+            }
+            continue;
+        }
         if out.last().is_none_or(|last| last.0 != t) {
             out.push(buf[i]);
         }
-        if i + 1 < runs[run].1.end {
+        if i + 1 < end {
             heap.push(Reverse((buf[i + 1].0, seq, run, i + 1)));
         }
     }

@@ -1099,16 +1099,46 @@ proptest::proptest! {
             2..8,
         ),
     ) {
+        merge_ordered_matches_the_model(runs)?;
+    }
+
+    /// Runs spread out, so that some overlap only at their edges and
+    /// others not at all (the stretches copied in one go).
+    #[test]
+    fn merging_runs_that_overlap_at_their_edges_keeps_the_latest_write(
+        runs in proptest::collection::vec(
+            (0u64..1000, 0i64..400, proptest::collection::vec((1i64..4, proptest::num::f64::ANY), 1..60)),
+            2..8,
+        ),
+    ) {
+        merge_ordered_matches_the_model(runs)?;
+    }
+}
+
+/// Runs of `(write order, start, (step, value)...)` merged by `merge`
+/// against a model that applies them in write order.
+fn merge_ordered_matches_the_model(
+    runs: Vec<(u64, i64, Vec<(i64, f64)>)>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    {
         let mut parts = Runs::default();
         let mut model = std::collections::BTreeMap::new();
         let mut order: Vec<usize> = (0..runs.len()).collect();
         // Sequences distinct, written in any order.
         order.sort_by_key(|&i| runs[i].0);
-        let seqs: Vec<u64> = (0..runs.len()).map(|i| order.iter().position(|&j| j == i).unwrap() as u64).collect();
+        let seqs: Vec<u64> = (0..runs.len())
+            .map(|i| order.iter().position(|&j| j == i).unwrap() as u64)
+            .collect();
         let mut by_seq: Vec<(u64, Vec<(i64, f64)>)> = Vec::new();
         for (i, (_, start, steps)) in runs.into_iter().enumerate() {
             let mut t = start;
-            let run: Vec<(i64, f64)> = steps.into_iter().map(|(d, v)| { t += d; (t, v) }).collect();
+            let run: Vec<(i64, f64)> = steps
+                .into_iter()
+                .map(|(d, v)| {
+                    t += d;
+                    (t, v)
+                })
+                .collect();
             parts.push_samples(seqs[i], &run);
             by_seq.push((seqs[i], run));
         }
@@ -1118,11 +1148,17 @@ proptest::proptest! {
                 model.insert(t, v.to_bits());
             }
         }
-        let got: Vec<(i64, u64)> = merge(parts).into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+        let got: Vec<(i64, u64)> = merge(parts)
+            .into_iter()
+            .map(|(t, v)| (t, v.to_bits()))
+            .collect();
         let want: Vec<(i64, u64)> = model.into_iter().collect();
         proptest::prop_assert_eq!(got, want);
     }
+    Ok(())
+}
 
+proptest::proptest! {
     /// Merging runs keeps, per timestamp, the sample of the latest run
     /// (and within a run the last one), whether the runs lie apart in
     /// time (the concatenating fast path) or overlap.
