@@ -1115,10 +1115,14 @@ proptest::proptest! {
     }
 }
 
-/// Runs of `(write order, start, (step, value)...)` merged by `merge`
-/// against a model that applies them in write order.
+/// A run for [`merge_ordered_matches_the_model`]: its write order, its
+/// start, and (step, value) pairs.
+type OrderedRun = (u64, i64, Vec<(i64, f64)>);
+
+/// Runs merged by `merge` against a model that applies them in write
+/// order.
 fn merge_ordered_matches_the_model(
-    runs: Vec<(u64, i64, Vec<(i64, f64)>)>,
+    runs: Vec<OrderedRun>,
 ) -> Result<(), proptest::test_runner::TestCaseError> {
     {
         let mut parts = Runs::default();
