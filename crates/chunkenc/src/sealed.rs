@@ -74,8 +74,8 @@ pub fn encode(ts: &[i64], vs: &[f64]) -> Vec<u8> {
     if ts.is_empty() {
         return out;
     }
-    let t = int_column(ts);
-    let (header, v) = values(vs);
+    let t = int_column(ts, None);
+    let (header, v) = values(vs, None);
     out.extend_from_slice(&header);
     put_varint(&mut out, t.len() as u64);
     out.extend_from_slice(&t);
@@ -86,7 +86,7 @@ pub fn encode(ts: &[i64], vs: &[f64]) -> Vec<u8> {
 /// Encodes a column of floats bit-exactly, as a chunk's values are:
 /// `value mode (1) | [decimal scale (1)] | pco`.
 pub fn encode_floats(vs: &[f64]) -> Vec<u8> {
-    let (mut out, v) = values(vs);
+    let (mut out, v) = values(vs, None);
     out.extend_from_slice(&v);
     out
 }
@@ -106,8 +106,8 @@ pub fn decode_floats(b: &[u8], n: usize) -> Result<Vec<f64>> {
 }
 
 /// The value header (mode, and the scale for scaled integers) and the
-/// compressed values.
-fn values(vs: &[f64]) -> (Vec<u8>, Vec<u8>) {
+/// compressed values, paged by `pages` if given.
+fn values(vs: &[f64], pages: Option<&[usize]>) -> (Vec<u8>, Vec<u8>) {
     if let Some(first) = vs.first()
         && vs.len() <= MAX_FORMULA_VALUES
         && vs.iter().all(|v| v.to_bits() == first.to_bits())
@@ -116,14 +116,31 @@ fn values(vs: &[f64]) -> (Vec<u8>, Vec<u8>) {
         return (vec![VALUES_CONST], first.to_bits().to_le_bytes().to_vec());
     }
     if let Some((scale, ints)) = scaled(vs) {
-        return (vec![VALUES_SCALED, scale], compress(&ints));
+        return (vec![VALUES_SCALED, scale], column(&ints, pages));
     }
-    let v = compress(vs);
-    if same_bits(&v, vs) {
+    let v = column(vs, pages);
+    let back = match pages {
+        None => pco::standalone::simple_decompress::<f64>(&v).map_err(|_| ()),
+        Some(p) => Pages::read(&v, p)
+            .and_then(|c| c.decode::<f64>(0..p.len()))
+            .map_err(|_| ()),
+    };
+    if back.is_ok_and(|b| {
+        b.len() == vs.len() && b.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits())
+    }) {
         (vec![VALUES_F64], v)
     } else {
         let bits: Vec<u64> = vs.iter().map(|v| v.to_bits()).collect();
-        (vec![VALUES_BITS], compress(&bits))
+        (vec![VALUES_BITS], column(&bits, pages))
+    }
+}
+
+/// A pcodec column: [`compress`]ed whole, or [`paged_compress`]ed by
+/// `pages`.
+fn column<T: Number>(v: &[T], pages: Option<&[usize]>) -> Vec<u8> {
+    match pages {
+        None => compress(v),
+        Some(p) => paged_compress(v, p),
     }
 }
 
@@ -210,14 +227,15 @@ fn compress<T: Number>(v: &[T]) -> Vec<u8> {
 
 /// An integer column: an arithmetic progression (window starts, counts,
 /// timestamps of recording rules) as `INTS_STEP | first | step` (zigzag
-/// varints), anything else as pcodec.
-fn int_column(v: &[i64]) -> Vec<u8> {
+/// varints), anything else as pcodec ([`column`], paged by `pages` if
+/// given).
+fn int_column(v: &[i64], pages: Option<&[usize]>) -> Vec<u8> {
     if v.len() <= MAX_FORMULA_VALUES
         && let Some(formula) = progression(v)
     {
         return formula;
     }
-    compress(v)
+    column(v, pages)
 }
 
 /// Decodes [`int_column`] of `n` values.
@@ -271,7 +289,7 @@ pub fn encode_ints(v: &[i64]) -> Vec<u8> {
     let mut out = Vec::new();
     put_varint(&mut out, v.len() as u64);
     if !v.is_empty() {
-        out.extend_from_slice(&int_column(v));
+        out.extend_from_slice(&int_column(v, None));
     }
     out
 }
@@ -290,15 +308,6 @@ pub fn decode_ints(mut b: &[u8]) -> Result<Vec<i64>> {
         )));
     }
     Ok(v)
-}
-
-fn same_bits(encoded: &[u8], vs: &[f64]) -> bool {
-    match pco::standalone::simple_decompress::<f64>(encoded) {
-        Ok(back) => {
-            back.len() == vs.len() && back.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits())
-        }
-        Err(_) => false,
-    }
 }
 
 /// A chunk's value mode and scale, timestamp column and value column,
@@ -376,39 +385,13 @@ pub fn encode_paged(ts: &[i64], vs: &[f64], pages: &[usize]) -> Vec<u8> {
         prev = ts[at];
         at += n;
     }
-    let (header, v) = paged_values(vs, pages);
+    let (header, v) = values(vs, Some(pages));
     out.extend_from_slice(&header);
-    let t = match progression(ts) {
-        Some(formula) => formula,
-        None => paged_compress(ts, pages),
-    };
+    let t = int_column(ts, Some(pages));
     put_varint(&mut out, t.len() as u64);
     out.extend_from_slice(&t);
     out.extend_from_slice(&v);
     out
-}
-
-/// [`values`] of a paged chunk.
-fn paged_values(vs: &[f64], pages: &[usize]) -> (Vec<u8>, Vec<u8>) {
-    if let Some(first) = vs.first()
-        && vs.iter().all(|v| v.to_bits() == first.to_bits())
-    {
-        return (vec![VALUES_CONST], first.to_bits().to_le_bytes().to_vec());
-    }
-    if let Some((scale, ints)) = scaled(vs) {
-        return (vec![VALUES_SCALED, scale], paged_compress(&ints, pages));
-    }
-    let v = paged_compress(vs, pages);
-    let all = Pages::read(&v, pages).and_then(|p| p.decode::<f64>(0..pages.len()));
-    match all {
-        Ok(back) if back.iter().zip(vs).all(|(a, b)| a.to_bits() == b.to_bits()) => {
-            (vec![VALUES_F64], v)
-        }
-        _ => {
-            let bits: Vec<u64> = vs.iter().map(|v| v.to_bits()).collect();
-            (vec![VALUES_BITS], paged_compress(&bits, pages))
-        }
-    }
 }
 
 /// `INTS_STEP | first | step` for an arithmetic progression.
@@ -902,14 +885,14 @@ mod tests {
         let mut huge = vec![VERSION];
         put_varint(&mut huge, 1 << 40);
         huge.push(VALUES_CONST);
-        let t = int_column(&[1, 2]);
+        let t = int_column(&[1, 2], None);
         put_varint(&mut huge, t.len() as u64);
         huge.extend_from_slice(&t);
         huge.extend_from_slice(&1f64.to_bits().to_le_bytes());
         assert!(decode(&huge).is_err());
         let mut huge = Vec::new();
         put_varint(&mut huge, 1 << 40);
-        huge.extend_from_slice(&int_column(&[1, 2]));
+        huge.extend_from_slice(&int_column(&[1, 2], None));
         assert!(decode_ints(&huge).is_err());
         // What is longer than that bound is written so that it reads back.
         let long: Vec<i64> = (0..=MAX_FORMULA_VALUES as i64).collect();
