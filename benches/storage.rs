@@ -281,6 +281,7 @@ fn footprint(n: usize) {
     // anchors get `steps` samples per series, tiermon one more.
     let samples = n as f64 * steps as f64;
     let by_ref = (samples - n as f64) / append_time.as_secs_f64();
+    eprintln!("appended by reference at {:.2} M samples/s", by_ref / 1e6);
 
     // Read 1 h of every series (from the head and sealed chunks).
     eprintln!("reading 1 h of {n} series");

@@ -105,37 +105,67 @@ impl XorChunk {
     /// than [`MAX_SAMPLES`]; otherwise nothing is appended and `false` is
     /// returned.
     pub fn append(&mut self, t: i64, v: f64) -> bool {
-        let vb = v.to_bits();
-        match self.n {
-            0 => {
-                let mut w = self.writer();
-                w.write_bits(t as u64, 64);
-                w.write_bits(vb, 64);
-                self.t_off = 0;
-                self.delta = 0;
+        match self.last_timestamp() {
+            None => {
+                self.start(t, v);
+                true
             }
-            n if n as usize >= MAX_SAMPLES => return false,
-            _ => {
-                let Some(first) = self.first_timestamp() else {
-                    return false;
-                };
-                let last = first + i64::from(self.t_off);
-                if t <= last || !self.within_span(t) {
-                    return false;
-                }
-                // Within the span: fits in 32 bits.
-                let off = (t - first) as u32;
-                let delta = off - self.t_off;
-                let dod = i64::from(delta) - i64::from(self.delta);
-                self.write_dod(dod);
-                self.write_value(vb);
-                self.t_off = off;
-                self.delta = delta;
-            }
+            Some(last) => self.append_after(last, t, v),
         }
+    }
+
+    /// [`Self::append`] for a caller that keeps the chunk's last timestamp
+    /// (`last`, ignored while the chunk is empty). The first timestamp is
+    /// not read: it sits at the stream's start, in another cache line than
+    /// the end that the sample is written to, and in a head of many series
+    /// that read is a miss to memory.
+    pub fn append_after(&mut self, last: i64, t: i64, v: f64) -> bool {
+        if self.n == 0 {
+            self.start(t, v);
+            return true;
+        }
+        debug_assert_eq!(Some(last), self.last_timestamp(), "a wrong last timestamp");
+        if self.n as usize >= MAX_SAMPLES || t <= last {
+            return false;
+        }
+        let Some(off) = self.offset_after(last, t) else {
+            return false;
+        };
+        let delta = off - self.t_off;
+        let dod = i64::from(delta) - i64::from(self.delta);
+        let vb = v.to_bits();
+        self.write_dod(dod);
+        self.write_value(vb);
+        self.t_off = off;
+        self.delta = delta;
         self.v = vb;
         self.n += 1;
         true
+    }
+
+    /// [`Self::within_span`] for a caller that keeps the chunk's last
+    /// timestamp (see [`Self::append_after`]); `t` is after it.
+    pub fn within_span_after(&self, last: i64, t: i64) -> bool {
+        self.n == 0 || self.offset_after(last, t).is_some()
+    }
+
+    /// `t`'s offset from the first timestamp, given the last, if within
+    /// [`MAX_SPAN`].
+    fn offset_after(&self, last: i64, t: i64) -> Option<u32> {
+        let off = t.checked_sub(last)?.checked_add(i64::from(self.t_off))?;
+        (0..=MAX_SPAN).contains(&off).then_some(off as u32)
+    }
+
+    /// The first sample of an empty chunk.
+    fn start(&mut self, t: i64, v: f64) {
+        let vb = v.to_bits();
+        let mut w = self.writer();
+        w.write_bits(t as u64, 64);
+        w.write_bits(vb, 64);
+        self.t_off = 0;
+        self.delta = 0;
+        self.v = vb;
+        self.n = 1;
     }
 
     fn write_dod(&mut self, dod: i64) {
@@ -388,6 +418,21 @@ pub(crate) mod tests {
         assert!(c.append(MAX_SPAN - 5, 2.0), "the longest span");
         assert!(!c.append(MAX_SPAN - 4, 3.0), "past it");
         assert_eq!(c.last_timestamp(), Some(MAX_SPAN - 5));
+        // The same limits for a caller that keeps the last timestamp.
+        assert!(c.within_span_after(MAX_SPAN - 5, MAX_SPAN - 5));
+        assert!(!c.within_span_after(MAX_SPAN - 5, MAX_SPAN - 4));
+        assert!(!c.append_after(MAX_SPAN - 5, MAX_SPAN - 4, 3.0));
+        assert!(
+            !c.append_after(MAX_SPAN - 5, MAX_SPAN - 5, 3.0),
+            "not after the last"
+        );
+        assert!(!c.within_span_after(MAX_SPAN - 5, i64::MAX), "no overflow");
+        let mut c = XorChunk::new();
+        assert!(c.within_span_after(0, i64::MAX), "an empty chunk takes any");
+        assert!(c.append_after(0, 7, 1.0));
+        assert!(c.append_after(7, 8, 2.0));
+        assert!(!c.append_after(8, 8, 2.0));
+        assert_eq!(c.iter().collect::<Vec<_>>(), [(7, 1.0), (8, 2.0)]);
         let mut c = XorChunk::new();
         assert!(c.append(i64::MAX - 1, 1.0));
         assert!(c.append(i64::MAX, 1.0));

@@ -818,7 +818,8 @@ impl Db {
             for (key, i) in &order {
                 let c = &chunks[*i];
                 value.clear();
-                chunk_value_into(ENC_XOR, c.max_t, &c.bytes, &mut value);
+                chunk_header_into(ENC_XOR, c.max_t, &mut value);
+                c.chunk.write_to(&mut value);
                 writer.put(key, &value)?;
             }
             writer.finish()
@@ -2269,7 +2270,7 @@ impl Db {
                 pending
                     .entry(c.r)
                     .or_default()
-                    .push((c.seq, c.bytes.clone()));
+                    .push((c.seq, c.chunk.to_bytes()));
             }
         }
         let snaps = all
@@ -2731,9 +2732,14 @@ fn chunk_value(enc: u8, max_t: i64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn chunk_value_into(enc: u8, max_t: i64, payload: &[u8], v: &mut Vec<u8>) {
+    chunk_header_into(enc, max_t, v);
+    v.extend_from_slice(payload);
+}
+
+/// A chunk value's header: its encoding and last timestamp.
+fn chunk_header_into(enc: u8, max_t: i64, v: &mut Vec<u8>) {
     v.push(enc);
     v.extend_from_slice(&max_t.to_le_bytes());
-    v.extend_from_slice(payload);
 }
 
 fn split_value(v: &[u8]) -> Result<(u8, i64, &[u8])> {

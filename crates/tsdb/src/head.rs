@@ -94,8 +94,10 @@ pub(crate) struct SealedChunk {
     pub max_t: i64,
     /// Write order: among overlapping chunks, the higher wins a timestamp.
     pub seq: u64,
-    /// Serialised XOR chunk.
-    pub bytes: Vec<u8>,
+    /// The XOR chunk as it was open, its buffer moved rather than copied
+    /// (with up to a growth step of spare capacity): it is serialised once,
+    /// into its table file.
+    pub chunk: XorChunk,
 }
 
 /// Sealed chunks not yet in RocksDB: those waiting for the next write,
@@ -114,8 +116,8 @@ pub(crate) struct Pending {
 
 impl Pending {
     pub fn push(&mut self, c: SealedChunk) {
-        self.bytes += c.bytes.len();
-        self.heap.0 += c.bytes.capacity();
+        self.bytes += c.chunk.serialized_len();
+        self.heap.0 += c.chunk.heap_size();
         self.waiting.push(c);
     }
 
@@ -611,11 +613,14 @@ impl Head {
         let last = (!s.chunk.is_empty()).then_some(s.max_t);
         debug_assert_eq!(last, s.chunk.last_timestamp());
         if last.is_none_or(|l| t > l) {
-            if !s.chunk.is_empty()
-                && (!self.partitions.same(s.chunk_min_t(), t, width)
+            // The chunk's samples share a partition, so its last stands for
+            // its first, which is in another cache line (see
+            // `XorChunk::append_after`).
+            if let Some(l) = last
+                && (!self.partitions.same(l, t, width)
                     || s.chunk.len() >= max_samples
                     || s.chunk.encoded_len() >= opts.chunk_bytes
-                    || !s.chunk.within_span(t))
+                    || !s.chunk.within_span_after(l, t))
             {
                 let sealed = s.seal_chunk(width);
                 self.pending.push(sealed);
@@ -630,7 +635,7 @@ impl Head {
                 s.chunk_seq = *seq;
                 *seq += 1;
             }
-            let appended = s.chunk.append(t, v);
+            let appended = s.chunk.append_after(s.max_t, t, v);
             debug_assert!(
                 appended,
                 "an open chunk refused a sample it was checked to take"
@@ -717,7 +722,7 @@ impl Head {
                 min_t: dedup[start].0,
                 max_t: dedup[i - 1].0,
                 seq,
-                bytes: c.to_bytes(),
+                chunk: c,
             });
         }
     }
@@ -997,13 +1002,15 @@ impl MemSeries {
     fn seal_chunk(&mut self, width: i64) -> SealedChunk {
         let min_t = self.chunk_min_t();
         let c = std::mem::replace(&mut self.chunk, XorChunk::new());
+        debug_assert_eq!(c.last_timestamp(), Some(self.max_t));
         SealedChunk {
             r: self.r,
             partition: partition_of(min_t, width),
             min_t,
-            max_t: c.last_timestamp().unwrap_or(min_t),
+            // The open chunk ends at the series' newest sample.
+            max_t: self.max_t,
             seq: self.chunk_seq,
-            bytes: c.to_bytes(),
+            chunk: c,
         }
     }
 }
@@ -1160,7 +1167,7 @@ mod append_tests {
         for c in head.pending.iter() {
             assert_eq!(partition_of(c.min_t, width), c.partition, "{c:?}");
             assert_eq!(partition_of(c.max_t, width), c.partition, "{c:?}");
-            per_series[c.r as usize] += XorChunk::from_bytes(&c.bytes).unwrap().len();
+            per_series[c.r as usize] += c.chunk.len();
         }
         for (r, sealed) in per_series.iter().enumerate() {
             let s = head.get(r as u32).unwrap();

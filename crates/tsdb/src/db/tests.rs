@@ -1583,7 +1583,11 @@ fn sealed(r: SeriesRef, partition: i64, min_t: i64, seq: u64, payload: u8) -> Se
         min_t,
         max_t: min_t,
         seq,
-        bytes: vec![payload],
+        chunk: {
+            let mut c = tiermon_chunkenc::XorChunk::new();
+            assert!(c.append(min_t, f64::from(payload)));
+            c
+        },
     }
 }
 
