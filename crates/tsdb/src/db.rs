@@ -688,11 +688,22 @@ impl Db {
                     revive(&self.inner.rocks, hcf, &mut head, *r)?;
                 }
             }
-            let mut accepted = Vec::with_capacity(samples.len());
-            head.append_all(samples, o, &mut accepted, &mut res.rejected);
-            res.accepted = accepted.len();
-            if !accepted.is_empty() {
-                self.inner.wal.lock().log(&[Record::Samples(accepted)])?;
+            head.append_all(samples, o, &mut res.rejected);
+            res.accepted = samples.len() - res.rejected.len();
+            if res.rejected.is_empty() {
+                if !samples.is_empty() {
+                    self.inner.wal.lock().log_samples(samples)?;
+                }
+            } else if res.accepted > 0 {
+                // Rejected indices ascend.
+                let mut rejected = res.rejected.iter().map(|&(i, _)| i).peekable();
+                let accepted: Vec<(SeriesRef, i64, f64)> = samples
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| rejected.next_if_eq(&i).is_none())
+                    .map(|(_, &s)| s)
+                    .collect();
+                self.inner.wal.lock().log_samples(&accepted)?;
             }
         }
         // Sealed chunks stay readable in the head and their samples are in

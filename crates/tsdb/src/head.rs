@@ -563,15 +563,14 @@ impl Head {
         Labels::from_sorted(v)
     }
 
-    /// Appends samples of series in memory, in order: the accepted to
-    /// `accepted`, the rejected to `rejected` with their index. A commit's
+    /// Appends samples of series in memory, in order; the rejected go to
+    /// `rejected` with their index, ascending. A commit's
     /// series are spread over memory, so each append would wait for its
     /// series and its chunk's last bytes; they are fetched ahead instead.
     pub(crate) fn append_all(
         &mut self,
         samples: &[(SeriesRef, i64, f64)],
         opts: &crate::Options,
-        accepted: &mut Vec<(SeriesRef, i64, f64)>,
         rejected: &mut Vec<(usize, SampleError)>,
     ) {
         for (i, &(r, t, v)) in samples.iter().enumerate() {
@@ -585,9 +584,8 @@ impl Head {
                 let slot = self.slots[ahead as usize] as usize - 1;
                 prefetch(self.series[slot].chunk.tail());
             }
-            match self.append(r, t, v, opts) {
-                Ok(()) => accepted.push((r, t, v)),
-                Err(e) => rejected.push((i, e)),
+            if let Err(e) = self.append(r, t, v, opts) {
+                rejected.push((i, e));
             }
         }
     }
@@ -1157,10 +1155,8 @@ mod append_tests {
             }
         }
         samples.push((3, -3_000, 0.5));
-        let mut accepted = Vec::new();
         let mut rejected = Vec::new();
-        head.append_all(&samples, &opts, &mut accepted, &mut rejected);
-        assert_eq!(accepted.len(), samples.len() - 1);
+        head.append_all(&samples, &opts, &mut rejected);
         assert_eq!(rejected.len(), 1);
         assert_eq!(rejected[0].0, samples.len() - 1);
         let mut per_series = vec![0usize; 40];

@@ -37,6 +37,19 @@ pub(crate) enum Record {
 const SERIES: u8 = 1;
 const SAMPLES: u8 = 2;
 
+/// A [`Record::Samples`] of `s`, encoded without owning them.
+fn encode_samples(s: &[(u32, i64, f64)], out: &mut Vec<u8>) {
+    out.push(SAMPLES);
+    put_uvarint(out, s.len() as u64);
+    let mut prev_t = 0i64;
+    for &(r, t, v) in s {
+        put_uvarint(out, u64::from(r));
+        put_uvarint(out, zigzag(t.wrapping_sub(prev_t)));
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+        prev_t = t;
+    }
+}
+
 impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
@@ -49,17 +62,7 @@ impl Record {
                     put_bytes(out, v.as_bytes());
                 }
             }
-            Record::Samples(s) => {
-                out.push(SAMPLES);
-                put_uvarint(out, s.len() as u64);
-                let mut prev_t = 0i64;
-                for &(r, t, v) in s {
-                    put_uvarint(out, u64::from(r));
-                    put_uvarint(out, zigzag(t.wrapping_sub(prev_t)));
-                    out.extend_from_slice(&v.to_bits().to_le_bytes());
-                    prev_t = t;
-                }
-            }
+            Record::Samples(s) => encode_samples(s, out),
         }
     }
 
@@ -135,15 +138,33 @@ impl Wal {
     pub(crate) fn log(&mut self, records: &[Record]) -> Result<()> {
         self.buf.clear();
         for rec in records {
-            let start = self.buf.len();
-            self.buf.extend_from_slice(&[0; 8]);
-            rec.encode(&mut self.buf);
-            let payload = &self.buf[start + 8..];
-            let len = payload.len() as u32;
-            let crc = crc32fast::hash(payload);
-            self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-            self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+            self.frame(|out| rec.encode(out));
         }
+        self.write_buf()
+    }
+
+    /// Logs one [`Record::Samples`] of `samples`, which stay the caller's:
+    /// a commit whose samples are all accepted logs them without a copy.
+    pub(crate) fn log_samples(&mut self, samples: &[(u32, i64, f64)]) -> Result<()> {
+        self.buf.clear();
+        self.frame(|out| encode_samples(samples, out));
+        self.write_buf()
+    }
+
+    /// Appends a record to the buffer, framed by its length and checksum.
+    fn frame(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 8]);
+        encode(&mut self.buf);
+        let payload = &self.buf[start + 8..];
+        let len = payload.len() as u32;
+        let crc = crc32fast::hash(payload);
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Writes the buffer's records to the segment (a new one if it is full).
+    fn write_buf(&mut self) -> Result<()> {
         if self.size > 0 && self.size + self.buf.len() as u64 > self.segment_bytes {
             self.cut()?;
         }

@@ -84,27 +84,31 @@ fn out_of_order_and_duplicates_within_the_window() {
     app.append_ref(r, 1_010_000, 2.0);
     app.append_ref(r, 1_005_000, 1.5); // out of order, in the window
     app.append_ref(r, 1_010_000, 2.0); // the same sample again
-    app.append_ref(r, 1_000_000, 9.0); // a rewrite of a timestamp: newest wins
     app.append_ref(r, 1_010_000 - 700_000, 0.0); // older than the 10m window
+    app.append_ref(r, 1_000_000, 9.0); // a rewrite of a timestamp: newest wins
     let res = app.commit().unwrap();
     assert_eq!(res.accepted, 5);
     assert_eq!(res.rejected.len(), 1);
     let (i, err) = &res.rejected[0];
-    assert_eq!(*i, 5);
+    assert_eq!(*i, 4);
     let msg = err.to_string();
     assert!(
         msg.contains("too old") && msg.contains("m") && msg.contains("600000"),
         "{msg}"
     );
+    let want = vec![
+        (1_000_000, 9f64.to_bits()),
+        (1_005_000, 1.5f64.to_bits()),
+        (1_010_000, 2f64.to_bits()),
+    ];
     let v = values(&db, &[eq("__name__", "m")], 0, i64::MAX);
-    assert_eq!(
-        v[0].1,
-        vec![
-            (1_000_000, 9f64.to_bits()),
-            (1_005_000, 1.5f64.to_bits()),
-            (1_010_000, 2f64.to_bits())
-        ]
-    );
+    assert_eq!(v[0].1, want);
+    // The WAL holds the accepted samples, those after the rejected one
+    // included (the rewrite last), and not the rejected one.
+    drop(db);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let v = values(&db, &[eq("__name__", "m")], 0, i64::MAX);
+    assert_eq!(v[0].1, want);
 }
 
 #[test]
