@@ -344,6 +344,11 @@ pub fn decode(b: &[u8]) -> Result<(Vec<i64>, Vec<f64>)> {
     let (mode, scale, tb, vb) = columns(rest)?;
     let ts = decode_int_column(tb, n)?;
     let vs = decode_values(mode, scale, vb, n)?;
+    samples_of(n, ts, vs)
+}
+
+/// Timestamps and values decoded for `n` samples, if there are `n` of each.
+fn samples_of(n: usize, ts: Vec<i64>, vs: Vec<f64>) -> Result<(Vec<i64>, Vec<f64>)> {
     if ts.len() != n || vs.len() != n {
         return Err(Error::Corrupt(format!(
             "sealed chunk says {n} samples, holds {} timestamps and {} values",
@@ -598,14 +603,7 @@ fn decode_paged(
             .collect(),
         m => return Err(Error::Corrupt(format!("unknown value mode {m}"))),
     };
-    if ts.len() != len || vs.len() != len {
-        return Err(Error::Corrupt(format!(
-            "sealed chunk pages say {len} samples, hold {} timestamps and {} values",
-            ts.len(),
-            vs.len()
-        )));
-    }
-    Ok((ts, vs))
+    samples_of(len, ts, vs)
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {

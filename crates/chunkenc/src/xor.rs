@@ -59,13 +59,6 @@ impl XorChunk {
         Some(i64::from_be_bytes(b))
     }
 
-    /// Whether `t` is within [`MAX_SPAN`] of the first sample (always, for
-    /// an empty chunk).
-    pub fn within_span(&self, t: i64) -> bool {
-        self.first_timestamp()
-            .is_none_or(|first| t.checked_sub(first).is_some_and(|d| d <= MAX_SPAN))
-    }
-
     /// Timestamp of the last sample, if any.
     pub fn last_timestamp(&self) -> Option<i64> {
         Some(self.first_timestamp()? + i64::from(self.t_off))
@@ -143,8 +136,9 @@ impl XorChunk {
         true
     }
 
-    /// [`Self::within_span`] for a caller that keeps the chunk's last
-    /// timestamp (see [`Self::append_after`]); `t` is after it.
+    /// Whether `t`, after the chunk's last timestamp `last` (see
+    /// [`Self::append_after`]), is within [`MAX_SPAN`] of its first sample
+    /// (always, for an empty chunk).
     pub fn within_span_after(&self, last: i64, t: i64) -> bool {
         self.n == 0 || self.offset_after(last, t).is_some()
     }

@@ -690,19 +690,20 @@ impl Db {
             }
             head.append_all(samples, o, &mut res.rejected);
             res.accepted = samples.len() - res.rejected.len();
-            if res.rejected.is_empty() {
-                if !samples.is_empty() {
-                    self.inner.wal.lock().log_samples(samples)?;
-                }
-            } else if res.accepted > 0 {
+            let accepted: std::borrow::Cow<'_, [(SeriesRef, i64, f64)]> = if res.rejected.is_empty()
+            {
+                samples.into()
+            } else {
                 // Rejected indices ascend.
                 let mut rejected = res.rejected.iter().map(|&(i, _)| i).peekable();
-                let accepted: Vec<(SeriesRef, i64, f64)> = samples
+                samples
                     .iter()
                     .enumerate()
                     .filter(|&(i, _)| rejected.next_if_eq(&i).is_none())
                     .map(|(_, &s)| s)
-                    .collect();
+                    .collect()
+            };
+            if !accepted.is_empty() {
                 self.inner.wal.lock().log_samples(&accepted)?;
             }
         }
@@ -2738,13 +2739,9 @@ fn table_order(chunks: &[SealedChunk]) -> Vec<([u8; 29], usize)> {
 
 fn chunk_value(enc: u8, max_t: i64, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + payload.len());
-    chunk_value_into(enc, max_t, payload, &mut v);
-    v
-}
-
-fn chunk_value_into(enc: u8, max_t: i64, payload: &[u8], v: &mut Vec<u8>) {
-    chunk_header_into(enc, max_t, v);
+    chunk_header_into(enc, max_t, &mut v);
     v.extend_from_slice(payload);
+    v
 }
 
 /// A chunk value's header: its encoding and last timestamp.
