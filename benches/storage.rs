@@ -272,6 +272,9 @@ fn footprint(n: usize) {
                 db.stats(0).head_bytes.saturating_sub(g.pending_bytes) as f64 / n as f64;
             head_measured = (live_bytes() - baseline - pending) as f64 / n as f64;
             write_buffers = (g.pending_bytes, g.memtable_bytes);
+            eprintln!(
+                "head memory 15 min in: {head_measured:.0} B per series counted, {head_per_series:.0} B estimated"
+            );
         }
     }
     if let Some((mut w, _)) = export {

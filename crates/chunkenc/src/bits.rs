@@ -1,86 +1,90 @@
 //! Bit-level writer and reader, most significant bit first.
 
-/// Appends bits to a buffer owned elsewhere: `buf` (zeroed past the
-/// written bits; its length is the capacity) and `bits`, the count of bits
-/// written. The owner keeps them as plain fields, so that an open chunk
-/// costs no more than a boxed slice and a `u32`.
-pub(crate) struct BitWriter<'a> {
-    pub(crate) buf: &'a mut Box<[u8]>,
-    pub(crate) bits: &'a mut u32,
-}
-
 /// Bytes that `bits` bits occupy.
 pub(crate) fn byte_len(bits: u32) -> usize {
     (bits as usize).div_ceil(8)
 }
 
-/// Bytes an open chunk's stream grows by: at about 1.4 bytes a sample,
-/// one reallocation per twenty samples, and 16 bytes of slack per series
-/// on average. Measured with 50k series (benches/storage.rs): 16 bytes saved
-/// 11 B per series but cut appends by reference from 3.9 to 2.6 M/s.
-const GROWTH: usize = 32;
+/// Up to 192 bits gathered before they are written, most significant
+/// first: one sample of an XOR stream is at most 145 bits. Encoding into
+/// this first tells the sample's exact size, so that the owner of the
+/// stream's buffer can make room (or refuse) before anything is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SampleBits {
+    /// Left-aligned: bit `i` is bit `63 - i % 64` of word `i / 64`.
+    words: [u64; 3],
+    len: u32,
+}
 
-impl BitWriter<'_> {
-    /// Makes room for `bytes` bytes in all, growing in small steps: head
-    /// chunks stay open in memory for every series, so doubling's slack (up
-    /// to half the buffer) would cost more than the copies it saves.
-    #[inline]
-    fn reserve(&mut self, bytes: usize) {
-        if bytes > self.buf.len() {
-            self.grow(bytes);
-        }
+impl SampleBits {
+    /// Bits gathered.
+    pub(crate) fn len(&self) -> u32 {
+        self.len
     }
 
-    #[cold]
-    fn grow(&mut self, bytes: usize) {
-        let mut v = std::mem::take(self.buf).into_vec();
-        let add = (bytes - v.len()).next_multiple_of(GROWTH);
-        v.reserve_exact(add);
-        v.resize(v.len() + add, 0);
-        *self.buf = v.into_boxed_slice();
-    }
-
+    /// Adds the low `n` bits of `v` (n ≤ 64, and at most 192 in all).
     #[inline]
-    pub(crate) fn write_bit(&mut self, bit: bool) {
-        let pos = *self.bits as usize;
-        self.reserve(pos / 8 + 1);
-        if bit {
-            self.buf[pos / 8] |= 0x80 >> (pos % 8);
-        }
-        *self.bits += 1;
-    }
-
-    /// Writes the low `n` bits of `v` (n ≤ 64), most significant first:
-    /// the rest of the partial last byte, then whole bytes, then the
-    /// remainder, with one capacity check.
-    #[inline]
-    pub(crate) fn write_bits(&mut self, v: u64, mut n: u32) {
+    pub(crate) fn push(&mut self, v: u64, n: u32) {
         if n == 0 {
             return;
         }
-        let mut pos = *self.bits as usize;
-        self.reserve((pos + n as usize).div_ceil(8));
-        let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
-        let used = (pos % 8) as u32;
-        if used != 0 {
-            let free = 8 - used;
-            let take = free.min(n);
-            let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
-            self.buf[pos / 8] |= chunk << (free - take);
-            pos += take as usize;
-            n -= take;
+        debug_assert!(n <= 64 && self.len + n <= 192);
+        let left = v << (64 - n);
+        let (i, off) = ((self.len / 64) as usize, self.len % 64);
+        self.words[i] |= left >> off;
+        if off + n > 64 {
+            self.words[i + 1] = left << (64 - off);
         }
-        while n >= 8 {
-            n -= 8;
-            self.buf[pos / 8] = (v >> n) as u8;
-            pos += 8;
-        }
-        if n > 0 {
-            self.buf[pos / 8] = ((v << (8 - n)) & 0xff) as u8;
-            pos += n as usize;
-        }
-        *self.bits = pos as u32;
+        self.len += n;
     }
+
+    /// Writes the bits into `buf` from bit `pos` on. Bits of `buf` past
+    /// `pos` need not be zero: each byte from `pos`'s on is overwritten,
+    /// the bits before `pos` in its first byte kept. `buf` must hold
+    /// `byte_len(pos + self.len())` bytes.
+    #[inline]
+    pub(crate) fn write_into(&self, buf: &mut [u8], pos: u32) {
+        let mut pos = pos as usize;
+        let mut left = self.len;
+        for &w in &self.words {
+            if left == 0 {
+                break;
+            }
+            let n = left.min(64);
+            put_bits(buf, &mut pos, w >> (64 - n), n);
+            left -= n;
+        }
+    }
+}
+
+/// Writes the low `n` bits of `v` (0 < n ≤ 64) at bit `pos`, most
+/// significant first: the rest of the partial byte, then whole bytes,
+/// then the remainder.
+#[inline]
+fn put_bits(buf: &mut [u8], pos: &mut usize, v: u64, mut n: u32) {
+    let mut p = *pos;
+    let v = if n == 64 { v } else { v & ((1u64 << n) - 1) };
+    let used = (p % 8) as u32;
+    if used != 0 {
+        let free = 8 - used;
+        let take = free.min(n);
+        let chunk = ((v >> (n - take)) & ((1u64 << take) - 1)) as u8;
+        // Keep the bits before `p`; clear the ones after.
+        let keep = !(0xffu8 >> used);
+        buf[p / 8] = (buf[p / 8] & keep) | (chunk << (free - take));
+        p += take as usize;
+        n -= take;
+    }
+    while n >= 8 {
+        n -= 8;
+        buf[p / 8] = (v >> n) as u8;
+        p += 8;
+    }
+    if n > 0 {
+        buf[p / 8] = ((v << (8 - n)) & 0xff) as u8;
+        p += n as usize;
+    }
+    *pos = p;
 }
 
 /// Reads bits from a byte slice.
@@ -151,19 +155,26 @@ mod tests {
 
     proptest! {
         #[test]
-        fn bits_round_trip(items in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..50)) {
-            let (mut buf, mut bits) = (Box::default(), 0u32);
-            let mut w = BitWriter { buf: &mut buf, bits: &mut bits };
-            for &(v, n) in &items {
-                w.write_bits(v, n);
-                w.write_bit(v & 1 == 1);
+        fn bits_round_trip(
+            items in proptest::collection::vec((any::<u64>(), 0u32..=64), 0..50),
+            garbage in any::<u8>(),
+        ) {
+            // Samples of up to three words each, written one after
+            // another into a buffer whose unwritten bytes hold garbage.
+            let mut buf = vec![garbage; 50 * 9 + 8];
+            let mut bits = 0u32;
+            for group in items.chunks(3) {
+                let mut s = SampleBits::default();
+                for &(v, n) in group {
+                    s.push(v, n);
+                }
+                s.write_into(&mut buf, bits);
+                bits += s.len();
             }
-            prop_assert!(buf.len() >= byte_len(bits) && buf.len() < byte_len(bits) + 32);
             let mut r = BitReader::new(&buf, bits as usize);
             for &(v, n) in &items {
                 let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
                 prop_assert_eq!(r.read_bits(n), Some(v & mask));
-                prop_assert_eq!(r.read_bit(), Some(v & 1 == 1));
             }
             prop_assert_eq!(r.read_bit(), None);
         }

@@ -1,42 +1,68 @@
 //! Gorilla's XOR chunk, appendable one sample at a time.
+//!
+//! [`XorState`] is the encoder's state of a stream whose bytes are kept
+//! elsewhere (the head keeps them in an arena of its own); [`XorChunk`]
+//! is a state with a buffer of its own.
 
-use crate::bits::{BitReader, BitWriter, byte_len};
+use crate::bits::{BitReader, SampleBits, byte_len};
 use crate::{Error, Result};
 
-/// An appendable chunk of (timestamp, value) samples with strictly
-/// increasing timestamps. Serialised as a 2-byte big-endian sample count
-/// followed by the bit stream.
-#[derive(Debug, Clone, Default)]
-pub struct XorChunk {
-    /// The bit stream, zeroed past `bits`; its length is the capacity.
-    buf: Box<[u8]>,
+/// What an XOR stream's encoder keeps between samples, without the
+/// stream's bytes: 24 bytes. Serialised, a stream is a 2-byte big-endian
+/// sample count followed by the bit stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XorState {
     /// Bits written.
     bits: u32,
-    n: u16,
     /// The last timestamp, from the first (the stream's first 64 bits).
     t_off: u32,
     /// The last timestamp minus the one before it.
     delta: u32,
-    v: u64,
+    n: u16,
     leading: u8,
     trailing: u8,
+    v: u64,
 }
 
-/// Most samples a chunk holds.
-pub const MAX_SAMPLES: usize = u16::MAX as usize;
+impl Default for XorState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
-/// Longest time a chunk spans, first sample to last, in the timestamps'
-/// unit (milliseconds: about 49 days); a sample later than that goes to a
-/// new chunk. It keeps the open chunk at 40 bytes: the last timestamp is
-/// held as an offset from the first.
-pub const MAX_SPAN: i64 = u32::MAX as i64;
+/// A sample encoded against a [`XorState`] by [`XorState::encode`], not
+/// yet written: its bits and the state it leads to.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded {
+    bits: SampleBits,
+    /// The state's bit count it was encoded at.
+    at: u32,
+    t_off: u32,
+    delta: u32,
+    leading: u8,
+    trailing: u8,
+    v: u64,
+}
 
-impl XorChunk {
-    /// An empty chunk.
-    pub fn new() -> Self {
+impl Encoded {
+    /// Bytes the stream takes once the sample is written: what the buffer
+    /// given to [`XorState::commit`] must hold.
+    pub fn bytes_needed(&self) -> usize {
+        byte_len(self.at + self.bits.len())
+    }
+}
+
+impl XorState {
+    /// The state of an empty stream.
+    pub const fn new() -> Self {
         Self {
+            bits: 0,
+            t_off: 0,
+            delta: 0,
+            n: 0,
             leading: 0xff,
-            ..Self::default()
+            trailing: 0,
+            v: 0,
         }
     }
 
@@ -45,23 +71,9 @@ impl XorChunk {
         self.n as usize
     }
 
-    /// Whether the chunk has no samples.
+    /// Whether the stream has no samples.
     pub fn is_empty(&self) -> bool {
         self.n == 0
-    }
-
-    /// Timestamp of the first sample, if any: the stream's first 64 bits.
-    pub fn first_timestamp(&self) -> Option<i64> {
-        if self.n == 0 {
-            return None;
-        }
-        let b: [u8; 8] = self.buf.get(..8)?.try_into().ok()?;
-        Some(i64::from_be_bytes(b))
-    }
-
-    /// Timestamp of the last sample, if any.
-    pub fn last_timestamp(&self) -> Option<i64> {
-        Some(self.first_timestamp()? + i64::from(self.t_off))
     }
 
     /// Bytes of the encoded stream (without the count).
@@ -69,76 +81,41 @@ impl XorChunk {
         byte_len(self.bits)
     }
 
-    /// Where the next sample will be written (or the buffer's end, if it
-    /// is full): for prefetching; never dereferenced.
-    pub fn tail(&self) -> *const u8 {
-        self.buf
-            .as_ptr()
-            .wrapping_add((self.bits as usize / 8).min(self.buf.len().saturating_sub(1)))
+    /// Length of the serialised stream: count, then the bit stream.
+    pub fn serialized_len(&self) -> usize {
+        2 + self.encoded_len()
     }
 
-    /// Heap bytes held.
-    pub fn heap_size(&self) -> usize {
-        self.buf.len()
-    }
-
-    fn stream(&self) -> &[u8] {
-        &self.buf[..byte_len(self.bits)]
-    }
-
-    fn writer(&mut self) -> BitWriter<'_> {
-        BitWriter {
-            buf: &mut self.buf,
-            bits: &mut self.bits,
-        }
-    }
-
-    /// Appends a sample. `t` must be greater than the last timestamp and
-    /// at most [`MAX_SPAN`] after the first, and the chunk must hold fewer
-    /// than [`MAX_SAMPLES`]; otherwise nothing is appended and `false` is
-    /// returned.
-    pub fn append(&mut self, t: i64, v: f64) -> bool {
-        match self.last_timestamp() {
-            None => {
-                self.start(t, v);
-                true
-            }
-            Some(last) => self.append_after(last, t, v),
-        }
-    }
-
-    /// [`Self::append`] for a caller that keeps the chunk's last timestamp
-    /// (`last`, ignored while the chunk is empty). The first timestamp is
-    /// not read: it sits at the stream's start, in another cache line than
-    /// the end that the sample is written to, and in a head of many series
-    /// that read is a miss to memory.
-    pub fn append_after(&mut self, last: i64, t: i64, v: f64) -> bool {
+    /// Timestamp of the first sample of `buf`, this state's stream, if
+    /// any: its first 64 bits.
+    pub fn first_timestamp(&self, buf: &[u8]) -> Option<i64> {
         if self.n == 0 {
-            self.start(t, v);
-            return true;
+            return None;
         }
-        debug_assert_eq!(Some(last), self.last_timestamp(), "a wrong last timestamp");
-        if self.n as usize >= MAX_SAMPLES || t <= last {
-            return false;
-        }
-        let Some(off) = self.offset_after(last, t) else {
-            return false;
-        };
-        let delta = off - self.t_off;
-        let dod = i64::from(delta) - i64::from(self.delta);
-        let vb = v.to_bits();
-        self.write_dod(dod);
-        self.write_value(vb);
-        self.t_off = off;
-        self.delta = delta;
-        self.v = vb;
-        self.n += 1;
-        true
+        let b: [u8; 8] = buf.get(..8)?.try_into().ok()?;
+        Some(i64::from_be_bytes(b))
     }
 
-    /// Whether `t`, after the chunk's last timestamp `last` (see
-    /// [`Self::append_after`]), is within [`MAX_SPAN`] of its first sample
-    /// (always, for an empty chunk).
+    /// Timestamp of the last sample of `buf`, this state's stream, if any.
+    pub fn last_timestamp(&self, buf: &[u8]) -> Option<i64> {
+        Some(self.first_timestamp(buf)? + i64::from(self.t_off))
+    }
+
+    /// The samples of `buf`, this state's stream (it may be longer than
+    /// the stream), in order.
+    pub fn iter<'a>(&self, buf: &'a [u8]) -> XorIter<'a> {
+        let stream = &buf[..self.encoded_len().min(buf.len())];
+        XorIter::new(stream, self.bits as usize, self.n as usize)
+    }
+
+    /// Appends the serialised stream of `buf`, this state's, to `out`.
+    pub fn write_to(&self, buf: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.n.to_be_bytes());
+        out.extend_from_slice(&buf[..self.encoded_len()]);
+    }
+
+    /// Whether `t`, after the last timestamp `last`, is within
+    /// [`MAX_SPAN`] of the first sample (always, for an empty stream).
     pub fn within_span_after(&self, last: i64, t: i64) -> bool {
         self.n == 0 || self.offset_after(last, t).is_some()
     }
@@ -150,71 +127,201 @@ impl XorChunk {
         (0..=MAX_SPAN).contains(&off).then_some(off as u32)
     }
 
-    /// The first sample of an empty chunk.
-    fn start(&mut self, t: i64, v: f64) {
+    /// Encodes a sample after the stream's last timestamp `last` (ignored
+    /// while the stream is empty); nothing is written yet. `None` when the
+    /// stream cannot take it: `t` not after `last`, more than
+    /// [`MAX_SPAN`] after the first, or [`MAX_SAMPLES`] reached. The
+    /// caller keeps `last`, so that the first timestamp is not read: it
+    /// sits at the stream's start, in another cache line than the end that
+    /// the sample is written to, and in a head of many series that read is
+    /// a miss to memory.
+    #[inline]
+    pub fn encode(&self, last: i64, t: i64, v: f64) -> Option<Encoded> {
         let vb = v.to_bits();
-        let mut w = self.writer();
-        w.write_bits(t as u64, 64);
-        w.write_bits(vb, 64);
-        self.t_off = 0;
-        self.delta = 0;
-        self.v = vb;
-        self.n = 1;
-    }
-
-    fn write_dod(&mut self, dod: i64) {
-        let mut w = self.writer();
+        let mut e = Encoded {
+            bits: SampleBits::default(),
+            at: self.bits,
+            t_off: 0,
+            delta: 0,
+            leading: self.leading,
+            trailing: self.trailing,
+            v: vb,
+        };
+        if self.n == 0 {
+            e.bits.push(t as u64, 64);
+            e.bits.push(vb, 64);
+            return Some(e);
+        }
+        if self.n as usize >= MAX_SAMPLES || t <= last {
+            return None;
+        }
+        let off = self.offset_after(last, t)?;
+        let delta = off - self.t_off;
+        let dod = i64::from(delta) - i64::from(self.delta);
+        e.t_off = off;
+        e.delta = delta;
         match dod {
-            0 => w.write_bit(false),
-            -8191..=8192 => {
-                w.write_bits(0b10, 2);
-                w.write_bits(dod as u64, 14);
-            }
-            -65535..=65536 => {
-                w.write_bits(0b110, 3);
-                w.write_bits(dod as u64, 17);
-            }
-            -524_287..=524_288 => {
-                w.write_bits(0b1110, 4);
-                w.write_bits(dod as u64, 20);
-            }
+            0 => e.bits.push(0, 1),
+            -8191..=8192 => e.bits.push(0b10 << 14 | (dod as u64 & 0x3fff), 16),
+            -65535..=65536 => e.bits.push(0b110 << 17 | (dod as u64 & 0x1_ffff), 20),
+            -524_287..=524_288 => e.bits.push(0b1110 << 20 | (dod as u64 & 0xf_ffff), 24),
             _ => {
-                w.write_bits(0b1111, 4);
-                w.write_bits(dod as u64, 64);
+                e.bits.push(0b1111, 4);
+                e.bits.push(dod as u64, 64);
             }
         }
-    }
-
-    fn write_value(&mut self, vb: u64) {
         let x = vb ^ self.v;
         if x == 0 {
-            self.writer().write_bit(false);
-            return;
+            e.bits.push(0, 1);
+            return Some(e);
         }
         let leading = (x.leading_zeros() as u8).min(31);
         let trailing = x.trailing_zeros() as u8;
         if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
             let sig = 64 - self.leading as u32 - self.trailing as u32;
-            let shift = self.trailing;
-            let mut w = self.writer();
-            w.write_bits(0b10, 2);
-            w.write_bits(x >> shift, sig);
+            e.bits.push(0b10, 2);
+            e.bits.push(x >> self.trailing, sig);
         } else {
-            self.leading = leading;
-            self.trailing = trailing;
+            e.leading = leading;
+            e.trailing = trailing;
             let sig = 64 - leading as u32 - trailing as u32;
-            let mut w = self.writer();
-            w.write_bits(0b11, 2);
-            w.write_bits(u64::from(leading), 5);
-            // 64 significant bits are written as 0 in 6 bits.
-            w.write_bits(u64::from(sig) & 0x3f, 6);
-            w.write_bits(x >> trailing, sig);
+            // Control bits, leading zeros, and the significant bits' count
+            // (64 is written as 0 in 6 bits).
+            e.bits.push(
+                0b11 << 11 | u64::from(leading) << 6 | (u64::from(sig) & 0x3f),
+                13,
+            );
+            e.bits.push(x >> trailing, sig);
         }
+        Some(e)
+    }
+
+    /// Writes `e`, encoded against this state, into `buf`, this state's
+    /// stream, which holds [`Encoded::bytes_needed`] bytes at least.
+    /// Bytes of `buf` past the stream need not be zero.
+    #[inline]
+    pub fn commit(&mut self, buf: &mut [u8], e: &Encoded) {
+        assert_eq!(e.at, self.bits, "a sample encoded against another state");
+        e.bits.write_into(buf, self.bits);
+        self.bits += e.bits.len();
+        self.t_off = e.t_off;
+        self.delta = e.delta;
+        self.leading = e.leading;
+        self.trailing = e.trailing;
+        self.v = e.v;
+        self.n += 1;
+    }
+}
+
+/// An appendable chunk of (timestamp, value) samples with strictly
+/// increasing timestamps: a [`XorState`] and a buffer of its own.
+#[derive(Debug, Clone, Default)]
+pub struct XorChunk {
+    /// The bit stream; its length is the capacity.
+    buf: Box<[u8]>,
+    state: XorState,
+}
+
+/// Most samples a chunk holds.
+pub const MAX_SAMPLES: usize = u16::MAX as usize;
+
+/// Longest time a chunk spans, first sample to last, in the timestamps'
+/// unit (milliseconds: about 49 days); a sample later than that goes to a
+/// new chunk. It keeps the open chunk's state at 24 bytes: the last
+/// timestamp is held as an offset from the first.
+pub const MAX_SPAN: i64 = u32::MAX as i64;
+
+/// Bytes a chunk's buffer grows by: head chunks stay open in memory for
+/// every series, so doubling's slack (up to half the buffer) would cost
+/// more than the copies it saves.
+const GROWTH: usize = 32;
+
+impl XorChunk {
+    /// An empty chunk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The encoder's state.
+    pub fn state(&self) -> &XorState {
+        &self.state
+    }
+
+    /// The encoded stream (without the count).
+    pub fn stream(&self) -> &[u8] {
+        &self.buf[..self.state.encoded_len()]
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    /// Whether the chunk has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// Timestamp of the first sample, if any: the stream's first 64 bits.
+    pub fn first_timestamp(&self) -> Option<i64> {
+        self.state.first_timestamp(&self.buf)
+    }
+
+    /// Timestamp of the last sample, if any.
+    pub fn last_timestamp(&self) -> Option<i64> {
+        self.state.last_timestamp(&self.buf)
+    }
+
+    /// Bytes of the encoded stream (without the count).
+    pub fn encoded_len(&self) -> usize {
+        self.state.encoded_len()
+    }
+
+    /// Heap bytes held.
+    pub fn heap_size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends a sample. `t` must be greater than the last timestamp and
+    /// at most [`MAX_SPAN`] after the first, and the chunk must hold fewer
+    /// than [`MAX_SAMPLES`]; otherwise nothing is appended and `false` is
+    /// returned.
+    pub fn append(&mut self, t: i64, v: f64) -> bool {
+        let last = self.last_timestamp().unwrap_or(i64::MIN);
+        self.append_after(last, t, v)
+    }
+
+    /// [`Self::append`] for a caller that keeps the chunk's last timestamp
+    /// (`last`, ignored while the chunk is empty); see
+    /// [`XorState::encode`].
+    pub fn append_after(&mut self, last: i64, t: i64, v: f64) -> bool {
+        debug_assert!(
+            self.is_empty() || Some(last) == self.last_timestamp(),
+            "a wrong last timestamp"
+        );
+        let Some(e) = self.state.encode(last, t, v) else {
+            return false;
+        };
+        let need = e.bytes_needed();
+        if need > self.buf.len() {
+            let mut b = std::mem::take(&mut self.buf).into_vec();
+            b.resize(need.next_multiple_of(GROWTH), 0);
+            self.buf = b.into_boxed_slice();
+        }
+        self.state.commit(&mut self.buf, &e);
+        true
+    }
+
+    /// Whether `t`, after the chunk's last timestamp `last` (see
+    /// [`Self::append_after`]), is within [`MAX_SPAN`] of its first sample
+    /// (always, for an empty chunk).
+    pub fn within_span_after(&self, last: i64, t: i64) -> bool {
+        self.state.within_span_after(last, t)
     }
 
     /// The samples, in order.
     pub fn iter(&self) -> XorIter<'_> {
-        XorIter::new(self.stream(), self.bits as usize, self.n as usize)
+        self.state.iter(&self.buf)
     }
 
     /// The serialised chunk: count, then the bit stream.
@@ -226,13 +333,12 @@ impl XorChunk {
 
     /// Length of [`Self::to_bytes`].
     pub fn serialized_len(&self) -> usize {
-        2 + self.encoded_len()
+        self.state.serialized_len()
     }
 
     /// Appends [`Self::to_bytes`] to `out`, without a buffer of its own.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.n.to_be_bytes());
-        out.extend_from_slice(self.stream());
+        self.state.write_to(&self.buf, out);
     }
 
     /// Rebuilds an appendable chunk from [`Self::to_bytes`].
@@ -398,10 +504,11 @@ impl Iterator for XorIter<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     #[test]
-    fn an_open_chunk_is_40_bytes() {
-        // One per series in the head: the stream is a boxed slice and a bit
-        // count, with the small fields packed beside them, and the last
-        // timestamp an offset from the first.
+    fn an_open_chunk_is_24_bytes_beside_its_stream() {
+        // One per series in the head: a bit count with the small fields
+        // packed beside it, and the last timestamp an offset from the
+        // first.
+        assert_eq!(std::mem::size_of::<XorState>(), 24);
         assert_eq!(std::mem::size_of::<XorChunk>(), 40);
     }
 
@@ -507,6 +614,35 @@ pub(crate) mod tests {
             if let Some(&(t, _)) = s.last() {
                 prop_assert_eq!(again.append(t + 1, 1.0), t + 1 - s[0].0 <= MAX_SPAN);
             }
+        }
+
+        /// A state writing into a buffer it does not own, whose unwritten
+        /// bytes hold garbage and which grows only by what each sample
+        /// needs, makes the same stream as a chunk.
+        #[test]
+        fn a_state_over_a_foreign_buffer_makes_the_same_stream(
+            s in samples(),
+            garbage in any::<u8>(),
+        ) {
+            let mut c = XorChunk::new();
+            let mut state = XorState::new();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut last = i64::MIN;
+            for &(t, v) in &s {
+                let e = state.encode(last, t, v);
+                prop_assert_eq!(e.is_some(), c.append(t, v));
+                let Some(e) = e else { continue };
+                if buf.len() < e.bytes_needed() {
+                    buf.resize(e.bytes_needed(), garbage);
+                }
+                state.commit(&mut buf, &e);
+                last = t;
+            }
+            prop_assert_eq!(&state, c.state());
+            prop_assert_eq!(&buf[..state.encoded_len()], c.stream());
+            prop_assert_eq!(state.first_timestamp(&buf), c.first_timestamp());
+            prop_assert_eq!(state.last_timestamp(&buf), c.last_timestamp());
+            prop_assert_eq!(state.iter(&buf).count(), c.len());
         }
 
         #[test]

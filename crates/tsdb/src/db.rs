@@ -12,7 +12,7 @@ use tiermon_chunkenc::XorChunk;
 use tiermon_model::{Labels, Matcher, Sample};
 
 use crate::downsample::{self, Aggregate, Resolution};
-use crate::head::{Head, SampleError, SealedChunk, SeriesRef, partition_of};
+use crate::head::{Batch, Head, SampleError, SealedChunk, SeriesRef, partition_of};
 use crate::index::{self, CF_INDEX, Indexed};
 use crate::keys::{self, CF_CHUNKS, CF_HEAD, CF_META, CF_SERIES};
 use crate::spans::Spans;
@@ -365,7 +365,7 @@ impl Db {
         // come after them.
         let max_open = head
             .iter()
-            .filter(|s| !s.chunk.is_empty())
+            .filter(|s| !s.xor.is_empty())
             .map(|s| s.chunk_seq + 1)
             .max()
             .unwrap_or(0);
@@ -726,7 +726,7 @@ impl Db {
                 return Ok(());
             }
             let chunks = head.pending.start_write();
-            match self.unindexed(&head, chunks.iter().map(|c| (c.partition, c.r))) {
+            match self.unindexed(&head, chunks.chunks().iter().map(|c| (c.partition, c.r))) {
                 Ok(fresh) => (chunks, head.next_seq, fresh),
                 Err(e) => {
                     head.pending.finish_write(chunks, false);
@@ -796,7 +796,7 @@ impl Db {
     /// replay, which writes them again.
     fn write_chunks(
         &self,
-        chunks: &[SealedChunk],
+        chunks: &Batch,
         next_seq: u64,
         fresh: &[(i64, Vec<(SeriesRef, Labels)>)],
         file_no: u64,
@@ -814,10 +814,13 @@ impl Db {
             rocks,
             mcf,
             batch,
-            chunks.iter().map(|c| (c.partition, c.max_t - c.min_t)),
+            chunks
+                .chunks()
+                .iter()
+                .map(|c| (c.partition, c.max_t - c.min_t)),
             "writing sealed chunks",
         )?;
-        let order = table_order(chunks);
+        let order = table_order(chunks.chunks());
         let path = self
             .inner
             .dir
@@ -828,10 +831,10 @@ impl Db {
             writer.open(&path)?;
             let mut value = Vec::new();
             for (key, i) in &order {
-                let c = &chunks[*i];
+                let (c, bytes) = chunks.get(*i);
                 value.clear();
                 chunk_header_into(ENC_XOR, c.max_t, &mut value);
-                c.chunk.write_to(&mut value);
+                value.extend_from_slice(bytes);
                 writer.put(key, &value)?;
             }
             writer.finish()
@@ -851,7 +854,7 @@ impl Db {
         r?;
         let mut marks = WriteBatch::default();
         let mut partitions: Vec<i64> = Vec::new();
-        for c in chunks {
+        for c in chunks.chunks() {
             if !partitions.contains(&c.partition) {
                 partitions.push(c.partition);
                 marks.put_cf(&mcf, keys::written(c.partition), []);
@@ -892,7 +895,7 @@ impl Db {
             // About 64 bytes a series: 40 of fields, the open chunk.
             snapshot.bytes.reserve(head.len() * 64);
             for s in head.iter() {
-                snapshot_series(s, head.width, &mut snapshot.bytes);
+                snapshot_series(&head, s, &mut snapshot.bytes);
                 snapshot.close(s.r, 0);
             }
             (segment, head.next_ref(), new_series, snapshot)
@@ -1560,7 +1563,7 @@ impl Db {
         let oldest = partition_of(now.saturating_sub(longest.as_millis() as i64), width);
         let mut head = self.inner.head.write();
         let pending: std::collections::HashSet<SeriesRef> =
-            head.pending.iter().map(|c| c.r).collect();
+            head.pending.iter().map(|(c, _)| c.r).collect();
         let mut gone = Vec::new();
         let mut cold = BTreeSet::new();
         let mut batch = WriteBatch::default();
@@ -1569,7 +1572,7 @@ impl Db {
             for r in candidates {
                 let Some(s) = head.get(r) else { continue };
                 // A sample may have come in meanwhile.
-                if !idle(s) || !s.chunk.is_empty() || s.ooo.is_some() || pending.contains(&r) {
+                if !idle(s) || !s.xor.is_empty() || s.has_ooo || pending.contains(&r) {
                     continue;
                 }
                 if s.min_t <= s.max_t {
@@ -2277,12 +2280,12 @@ impl Db {
         // not one per selected series.
         let mut pending: std::collections::HashMap<SeriesRef, Vec<(u64, Vec<u8>)>> =
             std::collections::HashMap::new();
-        for c in head.pending.iter() {
+        for (c, bytes) in head.pending.iter() {
             if c.min_t <= maxt && c.max_t >= mint && all.binary_search(&c.r).is_ok() {
                 pending
                     .entry(c.r)
                     .or_default()
-                    .push((c.seq, c.chunk.to_bytes()));
+                    .push((c.seq, bytes.to_vec()));
             }
         }
         let snaps = all
@@ -2292,20 +2295,17 @@ impl Db {
                 if s.max_t < mint || s.min_t > maxt {
                     return None;
                 }
-                let chunk = (!s.chunk.is_empty()
-                    && s.chunk.last_timestamp().is_some_and(|l| l >= mint)
-                    && s.chunk_min_t() <= maxt)
-                    .then(|| (s.chunk_seq, s.chunk.to_bytes()));
-                let ooo = s
-                    .ooo
-                    .as_ref()
-                    .map(|o| {
-                        o.iter()
-                            .copied()
-                            .filter(|&(t, _)| t >= mint && t <= maxt)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let open = head.chunk(s);
+                let chunk = (!open.is_empty()
+                    && open.last_timestamp().is_some_and(|l| l >= mint)
+                    && head.chunk_min_t(s) <= maxt)
+                    .then(|| (s.chunk_seq, open.to_bytes()));
+                let ooo = head
+                    .ooo(r)
+                    .iter()
+                    .copied()
+                    .filter(|&(t, _)| t >= mint && t <= maxt)
+                    .collect();
                 let pending = pending.remove(&r).unwrap_or_default();
                 Some(HeadSnapshot {
                     r,
@@ -2315,7 +2315,7 @@ impl Db {
                     pending,
                     min_t: s.min_t,
                     max_t: s.max_t,
-                    head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t()),
+                    head_from: (!open.is_empty() && !s.ooo_sealed).then_some(head.chunk_min_t(s)),
                 })
             })
             .collect();
@@ -2831,18 +2831,19 @@ fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) 
 
 /// Appends the head state of one series (open chunk and out-of-order
 /// buffer), its checkpoint entry, to `out`.
-fn snapshot_series(s: &crate::head::MemSeries, width: i64, out: &mut Vec<u8>) {
+fn snapshot_series(head: &Head, s: &crate::head::MemSeries, out: &mut Vec<u8>) {
     // The open chunk's first sample and partition, which its bytes also
     // give (kept so that the entry's layout does not change).
-    let chunk_min_t = s.chunk.first_timestamp().unwrap_or(0);
+    let chunk = head.chunk(s);
+    let chunk_min_t = chunk.first_timestamp().unwrap_or(0);
     out.extend_from_slice(&chunk_min_t.to_le_bytes());
-    out.extend_from_slice(&partition_of(chunk_min_t, width).to_le_bytes());
+    out.extend_from_slice(&partition_of(chunk_min_t, head.width).to_le_bytes());
     out.extend_from_slice(&s.min_t.to_le_bytes());
     out.extend_from_slice(&s.max_t.to_le_bytes());
     out.extend_from_slice(&s.chunk_seq.to_le_bytes());
-    wal::put_uvarint(out, s.chunk.serialized_len() as u64);
-    s.chunk.write_to(out);
-    let ooo = s.ooo.as_deref().map(Vec::as_slice).unwrap_or_default();
+    wal::put_uvarint(out, chunk.serialized_len() as u64);
+    chunk.write_to(out);
+    let ooo = head.ooo(s.r);
     wal::put_uvarint(out, ooo.len() as u64);
     for &(t, v) in ooo {
         out.extend_from_slice(&t.to_le_bytes());
@@ -2870,14 +2871,14 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
         let v = f64::from_bits(i64_at(&mut b)? as u64);
         ooo.push((t, v));
     }
+    head.get(r)?;
+    head.restore(r, &chunk, ooo);
     let s = head.get_mut(r)?;
-    s.chunk = chunk;
     // Out-of-order samples sealed before the restart are not known.
     s.ooo_sealed = true;
     s.chunk_seq = chunk_seq;
     s.min_t = min_t;
     s.max_t = max_t;
-    s.ooo = (!ooo.is_empty()).then(|| Box::new(ooo));
     Some(())
 }
 

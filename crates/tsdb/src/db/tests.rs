@@ -1265,7 +1265,7 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
         db.write_pending().unwrap();
         {
             let head = db.inner.head.read();
-            assert!(head.pending.len() == 0 && head.get(0).unwrap().chunk.len() == 60);
+            assert!(head.pending.len() == 0 && head.get(0).unwrap().xor.len() == 60);
             assert!(head.get(0).unwrap().ooo_sealed);
         }
         let got = values(&db, &[eq("__name__", "m")], 10_000, 20_000);
@@ -1580,19 +1580,8 @@ fn blocks_that_do_not_divide_the_partition_are_refused() {
     assert!(err.contains("block") && err.contains("divide"), "{err}");
 }
 
-fn sealed(r: SeriesRef, partition: i64, min_t: i64, seq: u64, payload: u8) -> SealedChunk {
-    SealedChunk {
-        r,
-        partition,
-        min_t,
-        max_t: min_t,
-        seq,
-        chunk: {
-            let mut c = tiermon_chunkenc::XorChunk::new();
-            assert!(c.append(min_t, f64::from(payload)));
-            c
-        },
-    }
+fn sealed(r: SeriesRef, partition: i64, min_t: i64, seq: u64) -> SealedChunk {
+    SealedChunk::bare(r, partition, min_t, min_t, seq)
 }
 
 proptest::proptest! {
@@ -1604,8 +1593,7 @@ proptest::proptest! {
     ) {
         let chunks: Vec<SealedChunk> = chunks
             .iter()
-            .enumerate()
-            .map(|(i, &(r, p, t, seq))| sealed(r, p, t, seq, i as u8))
+            .map(|&(r, p, t, seq)| sealed(r, p, t, seq))
             .collect();
         let order = table_order(&chunks);
         proptest::prop_assert!(order.windows(2).all(|w| w[0].0 < w[1].0));
