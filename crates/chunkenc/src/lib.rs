@@ -16,7 +16,7 @@ mod bits;
 pub mod sealed;
 pub(crate) mod xor;
 
-pub use xor::{Encoded, MAX_SAMPLES, MAX_SPAN, XorChunk, XorIter, XorState};
+pub use xor::{MAX_SAMPLES, MAX_SPAN, XorChunk, XorIter};
 
 /// A chunk could not be decoded.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Gorilla's XOR chunk, appendable one sample at a time.
 //!
-//! [`XorState`] is the encoder's state of a stream whose bytes are kept
-//! elsewhere (the head keeps them in an arena of its own); [`XorChunk`]
-//! is a state with a buffer of its own.
+//! [`XorChunk`] is an encoder's state (`XorState`, 24 bytes) and a buffer
+//! of its own. A sample is encoded into at most 145 bits before anything
+//! is written, so that the buffer grows by exactly what the sample needs.
 
 use crate::bits::{BitReader, SampleBits, byte_len};
 use crate::{Error, Result};
@@ -11,7 +11,7 @@ use crate::{Error, Result};
 /// stream's bytes: 24 bytes. Serialised, a stream is a 2-byte big-endian
 /// sample count followed by the bit stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct XorState {
+pub(crate) struct XorState {
     /// Bits written.
     bits: u32,
     /// The last timestamp, from the first (the stream's first 64 bits).
@@ -33,7 +33,7 @@ impl Default for XorState {
 /// A sample encoded against a [`XorState`] by [`XorState::encode`], not
 /// yet written: its bits and the state it leads to.
 #[derive(Debug, Clone, Copy)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     bits: SampleBits,
     /// The state's bit count it was encoded at.
     at: u32,
@@ -214,7 +214,9 @@ impl XorState {
 }
 
 /// An appendable chunk of (timestamp, value) samples with strictly
-/// increasing timestamps: a [`XorState`] and a buffer of its own.
+/// increasing timestamps: the encoder's state and a buffer of its own, 40
+/// bytes. Serialised as a 2-byte big-endian sample count followed by the
+/// bit stream.
 #[derive(Debug, Clone, Default)]
 pub struct XorChunk {
     /// The bit stream; its length is the capacity.
@@ -233,7 +235,10 @@ pub const MAX_SPAN: i64 = u32::MAX as i64;
 
 /// Bytes a chunk's buffer grows by: head chunks stay open in memory for
 /// every series, so doubling's slack (up to half the buffer) would cost
-/// more than the copies it saves.
+/// more than the copies it saves. At about 1.4 bytes a sample, one
+/// reallocation per twenty samples, and 16 bytes of slack per series on
+/// average. Measured with 50k series (benches/storage.rs): 16 bytes saved
+/// 11 B per series but cut appends by reference from 3.9 to 2.6 M/s.
 const GROWTH: usize = 32;
 
 impl XorChunk {
@@ -243,13 +248,21 @@ impl XorChunk {
     }
 
     /// The encoder's state.
-    pub fn state(&self) -> &XorState {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> &XorState {
         &self.state
     }
 
     /// The encoded stream (without the count).
-    pub fn stream(&self) -> &[u8] {
+    pub(crate) fn stream(&self) -> &[u8] {
         &self.buf[..self.state.encoded_len()]
+    }
+
+    /// Where the next sample will be written (or the buffer's end, if it
+    /// is full): for prefetching; never dereferenced.
+    pub fn tail(&self) -> *const u8 {
+        let at = (self.state.bits as usize / 8).min(self.buf.len().saturating_sub(1));
+        self.buf.as_ptr().wrapping_add(at)
     }
 
     /// Number of samples.
@@ -292,8 +305,11 @@ impl XorChunk {
     }
 
     /// [`Self::append`] for a caller that keeps the chunk's last timestamp
-    /// (`last`, ignored while the chunk is empty); see
-    /// [`XorState::encode`].
+    /// (`last`, ignored while the chunk is empty). The first timestamp is
+    /// not read: it sits at the stream's start, in another cache line than
+    /// the end that the sample is written to, and in a head of many series
+    /// that read is a miss to memory. The buffer grows before the sample
+    /// is written, by what it needs rounded up to a growth step.
     pub fn append_after(&mut self, last: i64, t: i64, v: f64) -> bool {
         debug_assert!(
             self.is_empty() || Some(last) == self.last_timestamp(),

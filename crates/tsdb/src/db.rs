@@ -365,7 +365,7 @@ impl Db {
         // come after them.
         let max_open = head
             .iter()
-            .filter(|s| !s.xor.is_empty())
+            .filter(|s| !s.chunk.is_empty())
             .map(|s| s.chunk_seq + 1)
             .max()
             .unwrap_or(0);
@@ -1572,7 +1572,11 @@ impl Db {
             for r in candidates {
                 let Some(s) = head.get(r) else { continue };
                 // A sample may have come in meanwhile.
-                if !idle(s) || !s.xor.is_empty() || s.has_ooo || pending.contains(&r) {
+                if !idle(s)
+                    || !s.chunk.is_empty()
+                    || !head.ooo(r).is_empty()
+                    || pending.contains(&r)
+                {
                     continue;
                 }
                 if s.min_t <= s.max_t {
@@ -2295,11 +2299,10 @@ impl Db {
                 if s.max_t < mint || s.min_t > maxt {
                     return None;
                 }
-                let open = head.chunk(s);
-                let chunk = (!open.is_empty()
-                    && open.last_timestamp().is_some_and(|l| l >= mint)
-                    && head.chunk_min_t(s) <= maxt)
-                    .then(|| (s.chunk_seq, open.to_bytes()));
+                let chunk = (!s.chunk.is_empty()
+                    && s.chunk.last_timestamp().is_some_and(|l| l >= mint)
+                    && s.chunk_min_t() <= maxt)
+                    .then(|| (s.chunk_seq, s.chunk.to_bytes()));
                 let ooo = head
                     .ooo(r)
                     .iter()
@@ -2315,7 +2318,7 @@ impl Db {
                     pending,
                     min_t: s.min_t,
                     max_t: s.max_t,
-                    head_from: (!open.is_empty() && !s.ooo_sealed).then_some(head.chunk_min_t(s)),
+                    head_from: (!s.chunk.is_empty() && !s.ooo_sealed).then_some(s.chunk_min_t()),
                 })
             })
             .collect();
@@ -2834,7 +2837,7 @@ fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) 
 fn snapshot_series(head: &Head, s: &crate::head::MemSeries, out: &mut Vec<u8>) {
     // The open chunk's first sample and partition, which its bytes also
     // give (kept so that the entry's layout does not change).
-    let chunk = head.chunk(s);
+    let chunk = &s.chunk;
     let chunk_min_t = chunk.first_timestamp().unwrap_or(0);
     out.extend_from_slice(&chunk_min_t.to_le_bytes());
     out.extend_from_slice(&partition_of(chunk_min_t, head.width).to_le_bytes());
@@ -2871,14 +2874,14 @@ fn restore_series(head: &mut Head, r: SeriesRef, mut b: &[u8]) -> Option<()> {
         let v = f64::from_bits(i64_at(&mut b)? as u64);
         ooo.push((t, v));
     }
-    head.get(r)?;
-    head.restore(r, &chunk, ooo);
     let s = head.get_mut(r)?;
+    s.chunk = chunk;
     // Out-of-order samples sealed before the restart are not known.
     s.ooo_sealed = true;
     s.chunk_seq = chunk_seq;
     s.min_t = min_t;
     s.max_t = max_t;
+    head.set_ooo(r, ooo);
     Some(())
 }
 

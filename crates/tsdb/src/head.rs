@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tiermon_chunkenc::{XorChunk, XorState};
-
+use tiermon_chunkenc::XorChunk;
 use tiermon_model::{Label, Labels, MatchOp, Matcher};
 
 /// Dense reference of a series, assigned at creation, stable for its life.
@@ -103,10 +102,8 @@ pub(crate) struct SealedChunk {
 }
 
 impl SealedChunk {
-    /// A chunk's description without bytes, for tests of what is done
-    /// with it.
-    #[cfg(test)]
-    pub(crate) fn bare(r: SeriesRef, partition: i64, min_t: i64, max_t: i64, seq: u64) -> Self {
+    /// A chunk's description; [`Batch::push`] places its bytes.
+    pub(crate) fn new(r: SeriesRef, partition: i64, min_t: i64, max_t: i64, seq: u64) -> Self {
         Self {
             r,
             partition,
@@ -131,9 +128,9 @@ pub(crate) struct Batch {
 
 impl Batch {
     /// Adds a chunk: `c`'s place in the bytes is set here.
-    fn push(&mut self, mut c: SealedChunk, state: &XorState, stream: &[u8]) {
+    fn push(&mut self, mut c: SealedChunk, chunk: &XorChunk) {
         c.at = self.bytes.len();
-        state.write_to(stream, &mut self.bytes);
+        chunk.write_to(&mut self.bytes);
         c.len = (self.bytes.len() - c.at) as u32;
         self.chunks.push(c);
     }
@@ -187,8 +184,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, c: SealedChunk, state: &XorState, stream: &[u8]) {
-        self.waiting.push(c, state, stream);
+    fn push(&mut self, c: SealedChunk, chunk: &XorChunk) {
+        self.waiting.push(c, chunk);
     }
 
     /// Heap bytes of the chunks waiting and being written.
@@ -247,12 +244,13 @@ impl Pending {
     }
 }
 
-/// One series in memory: what an append reads and writes, 72 bytes. Its labels and out-of-order samples, which appends do not touch,
-/// are kept apart (see [`Head`]).
+/// One series in memory: what an append reads and writes, 72 bytes. Its
+/// labels and out-of-order samples, which appends do not touch, are kept
+/// apart (see [`Head`]).
 #[derive(Debug)]
 pub(crate) struct MemSeries {
-    /// The open chunk's encoder; its stream is `buf`.
-    pub xor: XorState,
+    /// The open chunk; its first sample's partition is the chunk's.
+    pub chunk: XorChunk,
     pub min_t: i64,
     pub max_t: i64,
     /// Sequence of the open chunk, taken when it started, so that anything
@@ -260,59 +258,12 @@ pub(crate) struct MemSeries {
     pub chunk_seq: u64,
     /// Its reference (the slot it sits in is not).
     pub r: SeriesRef,
-    /// The open chunk's bytes; its length is the capacity.
-    pub buf: Box<[u8]>,
     /// Whether out-of-order samples were sealed (into chunks that may hold
     /// later writes of its timestamps) since the open chunk started; after
     /// a restart, assumed. While it is false, the open chunk holds the
-    /// series' every sample from [`Head::chunk_min_t`] on, so a read from
-    /// there on needs nothing from RocksDB.
+    /// series' every sample from [`MemSeries::chunk_min_t`] on, so a read
+    /// from there on needs nothing from RocksDB.
     pub ooo_sealed: bool,
-    /// Whether it has out-of-order samples (and rewrites of existing
-    /// timestamps) not yet sealed, in [`Head::ooo`].
-    pub has_ooo: bool,
-}
-
-/// A series' open chunk as read from the head: its encoder's state and its
-/// bytes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct OpenChunk<'a> {
-    state: &'a XorState,
-    buf: &'a [u8],
-}
-
-impl<'a> OpenChunk<'a> {
-    pub fn is_empty(self) -> bool {
-        self.state.is_empty()
-    }
-
-    pub fn first_timestamp(self) -> Option<i64> {
-        self.state.first_timestamp(self.buf)
-    }
-
-    pub fn last_timestamp(self) -> Option<i64> {
-        self.state.last_timestamp(self.buf)
-    }
-
-    #[cfg(test)]
-    pub fn iter(self) -> tiermon_chunkenc::XorIter<'a> {
-        self.state.iter(self.buf)
-    }
-
-    /// The serialised chunk: count, then the bit stream.
-    pub fn to_bytes(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.serialized_len());
-        self.write_to(&mut out);
-        out
-    }
-
-    pub fn serialized_len(self) -> usize {
-        self.state.serialized_len()
-    }
-
-    pub fn write_to(self, out: &mut Vec<u8>) {
-        self.state.write_to(self.buf, out);
-    }
 }
 
 /// Why a sample was not accepted.
@@ -542,37 +493,24 @@ impl Head {
             .map(|(s, _)| s)
     }
 
-    /// The open chunk of `s`, a series of this head.
-    pub(crate) fn chunk<'a>(&'a self, s: &'a MemSeries) -> OpenChunk<'a> {
-        OpenChunk {
-            state: &s.xor,
-            buf: &s.buf,
-        }
-    }
-
-    /// First sample of the open chunk of `s`; `i64::MAX` when it is empty.
-    pub(crate) fn chunk_min_t(&self, s: &MemSeries) -> i64 {
-        self.chunk(s).first_timestamp().unwrap_or(i64::MAX)
-    }
-
     /// Out-of-order samples of series `r` not yet sealed, in arrival order.
     pub(crate) fn ooo(&self, r: SeriesRef) -> &[(i64, f64)] {
         self.ooo.get(&r).map_or(&[], Vec::as_slice)
     }
 
-    /// Gives series `r`, in memory, an open chunk and out-of-order samples
-    /// (from a checkpoint), replacing what it had.
-    pub(crate) fn restore(&mut self, r: SeriesRef, chunk: &XorChunk, ooo: Vec<(i64, f64)>) {
-        let slot = self.slot(r);
-        let s = &mut self.series[slot];
-        s.xor = *chunk.state();
-        s.buf = chunk.stream().into();
-        s.has_ooo = !ooo.is_empty();
-        if s.has_ooo {
-            self.ooo.insert(r, ooo);
-        } else {
+    /// Gives series `r`, in memory, out-of-order samples (from a
+    /// checkpoint), replacing what it had.
+    pub(crate) fn set_ooo(&mut self, r: SeriesRef, ooo: Vec<(i64, f64)>) {
+        if ooo.is_empty() {
             self.ooo.remove(&r);
+        } else {
+            self.ooo.insert(r, ooo);
         }
+    }
+
+    /// The (name, value) symbol pairs of series `r`, if in memory.
+    fn pairs(&self, r: SeriesRef) -> Option<&[(u32, u32)]> {
+        self.contains(r).then(|| &*self.labels[self.slot(r)])
     }
 
     /// The series with exactly these labels.
@@ -594,10 +532,9 @@ impl Head {
     }
 
     fn labels_eq(&self, r: SeriesRef, labels: &Labels) -> bool {
-        if !self.contains(r) {
+        let Some(pairs) = self.pairs(r) else {
             return false;
-        }
-        let pairs = &self.labels[self.slot(r)];
+        };
         pairs.len() == labels.len()
             && pairs.iter().zip(labels.iter()).all(|(&(n, v), l)| {
                 **self.symbols.get(n) == *l.name && **self.symbols.get(v) == *l.value
@@ -738,9 +675,7 @@ impl Head {
             }
             if let Some(&(ahead, _, _)) = samples.get(i + PREFETCH / 2) {
                 let slot = self.slots[ahead as usize] as usize - 1;
-                let s = &self.series[slot];
-                let at = s.xor.encoded_len().min(s.buf.len().saturating_sub(1));
-                prefetch(s.buf.as_ptr().wrapping_add(at));
+                prefetch(self.series[slot].chunk.tail());
             }
             if let Err(e) = self.append(r, t, v, opts) {
                 rejected.push((i, e));
@@ -765,21 +700,21 @@ impl Head {
         // An open chunk ends at the series' newest sample (out-of-order
         // ones are older): read from the series, not from the chunk's
         // stream, which is another cache line.
-        let last = (!s.xor.is_empty()).then_some(s.max_t);
-        debug_assert_eq!(last, s.xor.last_timestamp(&s.buf));
+        let last = (!s.chunk.is_empty()).then_some(s.max_t);
+        debug_assert_eq!(last, s.chunk.last_timestamp());
         if last.is_none_or(|l| t > l) {
             // The chunk's samples share a partition, so its last stands for
             // its first, which is in another cache line (see
-            // `XorState::encode`).
+            // `XorChunk::append_after`).
             if let Some(l) = last
                 && (!self.partitions.same(l, t, width)
-                    || s.xor.len() >= max_samples
-                    || s.xor.encoded_len() >= opts.chunk_bytes
-                    || !s.xor.within_span_after(l, t))
+                    || s.chunk.len() >= max_samples
+                    || s.chunk.encoded_len() >= opts.chunk_bytes
+                    || !s.chunk.within_span_after(l, t))
             {
                 seal_open(s, width, &mut self.pending);
             }
-            if s.xor.is_empty() {
+            if s.chunk.is_empty() {
                 if s.max_t != i64::MIN && t <= s.max_t {
                     // Older than data already sealed: not in order any more.
                     return self.append_ooo(r, t, v, window);
@@ -788,26 +723,21 @@ impl Head {
                 s.chunk_seq = self.next_seq;
                 self.next_seq += 1;
             }
-            let Some(e) = s.xor.encode(s.max_t, t, v) else {
+            if !s.chunk.append_after(s.max_t, t, v) {
                 debug_assert!(
                     false,
                     "an open chunk refused a sample it was checked to take"
                 );
                 return self.append_ooo(r, t, v, window);
-            };
-            let need = e.bytes_needed();
-            if need > s.buf.len() {
-                grow(&mut s.buf, need);
             }
-            s.xor.commit(&mut s.buf, &e);
             s.min_t = s.min_t.min(t);
             s.max_t = s.max_t.max(t);
             self.samples_appended += 1;
             return Ok(());
         }
         if last == Some(t)
-            && s.xor
-                .iter(&s.buf)
+            && s.chunk
+                .iter()
                 .last()
                 .is_some_and(|(_, lv)| lv.to_bits() == v.to_bits())
         {
@@ -832,7 +762,6 @@ impl Head {
         }
         let ooo = self.ooo.entry(r).or_default();
         ooo.push((t, v));
-        s.has_ooo = true;
         s.min_t = s.min_t.min(t);
         self.samples_appended += 1;
         if ooo.len() >= 1024 {
@@ -850,7 +779,6 @@ impl Head {
         let Some(mut ooo) = self.ooo.remove(&r) else {
             return;
         };
-        self.series[slot].has_ooo = false;
         // Last write wins a timestamp: stable sort, then keep the last of each run.
         ooo.sort_by_key(|&(t, _)| t);
         let mut dedup: Vec<(i64, f64)> = Vec::with_capacity(ooo.len());
@@ -860,9 +788,9 @@ impl Head {
                 _ => dedup.push((t, v)),
             }
         }
-        let chunk_min_t = self.chunk_min_t(&self.series[slot]);
-        if dedup.last().is_some_and(|&(t, _)| t >= chunk_min_t) {
-            self.series[slot].ooo_sealed = true;
+        let s = &mut self.series[slot];
+        if dedup.last().is_some_and(|&(t, _)| t >= s.chunk_min_t()) {
+            s.ooo_sealed = true;
         }
         let mut i = 0;
         while i < dedup.len() {
@@ -879,19 +807,8 @@ impl Head {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.pending.push(
-                SealedChunk {
-                    r,
-                    partition: p,
-                    min_t: dedup[start].0,
-                    max_t: dedup[i - 1].0,
-                    seq,
-                    at: 0,
-                    len: 0,
-                },
-                c.state(),
-                c.stream(),
-            );
+            let meta = SealedChunk::new(r, p, dedup[start].0, dedup[i - 1].0, seq);
+            self.pending.push(meta, &c);
         }
     }
 
@@ -903,24 +820,22 @@ impl Head {
         let width = self.width;
         let closed = |p: i64| p.saturating_add(width) <= closed_before;
         for slot in 0..self.series.len() {
-            if self.labels[slot].is_empty() {
-                continue;
-            }
-            let s = &self.series[slot];
-            let r = s.r;
-            let chunk = !s.xor.is_empty() && closed(partition_of(self.chunk_min_t(s), width));
-            let ooo = s.has_ooo
-                && self
-                    .ooo(r)
-                    .iter()
-                    .any(|&(t, _)| closed(partition_of(t, width)));
-            if chunk {
-                let s = &mut self.series[slot];
+            let s = &mut self.series[slot];
+            if !self.labels[slot].is_empty()
+                && !s.chunk.is_empty()
+                && closed(partition_of(s.chunk_min_t(), width))
+            {
                 seal_open(s, width, &mut self.pending);
             }
-            if ooo {
-                self.seal_ooo(r);
-            }
+        }
+        let ooo: Vec<SeriesRef> = self
+            .ooo
+            .iter()
+            .filter(|(_, o)| o.iter().any(|&(t, _)| closed(partition_of(t, width))))
+            .map(|(&r, _)| r)
+            .collect();
+        for r in ooo {
+            self.seal_ooo(r);
         }
     }
 
@@ -931,7 +846,7 @@ impl Head {
         }
         let slot = self.slot(r);
         let s = &mut self.series[slot];
-        if !s.xor.is_empty() {
+        if !s.chunk.is_empty() {
             seal_open(s, self.width, &mut self.pending);
         }
         self.seal_ooo(r);
@@ -1028,8 +943,8 @@ impl Head {
     pub(crate) fn label_names(&self, refs: &[SeriesRef]) -> Vec<String> {
         let mut ids: Vec<u32> = refs
             .iter()
-            .filter_map(|&r| self.get(r))
-            .flat_map(|s| self.labels[self.slot(s.r)].iter().map(|&(n, _)| n))
+            .filter_map(|&r| self.pairs(r))
+            .flat_map(|p| p.iter().map(|&(n, _)| n))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -1048,8 +963,7 @@ impl Head {
         let mut ids: Vec<u32> = refs
             .iter()
             .filter_map(|&r| {
-                self.contains(r).then_some(())?;
-                self.labels[self.slot(r)]
+                self.pairs(r)?
                     .iter()
                     .find(|&&(ln, _)| ln == n)
                     .map(|&(_, v)| v)
@@ -1150,12 +1064,9 @@ impl Head {
             + self
                 .series
                 .iter()
-                .map(|s| {
-                    if s.buf.is_empty() {
-                        0
-                    } else {
-                        s.buf.len() + 16
-                    }
+                .map(|s| match s.chunk.heap_size() {
+                    0 => 0,
+                    n => n + 16,
                 })
                 .sum::<usize>()
             + self.series.capacity_bytes()
@@ -1173,53 +1084,30 @@ impl Head {
 impl MemSeries {
     fn empty(r: SeriesRef) -> Self {
         Self {
-            xor: XorState::new(),
+            chunk: XorChunk::new(),
             min_t: i64::MAX,
             max_t: i64::MIN,
             chunk_seq: 0,
             r,
-            buf: Box::default(),
             ooo_sealed: false,
-            has_ooo: false,
         }
+    }
+
+    /// First sample of the open chunk; `i64::MAX` when it is empty.
+    pub(crate) fn chunk_min_t(&self) -> i64 {
+        self.chunk.first_timestamp().unwrap_or(i64::MAX)
     }
 }
 
-/// Seals the open chunk of `s`, which has samples, into `pending`, and
-/// frees its buffer.
+/// Seals the open chunk of `s`, which has samples, into `pending`: its
+/// stream is copied into the batch's buffer, and its own buffer freed.
 fn seal_open(s: &mut MemSeries, width: i64, pending: &mut Pending) {
-    let buf = &s.buf;
-    let min_t = s.xor.first_timestamp(buf).unwrap_or(i64::MAX);
-    debug_assert_eq!(s.xor.last_timestamp(buf), Some(s.max_t));
-    let c = SealedChunk {
-        r: s.r,
-        partition: partition_of(min_t, width),
-        min_t,
-        // The open chunk ends at the series' newest sample.
-        max_t: s.max_t,
-        seq: s.chunk_seq,
-        at: 0,
-        len: 0,
-    };
-    pending.push(c, &s.xor, buf);
-    s.buf = Box::default();
-    s.xor = XorState::new();
-}
-
-/// Bytes an open chunk's stream grows by: at about 1.4 bytes a sample,
-/// one reallocation per twenty samples, and 16 bytes of slack per series
-/// on average. Measured with 50k series (benches/storage.rs): 16 bytes saved
-/// 11 B per series but cut appends by reference from 3.9 to 2.6 M/s.
-const GROWTH: usize = 32;
-
-/// Grows an open chunk's buffer to hold `need` bytes, in [`GROWTH`]
-/// steps: head chunks stay open in memory for every series, so doubling's
-/// slack (up to half the buffer) would cost more than the copies it saves.
-#[cold]
-fn grow(buf: &mut Box<[u8]>, need: usize) {
-    let mut v = std::mem::take(buf).into_vec();
-    v.resize(need.next_multiple_of(GROWTH), 0);
-    *buf = v.into_boxed_slice();
+    let min_t = s.chunk_min_t();
+    debug_assert_eq!(s.chunk.last_timestamp(), Some(s.max_t));
+    // The open chunk ends at the series' newest sample.
+    let meta = SealedChunk::new(s.r, partition_of(min_t, width), min_t, s.max_t, s.chunk_seq);
+    pending.push(meta, &s.chunk);
+    s.chunk = XorChunk::new();
 }
 
 /// Makes room for one more element, growing by an eighth rather than
@@ -1390,7 +1278,7 @@ mod append_tests {
         }
         for (r, sealed) in per_series.iter().enumerate() {
             let s = head.get(r as u32).unwrap();
-            let open: Vec<(i64, f64)> = head.chunk(s).iter().collect();
+            let open: Vec<(i64, f64)> = s.chunk.iter().collect();
             assert_eq!(sealed + open.len(), 80, "series {r}");
             // The open chunk holds the last partition's samples alone.
             let p = partition_of(s.max_t, width);

@@ -918,10 +918,26 @@ fn a_series_that_went_quiet_is_compacted_and_downsampled() {
     for k in 1..10 {
         app.append_ref(r, k * 15_000, k as f64);
     }
+    // Another series, whose last sample came out of order: it waits in
+    // the out-of-order buffer, not in the open chunk.
+    let late = app.append(&labels("late", &[]), 30_000, 1.0).unwrap();
+    app.append_ref(late, 15_000, 2.0);
     app.commit().unwrap();
     // No flush: the samples sit in the series' open chunk.
     assert_eq!(db.resolution_bytes(Resolution::Raw).unwrap(), 0);
+    assert_eq!(db.inner.head.read().ooo(late).len(), 1);
     let report = db.maintain(2 * 3_600_000).unwrap();
+    // The closed partition's out-of-order samples were sealed too.
+    assert!(db.inner.head.read().ooo(late).is_empty());
+    let late_aggs = db
+        .select_aggregates(
+            &[eq("__name__", "late")],
+            Resolution::OneMinute,
+            0,
+            i64::MAX,
+        )
+        .unwrap();
+    assert_eq!(late_aggs[0].1.iter().map(|a| a.count).sum::<u64>(), 2);
     assert!(report.downsampled.contains(&(Resolution::OneMinute, 0)));
     assert!(db.resolution_bytes(Resolution::Raw).unwrap() > 0);
     let aggs = db
@@ -1265,7 +1281,7 @@ fn rewrites_sealed_while_a_chunk_is_open_are_read_over_it() {
         db.write_pending().unwrap();
         {
             let head = db.inner.head.read();
-            assert!(head.pending.len() == 0 && head.get(0).unwrap().xor.len() == 60);
+            assert!(head.pending.len() == 0 && head.get(0).unwrap().chunk.len() == 60);
             assert!(head.get(0).unwrap().ooo_sealed);
         }
         let got = values(&db, &[eq("__name__", "m")], 10_000, 20_000);
@@ -1581,7 +1597,7 @@ fn blocks_that_do_not_divide_the_partition_are_refused() {
 }
 
 fn sealed(r: SeriesRef, partition: i64, min_t: i64, seq: u64) -> SealedChunk {
-    SealedChunk::bare(r, partition, min_t, min_t, seq)
+    SealedChunk::new(r, partition, min_t, min_t, seq)
 }
 
 proptest::proptest! {
