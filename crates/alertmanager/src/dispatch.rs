@@ -165,6 +165,9 @@ pub(crate) struct Core {
     pub(crate) wake: tokio::sync::Notify,
     /// Called with the state to replicate after every change.
     pub(crate) replicate: Mutex<Option<Replicate>>,
+    /// The deliveries under way, one task per group; stopping the alert
+    /// manager aborts them, so a stopped instance sends nothing more.
+    pub(crate) deliveries: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl State {
@@ -481,9 +484,11 @@ impl Core {
         for j in jobs {
             by_group.entry(j.group_id.clone()).or_default().push(j);
         }
+        let mut deliveries = self.deliveries.lock();
+        while deliveries.try_join_next().is_some() {}
         for (id, jobs) in by_group {
             let core = self.clone();
-            tokio::spawn(async move {
+            deliveries.spawn(async move {
                 let mut all_ok = true;
                 let mut resolved = Vec::new();
                 for j in jobs {

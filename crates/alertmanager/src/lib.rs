@@ -153,6 +153,7 @@ impl AlertManager {
                 .unwrap_or_default(),
             wake: tokio::sync::Notify::new(),
             replicate: Mutex::new(None),
+            deliveries: Mutex::new(tokio::task::JoinSet::new()),
         });
         if !peers.is_empty() {
             let http = core.http.clone();
@@ -266,9 +267,12 @@ impl AlertManager {
         api::router(self.clone())
     }
 
-    /// Stops delivering.
+    /// Stops delivering: no new notification is started, and those under
+    /// way (waiting on a peer, retrying, or sending) are abandoned, as if
+    /// the process had died.
     pub fn stop(&self) {
         self.task.abort();
+        self.core.deliveries.lock().abort_all();
     }
 }
 
