@@ -214,8 +214,10 @@ pub(crate) async fn run(
             now
         };
         let started = Instant::now();
+        // Boxed: the exchange's state (kilobytes) exists during the scrape
+        // only, not in the loop's task between scrapes.
         let fetched = tokio::select! {
-            r = fetch(&runtime, &target, &mut idle) => r,
+            r = Box::pin(fetch(&runtime, &target, &mut idle)) => r,
             _ = cmd.changed() => match *cmd.borrow() {
                 Cmd::Shutdown => return,
                 // Gone mid-scrape: discard it and go stale.
@@ -696,6 +698,38 @@ fn check_limits(lb: &LabelsBuilder, l: &Limits) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A target's loop is a task that lives as long as the target: between
+    /// scrapes it must hold its state, not room for a scrape's HTTP
+    /// exchange (which would be kilobytes per target, all the time).
+    #[tokio::test]
+    async fn a_loop_between_scrapes_is_small() {
+        let job = crate::ScrapeFile::parse(
+            "scrape_configs:\n  - job_name: j\n    static_configs: [{targets: ['127.0.0.1:9']}]\n",
+        )
+        .unwrap()
+        .job(0)
+        .unwrap();
+        let own = BTreeMap::from([("__address__".to_string(), "127.0.0.1:9".to_string())]);
+        let crate::target::Outcome::Active(target) =
+            crate::target::build(&job, &BTreeMap::new(), &own)
+        else {
+            panic!("the target is active");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
+        let runtime = Arc::new(JobRuntime {
+            job,
+            client: reqwest::Client::new(),
+        });
+        let (_rt, rt_rx) = watch::channel(runtime);
+        let (_cmd, cmd_rx) = watch::channel(Cmd::Run);
+        let status = Arc::new(Mutex::new(Status::default()));
+        let fut = run(Arc::new(target), rt_rx, db, status, cmd_rx, 0);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("loop future: {size} bytes");
+        assert!(size <= 1024, "a target's loop takes {size} bytes");
+    }
 
     #[test]
     fn slots_spread_targets_across_the_interval() {

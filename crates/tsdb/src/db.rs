@@ -535,6 +535,13 @@ impl Db {
                 detail: format!("cannot create {labels}"),
             });
         }
+        if !head.has_room(labels.len()) {
+            return Err(Error::Limit {
+                limit: "label_bytes",
+                value: 8 << 30,
+                detail: format!("the head's label sets are full: cannot create {labels}"),
+            });
+        }
         let r = stored.unwrap_or_else(|| head.next_ref());
         let rec = Record::Series {
             r,

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use tiermon_chunkenc::XorChunk;
 use tiermon_model::{Label, Labels, MatchOp, Matcher};
 
+use crate::labelsets::{LabelSets, Pairs};
+
 /// Dense reference of a series, assigned at creation, stable for its life.
 pub type SeriesRef = u32;
 
@@ -291,9 +293,9 @@ pub(crate) struct Head {
     pub symbols: Symbols,
     /// Series in memory, by slot.
     series: Segmented<MemSeries>,
-    /// Their labels, (name, value) symbol pairs sorted by name, by slot; a
-    /// free slot has none.
-    labels: Segmented<Box<[(u32, u32)]>>,
+    /// Their labels, (name, value) symbol pairs sorted by name, by slot,
+    /// packed; a free slot has none.
+    labels: LabelSets,
     /// Out-of-order samples (and rewrites of existing timestamps) not yet
     /// sealed, in arrival order, by series: most series never have any.
     ooo: HashMap<SeriesRef, Vec<(i64, f64)>>,
@@ -488,9 +490,9 @@ impl Head {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &MemSeries> {
         self.series
             .iter()
-            .zip(self.labels.iter())
-            .filter(|(_, l)| !l.is_empty())
-            .map(|(s, _)| s)
+            .enumerate()
+            .filter(|&(slot, _)| self.labels.is_live(slot))
+            .map(|(_, s)| s)
     }
 
     /// Out-of-order samples of series `r` not yet sealed, in arrival order.
@@ -509,8 +511,18 @@ impl Head {
     }
 
     /// The (name, value) symbol pairs of series `r`, if in memory.
-    fn pairs(&self, r: SeriesRef) -> Option<&[(u32, u32)]> {
-        self.contains(r).then(|| &*self.labels[self.slot(r)])
+    fn pairs(&self, r: SeriesRef) -> Option<Pairs<'_>> {
+        if self.contains(r) {
+            self.labels.get(self.slot(r))
+        } else {
+            None
+        }
+    }
+
+    /// Whether a series of `n` labels can be created: false only when the
+    /// label sets fill what they can address (8 GiB).
+    pub(crate) fn has_room(&self, n: usize) -> bool {
+        self.labels.has_room(n)
     }
 
     /// The series with exactly these labels.
@@ -522,13 +534,8 @@ impl Head {
     }
 
     /// [`Labels::series_id`] of a series in memory, from its labels.
-    fn hash_of(symbols: &Symbols, labels: &[(u32, u32)]) -> u64 {
-        tiermon_model::series_id_of(
-            labels
-                .iter()
-                .map(|&(n, v)| (&**symbols.get(n), &**symbols.get(v))),
-        )
-        .0
+    fn hash_of(symbols: &Symbols, labels: impl Iterator<Item = (u32, u32)> + Clone) -> u64 {
+        tiermon_model::series_id_of(labels.map(|(n, v)| (&**symbols.get(n), &**symbols.get(v)))).0
     }
 
     fn labels_eq(&self, r: SeriesRef, labels: &Labels) -> bool {
@@ -536,7 +543,7 @@ impl Head {
             return false;
         };
         pairs.len() == labels.len()
-            && pairs.iter().zip(labels.iter()).all(|(&(n, v), l)| {
+            && pairs.zip(labels.iter()).all(|((n, v), l)| {
                 **self.symbols.get(n) == *l.name && **self.symbols.get(v) == *l.value
             })
     }
@@ -558,7 +565,7 @@ impl Head {
             return;
         }
         let h = tiermon_model::series_id_of(labels.clone()).0;
-        let pairs: Box<[(u32, u32)]> = labels
+        let pairs: Vec<(u32, u32)> = labels
             .map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v)))
             .collect();
         for &(n, v) in pairs.iter() {
@@ -582,12 +589,12 @@ impl Head {
         let slot = match self.free.pop() {
             Some(f) => {
                 self.series[f as usize] = MemSeries::empty(r);
-                self.labels[f as usize] = pairs;
+                self.labels.set(f as usize, &pairs);
                 f as usize
             }
             None => {
                 self.series.push(MemSeries::empty(r));
-                self.labels.push(pairs);
+                self.labels.push(&pairs);
                 self.series.len() - 1
             }
         };
@@ -595,7 +602,8 @@ impl Head {
         self.live += 1;
         let (symbols, all, slots) = (&self.symbols, &self.labels, &self.slots);
         self.by_hash.insert_unique(h, r, |&x| {
-            Self::hash_of(symbols, &all[slots[x as usize] as usize - 1])
+            let slot = slots[x as usize] as usize - 1;
+            Self::hash_of(symbols, all.get(slot).expect("a hashed series has labels"))
         });
     }
 
@@ -604,16 +612,18 @@ impl Head {
     /// disk and indexed there.
     pub(crate) fn evict(&mut self, refs: &[SeriesRef]) {
         let mut gone: HashMap<(u32, u32), Vec<SeriesRef>> = HashMap::new();
+        let mut pairs = Vec::new();
         for &r in refs {
             let Some(slot) = self.slots.get(r as usize).copied().filter(|&s| s != 0) else {
                 continue;
             };
-            let h = Self::hash_of(&self.symbols, &self.labels[slot as usize - 1]);
+            pairs.clear();
+            self.labels.remove(slot as usize - 1, &mut pairs);
+            let h = Self::hash_of(&self.symbols, pairs.iter().copied());
             if let Ok(e) = self.by_hash.find_entry(h, |&x| x == r) {
                 e.remove();
             }
-            let pairs = std::mem::take(&mut self.labels[slot as usize - 1]);
-            for &pair in pairs.iter() {
+            for &pair in &pairs {
                 gone.entry(pair).or_default().push(r);
                 self.symbols.release(pair.0);
                 self.symbols.release(pair.1);
@@ -646,9 +656,12 @@ impl Head {
 
     /// The labels of a series in memory.
     pub(crate) fn labels(&self, r: SeriesRef) -> Labels {
-        let v: Vec<Label> = self.labels[self.slot(r)]
-            .iter()
-            .map(|&(n, v)| Label {
+        let v: Vec<Label> = self
+            .labels
+            .get(self.slot(r))
+            .into_iter()
+            .flatten()
+            .map(|(n, v)| Label {
                 name: self.symbols.get(n).clone(),
                 value: self.symbols.get(v).clone(),
             })
@@ -821,7 +834,7 @@ impl Head {
         let closed = |p: i64| p.saturating_add(width) <= closed_before;
         for slot in 0..self.series.len() {
             let s = &mut self.series[slot];
-            if !self.labels[slot].is_empty()
+            if self.labels.is_live(slot)
                 && !s.chunk.is_empty()
                 && closed(partition_of(s.chunk_min_t(), width))
             {
@@ -855,7 +868,7 @@ impl Head {
     /// Seals every open chunk and out-of-order buffer (before a flush).
     pub(crate) fn seal_all(&mut self) {
         for slot in 0..self.series.len() {
-            if !self.labels[slot].is_empty() {
+            if self.labels.is_live(slot) {
                 self.seal_series(self.series[slot].r);
             }
         }
@@ -944,7 +957,7 @@ impl Head {
         let mut ids: Vec<u32> = refs
             .iter()
             .filter_map(|&r| self.pairs(r))
-            .flat_map(|p| p.iter().map(|&(n, _)| n))
+            .flat_map(|p| p.map(|(n, _)| n))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -962,12 +975,7 @@ impl Head {
         };
         let mut ids: Vec<u32> = refs
             .iter()
-            .filter_map(|&r| {
-                self.pairs(r)?
-                    .iter()
-                    .find(|&&(ln, _)| ln == n)
-                    .map(|&(_, v)| v)
-            })
+            .filter_map(|&r| self.pairs(r)?.find(|&(ln, _)| ln == n).map(|(_, v)| v))
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -1035,14 +1043,7 @@ impl Head {
 
     /// Approximate heap bytes of the head, for the memory-per-series figure.
     pub(crate) fn heap_size(&self) -> usize {
-        // A label set's allocation, with glibc's header, rounded as glibc
-        // rounds.
-        let labels: usize = self
-            .labels
-            .iter()
-            .filter(|l| !l.is_empty())
-            .map(|l| (l.len() * 8 + 8).next_multiple_of(16))
-            .sum();
+        let labels = self.labels.heap_size();
         let ooo: usize = self
             .ooo
             .values()
@@ -1070,7 +1071,6 @@ impl Head {
                 })
                 .sum::<usize>()
             + self.series.capacity_bytes()
-            + self.labels.capacity_bytes()
             + postings
             + values
             + self.slots.capacity() * 4

@@ -27,6 +27,7 @@ mod downsample;
 mod head;
 mod index;
 mod keys;
+mod labelsets;
 mod spans;
 mod tier;
 mod wal;
