@@ -7,11 +7,11 @@ use hashbrown::HashTable;
 /// labels). Looking a known series up hashes its bytes once and allocates
 /// nothing; only new series pay for decoding labels and an insert.
 ///
-/// The text itself is not kept: entries are keyed by its 128-bit xxh3
-/// hash, so an entry costs its key, the caller's value and 4 bytes (28
+/// The text itself is not kept: entries are keyed by 96 bits of its xxh3
+/// hash, so an entry costs its key, the caller's value and 4 bytes (20
 /// bytes for a 4-byte reference) whatever the length of the series. Two
-/// series of one target would have to collide in 128 bits to be confused —
-/// about one chance in 2^100 for a target with a million series.
+/// series of one target would have to collide in 96 bits to be confused —
+/// about one chance in 2^57 for a target with a million series.
 ///
 /// Exporters write their series in the same order at every scrape, so the
 /// entries are kept in the order of the last page and each line is first
@@ -40,27 +40,22 @@ pub struct SeriesCache<T> {
 
 #[derive(Debug)]
 struct Slot<T> {
-    /// The series text's xxh3-128, as four words (4-byte alignment keeps a
-    /// slot at 28 bytes for a 4-byte value).
-    key: [u32; 4],
+    /// 96 bits of the series text's xxh3-128, as three words (4-byte
+    /// alignment keeps a slot at 20 bytes for a 4-byte value).
+    key: [u32; 3],
     value: T,
     /// The line of this scrape that named it, plus one; 0 when not seen.
     seen: u32,
 }
 
 #[inline]
-fn key(series: &str) -> [u32; 4] {
+fn key(series: &str) -> [u32; 3] {
     let h = xxhash_rust::xxh3::xxh3_128(series.as_bytes());
-    [
-        h as u32,
-        (h >> 32) as u32,
-        (h >> 64) as u32,
-        (h >> 96) as u32,
-    ]
+    [h as u32, (h >> 32) as u32, (h >> 64) as u32]
 }
 
 #[inline]
-fn hash_of(k: &[u32; 4]) -> u64 {
+fn hash_of(k: &[u32; 3]) -> u64 {
     // The key is a hash already.
     u64::from(k[0]) | (u64::from(k[1]) << 32)
 }
@@ -85,7 +80,7 @@ impl<T> SeriesCache<T> {
 
     /// The position of the entry keyed `k`, through the table of
     /// positions (built on first need in a scrape).
-    fn lookup(&mut self, k: &[u32; 4]) -> Option<usize> {
+    fn lookup(&mut self, k: &[u32; 3]) -> Option<usize> {
         let entries = &self.entries;
         let index = self.index.get_or_insert_with(|| {
             let mut t = HashTable::with_capacity(entries.len());
@@ -286,9 +281,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_28_bytes_for_a_4_byte_value() {
-        assert_eq!(std::mem::size_of::<Slot<u32>>(), 24);
-        assert_eq!(std::mem::size_of::<Slot<(u32, bool)>>(), 28);
+    fn a_slot_is_20_bytes_for_a_4_byte_value() {
+        assert_eq!(std::mem::size_of::<Slot<u32>>(), 20);
     }
 
     proptest! {

@@ -8,7 +8,7 @@
 //! its scheduled time when it started within a few milliseconds of it — exact
 //! intervals compress to almost nothing — and the actual time otherwise.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,14 +82,14 @@ pub struct Status {
     pub metadata: Arc<BTreeMap<String, MetricMeta>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Cached {
-    /// Stored under this reference; `track` when it gets staleness markers
-    /// (not for series with their own timestamps).
-    Keep { r: SeriesRef, track: bool },
-    /// Dropped by metric relabelling.
-    Drop,
-}
+/// What the cache keeps per series: its reference, or [`DROPPED`] for a
+/// series metric relabelling drops. Four bytes, so that an entry of a
+/// target's cache is 20 bytes (the storage never hands out
+/// `SeriesRef::MAX`).
+type Cached = SeriesRef;
+
+/// The cache's mark of a series that metric relabelling drops.
+const DROPPED: Cached = SeriesRef::MAX;
 
 /// What a target says about a metric family (`# TYPE`, `# HELP`,
 /// `# UNIT`), for `/api/v1/metadata`.
@@ -107,6 +107,9 @@ pub struct MetricMeta {
 #[derive(Debug)]
 struct LoopState {
     cache: SeriesCache<Cached>,
+    /// Cached series that get no staleness markers: those with their own
+    /// timestamps (honor_timestamps). Rare, so kept apart.
+    untracked: HashSet<SeriesRef>,
     report: Option<[SeriesRef; 5]>,
     /// Metadata by family, with the number of the scrape that last saw it.
     meta: HashMap<String, (MetricMeta, u64)>,
@@ -117,6 +120,17 @@ struct LoopState {
 }
 
 impl LoopState {
+    fn new() -> Self {
+        Self {
+            cache: SeriesCache::new(),
+            untracked: HashSet::new(),
+            report: None,
+            meta: HashMap::new(),
+            scrapes: 0,
+            meta_changed: false,
+        }
+    }
+
     fn meta_entry(&mut self, name: &str) -> &mut MetricMeta {
         let scrape = self.scrapes;
         if !self.meta.contains_key(name) {
@@ -175,13 +189,7 @@ pub(crate) async fn run(
     seed: u64,
 ) {
     let iv = target.interval.as_millis() as i64;
-    let mut state = Some(LoopState {
-        cache: SeriesCache::new(),
-        report: None,
-        meta: HashMap::new(),
-        scrapes: 0,
-        meta_changed: false,
-    });
+    let mut state = Some(LoopState::new());
     let mut runtime = rt.borrow_and_update().clone();
     let mut idle = crate::http1::Idle::default();
     let mut next = first_slot(wall_ms(), iv, target.key, seed);
@@ -202,6 +210,7 @@ pub(crate) async fn run(
             // series afresh (the store still knows their references).
             if let Some(s) = state.as_mut() {
                 s.cache = SeriesCache::new();
+                s.untracked.clear();
             }
         }
         let now = wall_ms();
@@ -291,7 +300,7 @@ pub(crate) async fn run(
         let t = wall_ms();
         let _ = tokio::task::spawn_blocking(move || {
             let mut app = db.appender();
-            mark_stale(&mut app, st.cache.drain(), t);
+            mark_stale(&mut app, st.cache.drain(), &mut st.untracked, t);
             for r in st.report.into_iter().flatten() {
                 app.append_ref(r, t, STALE_NAN);
             }
@@ -447,7 +456,7 @@ fn ingest(
     });
     let (up, counts, error) = match result {
         Ok(c) => {
-            mark_stale(&mut app, st.cache.end_scrape(), t);
+            mark_stale(&mut app, st.cache.end_scrape(), &mut st.untracked, t);
             st.end_meta();
             (1.0, c, None)
         }
@@ -455,7 +464,7 @@ fn ingest(
             // Nothing of a failed scrape is kept, and everything the last
             // good scrape had goes stale (as in Prometheus).
             app = db.appender();
-            mark_stale(&mut app, st.cache.drain(), t);
+            mark_stale(&mut app, st.cache.drain(), &mut st.untracked, t);
             let zero = Counts {
                 scraped: 0,
                 post_relabel: 0,
@@ -513,10 +522,15 @@ fn ingest(
 }
 
 /// Appends staleness markers at `t` for the `ended` series that track
-/// staleness.
-fn mark_stale(app: &mut tiermon_tsdb::Appender<'_>, ended: Vec<Cached>, t: i64) {
-    for c in ended {
-        if let Cached::Keep { r, track: true } = c {
+/// staleness; the untracked ones leave `untracked`.
+fn mark_stale(
+    app: &mut tiermon_tsdb::Appender<'_>,
+    ended: Vec<Cached>,
+    untracked: &mut HashSet<SeriesRef>,
+    t: i64,
+) {
+    for r in ended {
+        if r != DROPPED && !untracked.remove(&r) {
             app.append_ref(r, t, STALE_NAN);
         }
     }
@@ -590,14 +604,16 @@ fn append_samples(
             Some(c) => *c,
             None => {
                 let Some(labels) = series_labels(&s, target, job)? else {
-                    st.cache.insert(s.series, Cached::Drop);
+                    st.cache.insert(s.series, DROPPED);
                     continue;
                 };
                 match db.series_ref(&labels) {
                     Ok(r) => {
                         c.added += 1;
-                        let track = !(job.honor_timestamps && s.timestamp.is_some());
-                        *st.cache.insert(s.series, Cached::Keep { r, track })
+                        if job.honor_timestamps && s.timestamp.is_some() {
+                            st.untracked.insert(r);
+                        }
+                        *st.cache.insert(s.series, r)
                     }
                     Err(e) => {
                         *rejected += 1;
@@ -607,9 +623,10 @@ fn append_samples(
                 }
             }
         };
-        let Cached::Keep { r, .. } = cached else {
+        if cached == DROPPED {
             continue;
-        };
+        }
+        let r = cached;
         c.post_relabel += 1;
         if limit > 0 && c.post_relabel > limit {
             return Err(format!(
@@ -702,11 +719,10 @@ mod tests {
     /// A target's loop is a task that lives as long as the target: between
     /// scrapes it must hold its state, not room for a scrape's HTTP
     /// exchange (which would be kilobytes per target, all the time).
-    #[tokio::test]
-    async fn a_loop_between_scrapes_is_small() {
-        let job = crate::ScrapeFile::parse(
-            "scrape_configs:\n  - job_name: j\n    static_configs: [{targets: ['127.0.0.1:9']}]\n",
-        )
+    fn job_and_target(extra: &str) -> (Job, Target) {
+        let job = crate::ScrapeFile::parse(&format!(
+            "scrape_configs:\n  - job_name: j\n    static_configs: [{{targets: ['127.0.0.1:9']}}]\n{extra}"
+        ))
         .unwrap()
         .job(0)
         .unwrap();
@@ -716,6 +732,61 @@ mod tests {
         else {
             panic!("the target is active");
         };
+        (job, target)
+    }
+
+    /// A series that leaves the page gets a staleness marker, unless it
+    /// came with its own timestamps (as in Prometheus), and a series that
+    /// relabelling drops gets nothing either.
+    #[test]
+    fn series_that_leave_go_stale_unless_they_bring_their_timestamps() {
+        let (job, target) = job_and_target(
+            "    metric_relabel_configs: [{source_labels: [__name__], regex: dropped, action: drop}]\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
+        let mut st = LoopState::new();
+        let page = |s: &str| {
+            Ok((
+                s.as_bytes().to_vec(),
+                tiermon_exposition::Format::Prometheus,
+            ))
+        };
+        let d = Duration::from_millis(1);
+        let r = ingest(
+            &mut st,
+            &db,
+            &job,
+            &target,
+            page("a 1\nb 2 500\ndropped 3\n"),
+            1000,
+            d,
+        );
+        assert_eq!(r.error, None);
+        let r = ingest(&mut st, &db, &job, &target, page("c 4\n"), 2000, d);
+        assert_eq!(r.error, None);
+        let samples = |name: &str| -> Vec<(i64, u64)> {
+            let m = tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name)
+                .unwrap();
+            db.select(&[m], 0, 10_000)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.samples)
+                .map(|s| (s.t, s.v.to_bits()))
+                .collect()
+        };
+        assert_eq!(
+            samples("a"),
+            [(1000, 1f64.to_bits()), (2000, STALE_NAN.to_bits())]
+        );
+        assert_eq!(samples("b"), [(500, 2f64.to_bits())]);
+        assert_eq!(samples("dropped"), []);
+        assert!(st.untracked.is_empty(), "b left the cache and the set");
+    }
+
+    #[tokio::test]
+    async fn a_loop_between_scrapes_is_small() {
+        let (job, target) = job_and_target("");
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
         let runtime = Arc::new(JobRuntime {

@@ -543,6 +543,14 @@ impl Db {
             });
         }
         let r = stored.unwrap_or_else(|| head.next_ref());
+        // The last reference stays unused: callers may mark with it.
+        if r == SeriesRef::MAX {
+            return Err(Error::Limit {
+                limit: "series references",
+                value: SeriesRef::MAX as usize,
+                detail: format!("every reference was handed out: cannot create {labels}"),
+            });
+        }
         let rec = Record::Series {
             r,
             labels: labels

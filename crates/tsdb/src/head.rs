@@ -11,7 +11,8 @@ use tiermon_model::{Label, Labels, MatchOp, Matcher};
 
 use crate::labelsets::{LabelSets, Pairs};
 
-/// Dense reference of a series, assigned at creation, stable for its life.
+/// Dense reference of a series, assigned at creation, stable for its life;
+/// never `SeriesRef::MAX`, which callers may use as a mark.
 pub type SeriesRef = u32;
 
 /// Interned strings, by dense id, each counted by its uses (as a name or a
@@ -1067,7 +1068,8 @@ impl Head {
                 .iter()
                 .map(|s| match s.chunk.heap_size() {
                     0 => 0,
-                    n => n + 16,
+                    // With malloc's 8-byte header (buffers fill their block).
+                    n => n + 8,
                 })
                 .sum::<usize>()
             + self.series.capacity_bytes()
