@@ -4,6 +4,9 @@
 //! of its own. A sample is encoded into at most 145 bits before anything
 //! is written, so that the buffer grows by exactly what the sample needs.
 
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
 use crate::bits::{BitReader, SampleBits, byte_len};
 use crate::{Error, Result};
 
@@ -214,14 +217,91 @@ impl XorState {
 }
 
 /// An appendable chunk of (timestamp, value) samples with strictly
-/// increasing timestamps: the encoder's state and a buffer of its own, 40
+/// increasing timestamps: the encoder's state and a buffer of its own, 32
 /// bytes. Serialised as a 2-byte big-endian sample count followed by the
 /// bit stream.
-#[derive(Debug, Clone, Default)]
+///
+/// The buffer is held by its pointer alone (8 bytes, where a `Box<[u8]>`
+/// takes 16): it only ever grows to [`buffer_size`] of the stream's
+/// length, so its size is a function of the stream's length
+/// ([`XorChunk::capacity`]). A head keeps one open chunk per series, and
+/// those 8 bytes make its series record one cache line.
 pub struct XorChunk {
-    /// The bit stream; its length is the capacity.
-    buf: Box<[u8]>,
+    /// [`Self::capacity`] bytes, all initialised; dangling while the
+    /// chunk is empty.
+    buf: NonNull<u8>,
     state: XorState,
+}
+
+// SAFETY: a chunk owns its buffer as a `Box<[u8]>` would; nothing else
+// points into it.
+#[allow(unsafe_code)]
+unsafe impl Send for XorChunk {}
+// SAFETY: as for `Send`; shared access only reads.
+#[allow(unsafe_code)]
+unsafe impl Sync for XorChunk {}
+
+impl Default for XorChunk {
+    fn default() -> Self {
+        Self {
+            buf: NonNull::dangling(),
+            state: XorState::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for XorChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XorChunk")
+            .field("state", &self.state)
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl Clone for XorChunk {
+    fn clone(&self) -> Self {
+        let mut c = Self::default();
+        let cap = self.capacity();
+        if cap > 0 {
+            c.buf = allocate(cap);
+            // SAFETY: both buffers are `cap` bytes; distinct allocations.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.buf.as_ptr(), c.buf.as_ptr(), cap);
+            }
+        }
+        c.state = self.state;
+        c
+    }
+}
+
+impl Drop for XorChunk {
+    fn drop(&mut self) {
+        let cap = self.capacity();
+        if cap > 0 {
+            // SAFETY: the buffer was allocated with `cap` bytes (the
+            // invariant of `capacity`), alignment 1.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::alloc::dealloc(self.buf.as_ptr(), bytes_layout(cap));
+            }
+        }
+    }
+}
+
+/// The layout of a buffer of `n` bytes.
+fn bytes_layout(n: usize) -> Layout {
+    Layout::array::<u8>(n).unwrap_or_else(|_| panic!("a chunk buffer of {n} bytes"))
+}
+
+/// A zeroed buffer of `n` (> 0) bytes.
+fn allocate(n: usize) -> NonNull<u8> {
+    let layout = bytes_layout(n);
+    // SAFETY: `n` > 0, so the layout is not zero-sized.
+    #[allow(unsafe_code)]
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
 }
 
 /// Most samples a chunk holds.
@@ -261,15 +341,35 @@ impl XorChunk {
         &self.state
     }
 
+    /// Bytes of the buffer: [`buffer_size`] of the stream's length, as
+    /// the buffer grows to exactly that (see [`Self::append_after`]); 0
+    /// for an empty chunk, whose buffer is not allocated.
+    fn capacity(&self) -> usize {
+        match self.state.encoded_len() {
+            0 => 0,
+            n => buffer_size(n),
+        }
+    }
+
+    /// The whole buffer.
+    fn buf(&self) -> &[u8] {
+        // SAFETY: `buf` points to `capacity()` initialised bytes that this
+        // chunk owns, or is dangling and well aligned for a length of 0.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.buf.as_ptr(), self.capacity())
+        }
+    }
+
     /// The encoded stream (without the count).
     pub(crate) fn stream(&self) -> &[u8] {
-        &self.buf[..self.state.encoded_len()]
+        &self.buf()[..self.state.encoded_len()]
     }
 
     /// Where the next sample will be written (or the buffer's end, if it
     /// is full): for prefetching; never dereferenced.
     pub fn tail(&self) -> *const u8 {
-        let at = (self.state.bits as usize / 8).min(self.buf.len().saturating_sub(1));
+        let at = (self.state.bits as usize / 8).min(self.capacity().saturating_sub(1));
         self.buf.as_ptr().wrapping_add(at)
     }
 
@@ -285,12 +385,12 @@ impl XorChunk {
 
     /// Timestamp of the first sample, if any: the stream's first 64 bits.
     pub fn first_timestamp(&self) -> Option<i64> {
-        self.state.first_timestamp(&self.buf)
+        self.state.first_timestamp(self.buf())
     }
 
     /// Timestamp of the last sample, if any.
     pub fn last_timestamp(&self) -> Option<i64> {
-        self.state.last_timestamp(&self.buf)
+        self.state.last_timestamp(self.buf())
     }
 
     /// Bytes of the encoded stream (without the count).
@@ -300,7 +400,7 @@ impl XorChunk {
 
     /// Heap bytes held.
     pub fn heap_size(&self) -> usize {
-        self.buf.len()
+        self.capacity()
     }
 
     /// Appends a sample. `t` must be greater than the last timestamp and
@@ -326,17 +426,46 @@ impl XorChunk {
         let Some(e) = self.state.encode(last, t, v) else {
             return false;
         };
+        // Once the sample is written the buffer must be `buffer_size` of
+        // the stream's new length, which is `need`: the same size as now
+        // while `need` is within it (the sizes are steps).
         let need = e.bytes_needed();
-        if need > self.buf.len() {
-            let mut b = std::mem::take(&mut self.buf).into_vec();
-            let size = buffer_size(need);
-            // Exact: one reallocation, and none to shrink it back to a box.
-            b.reserve_exact(size - b.len());
-            b.resize(size, 0);
-            self.buf = b.into_boxed_slice();
+        let size = buffer_size(need);
+        let cap = self.capacity();
+        if size != cap {
+            debug_assert!(size > cap, "a buffer shrinks");
+            self.grow(cap, size);
         }
-        self.state.commit(&mut self.buf, &e);
+        // SAFETY: `buf` points to `size` initialised bytes this chunk
+        // owns (grown above if it was smaller); no other reference to
+        // them is live.
+        #[allow(unsafe_code)]
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr(), size) };
+        self.state.commit(buf, &e);
+        debug_assert_eq!(self.capacity(), size);
         true
+    }
+
+    /// Grows the buffer from `cap` bytes (its size now) to `size`, the new
+    /// bytes zeroed: one reallocation.
+    fn grow(&mut self, cap: usize, size: usize) {
+        if cap == 0 {
+            self.buf = allocate(size);
+            return;
+        }
+        let (old, new) = (bytes_layout(cap), bytes_layout(size));
+        // SAFETY: `buf` was allocated with layout `old` (`cap` bytes, the
+        // buffer's size now); `size` > `cap` > 0 and is a valid layout's
+        // size. Zeroing writes within the new size.
+        #[allow(unsafe_code)]
+        unsafe {
+            let p = std::alloc::realloc(self.buf.as_ptr(), old, new.size());
+            let Some(p) = NonNull::new(p) else {
+                std::alloc::handle_alloc_error(new);
+            };
+            p.as_ptr().add(cap).write_bytes(0, size - cap);
+            self.buf = p;
+        }
     }
 
     /// Whether `t`, after the chunk's last timestamp `last` (see
@@ -348,7 +477,7 @@ impl XorChunk {
 
     /// The samples, in order.
     pub fn iter(&self) -> XorIter<'_> {
-        self.state.iter(&self.buf)
+        self.state.iter(self.buf())
     }
 
     /// The serialised chunk: count, then the bit stream.
@@ -365,7 +494,7 @@ impl XorChunk {
 
     /// Appends [`Self::to_bytes`] to `out`, without a buffer of its own.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        self.state.write_to(&self.buf, out);
+        self.state.write_to(self.buf(), out);
     }
 
     /// Rebuilds an appendable chunk from [`Self::to_bytes`].
@@ -546,9 +675,9 @@ pub(crate) mod tests {
     fn an_open_chunk_is_24_bytes_beside_its_stream() {
         // One per series in the head: a bit count with the small fields
         // packed beside it, and the last timestamp an offset from the
-        // first.
+        // first; the buffer by its pointer alone.
         assert_eq!(std::mem::size_of::<XorState>(), 24);
-        assert_eq!(std::mem::size_of::<XorChunk>(), 40);
+        assert_eq!(std::mem::size_of::<XorChunk>(), 32);
     }
 
     #[test]
@@ -628,6 +757,33 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        /// A clone at any point holds the same samples, and the two then
+        /// grow apart without touching each other's buffer.
+        #[test]
+        fn clones_are_independent(s in samples(), at in any::<prop::sample::Index>()) {
+            let mut c = XorChunk::new();
+            let cut = at.index(s.len() + 1);
+            let mut taken = Vec::new();
+            for &(t, v) in &s[..cut] {
+                if c.append(t, v) {
+                    taken.push((t, v));
+                }
+            }
+            let mut d = c.clone();
+            prop_assert_eq!(d.stream(), c.stream());
+            prop_assert_eq!(d.heap_size(), c.heap_size());
+            let mut more = taken.clone();
+            for &(t, v) in &s[cut..] {
+                if d.append(t, v) {
+                    more.push((t, v));
+                }
+            }
+            prop_assert_eq!(bits(&c.iter().collect::<Vec<_>>()), bits(&taken));
+            prop_assert_eq!(bits(&d.iter().collect::<Vec<_>>()), bits(&more));
+            drop(c);
+            prop_assert_eq!(bits(&d.iter().collect::<Vec<_>>()), bits(&more));
+        }
+
         #[test]
         fn round_trips_bit_exactly(s in samples()) {
             // What lies within the longest span of the first sample is
