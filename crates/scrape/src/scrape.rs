@@ -438,6 +438,9 @@ fn ingest(
     duration: Duration,
 ) -> Report {
     let mut app = db.appender();
+    // About the last page's samples and the report series: one allocation
+    // (growing step by step was a fifth of the scraper's CPU, in malloc).
+    app.reserve(st.cache.len() + REPORT_NAMES.len());
     let mut rejected = 0u64;
     let mut first_rejection = None;
     let result = fetched.and_then(|(body, format)| {

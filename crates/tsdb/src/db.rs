@@ -2975,6 +2975,13 @@ pub struct Appender<'a> {
 }
 
 impl Appender<'_> {
+    /// Makes room for `n` more samples: a caller that knows the size of
+    /// its batch (a scrape: about the last page's) allocates once instead
+    /// of growing the buffer step by step.
+    pub fn reserve(&mut self, n: usize) {
+        self.samples.reserve(n);
+    }
+
     /// Adds a sample to the series with `labels` (created if new); returns
     /// its reference for [`Self::append_ref`] next time.
     pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef> {
