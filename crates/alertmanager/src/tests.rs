@@ -52,6 +52,19 @@ async fn hook() -> Hook {
     h
 }
 
+/// Polls `done` until it holds; after `within`, fails with `account()`.
+async fn until(within: Duration, mut done: impl FnMut() -> bool, account: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{}", account());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sent(am: &AlertManager) -> u64 {
+    am.stats().sent.get("webhook").copied().unwrap_or(0)
+}
+
 impl Hook {
     async fn wait(&self, n: usize, within: Duration) -> Vec<Json> {
         let deadline = Instant::now() + within;
@@ -170,11 +183,12 @@ async fn groups_notify_once_repeat_and_resolve() {
     assert_eq!(statuses, ["firing", "resolved"]);
     // The receiver has the third; the sender counts it once it has the
     // answer and has logged it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while am.stats().sent.get("webhook").copied().unwrap_or(0) < 3 {
-        assert!(Instant::now() < deadline, "not counted: {:?}", am.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_secs(5),
+        || sent(&am) >= 3,
+        || format!("not counted: {:?}", am.stats()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(am.stats().sent["webhook"], 3);
     am.stop();
@@ -277,22 +291,20 @@ async fn silences_inhibition_and_acknowledgements_mute() {
     assert_eq!(r.status(), 200);
     // Another group's repeat may come first: look at all that follow.
     let n = h.count();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let got = h.got.lock().clone();
-        let back = got[n..].iter().any(|m| {
-            m["alerts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|a| a["labels"]["instance"] == "c")
-        });
-        if back {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Disk/c never came back: {got:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(5),
+        || {
+            h.got.lock()[n..].iter().any(|m| {
+                m["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a["labels"]["instance"] == "c")
+            })
+        },
+        || format!("Disk/c never came back: {:?}", h.got.lock()),
+    )
+    .await;
     // Bad input is refused with a reason.
     let r = http
         .post(format!("{api}/api/v2/alerts"))
@@ -336,11 +348,12 @@ async fn failed_deliveries_are_retried_and_a_restart_does_not_repeat() {
     h.wait(1, Duration::from_secs(5)).await;
     // The receiver has it; wait until the sender has its answer and has
     // logged it (a crash in between may repeat it, as in Alertmanager).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while am.stats().sent.get("webhook").copied().unwrap_or(0) < 1 {
-        assert!(Instant::now() < deadline, "never logged: {:?}", am.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_secs(5),
+        || sent(&am) >= 1,
+        || format!("never logged: {:?}", am.stats()),
+    )
+    .await;
     am.stop();
     drop(am);
     // A new process, the same alert sent again by the rules: the log says
@@ -380,16 +393,18 @@ async fn an_ha_pair_sends_each_notification_once() {
     }
     h.wait(1, Duration::from_secs(5)).await;
     // The second one saw the first one's log entry and stood down.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.stats().peer_sent < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the second instance never stood down: {:?}, {} notifications",
-            b.stats(),
-            h.count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(10),
+        || b.stats().peer_sent >= 1,
+        || {
+            format!(
+                "the second instance never stood down: {:?}, {} notifications",
+                b.stats(),
+                h.count()
+            )
+        },
+    )
+    .await;
     // Counted by arrival time: a repeat after the 5 s interval is not a
     // duplicate, however late this test wakes.
     let at = h.at.lock().clone();
@@ -404,15 +419,12 @@ async fn an_ha_pair_sends_each_notification_once() {
     // The first one dies: the second one takes over the repeats.
     a.stop();
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while b.stats().sent.get("webhook").copied().unwrap_or(0) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the survivor never took over: {:?}",
-            b.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until(
+        Duration::from_secs(15),
+        || sent(&b) >= 1,
+        || format!("the survivor never took over: {:?}", b.stats()),
+    )
+    .await;
     b.stop();
 }
 
@@ -429,11 +441,12 @@ async fn a_stopped_instance_abandons_deliveries_under_way() {
     .unwrap();
     let am = AlertManager::start(cfg, dir.path(), Options::default(), vec![]).unwrap();
     am.receive(vec![alert("A", "a", "critical")]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while am.stats().failed.get("webhook").copied().unwrap_or(0) < 1 {
-        assert!(Instant::now() < deadline, "never tried: {:?}", am.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(
+        Duration::from_secs(5),
+        || am.stats().failed.get("webhook").copied().unwrap_or(0) >= 1,
+        || format!("never tried: {:?}", am.stats()),
+    )
+    .await;
     // Stopped between two attempts, with the receiver back: the retry
     // (due within a second) must not go out.
     am.stop();

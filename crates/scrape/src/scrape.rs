@@ -719,9 +719,7 @@ fn check_limits(lb: &LabelsBuilder, l: &Limits) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// A target's loop is a task that lives as long as the target: between
-    /// scrapes it must hold its state, not room for a scrape's HTTP
-    /// exchange (which would be kilobytes per target, all the time).
+    /// A job of one static target, with `extra` lines of job YAML.
     fn job_and_target(extra: &str) -> (Job, Target) {
         let job = crate::ScrapeFile::parse(&format!(
             "scrape_configs:\n  - job_name: j\n    static_configs: [{{targets: ['127.0.0.1:9']}}]\n{extra}"
@@ -787,6 +785,9 @@ mod tests {
         assert!(st.untracked.is_empty(), "b left the cache and the set");
     }
 
+    /// A target's loop is a task that lives as long as the target: between
+    /// scrapes it must hold its state, not room for a scrape's HTTP
+    /// exchange (which would be kilobytes per target, all the time).
     #[tokio::test]
     async fn a_loop_between_scrapes_is_small() {
         let (job, target) = job_and_target("");

@@ -538,7 +538,7 @@ impl Db {
         if !head.has_room(labels.len()) {
             return Err(Error::Limit {
                 limit: "label_bytes",
-                value: 8 << 30,
+                value: crate::labelsets::CAPACITY,
                 detail: format!("the head's label sets are full: cannot create {labels}"),
             });
         }
@@ -2852,15 +2852,14 @@ fn decode_sorted_labels<'a>(mut b: &'a [u8], out: &mut Vec<(&'a str, &'a str)>) 
 fn snapshot_series(head: &Head, s: &crate::head::MemSeries, out: &mut Vec<u8>) {
     // The open chunk's first sample and partition, which its bytes also
     // give (kept so that the entry's layout does not change).
-    let chunk = &s.chunk;
-    let chunk_min_t = chunk.first_timestamp().unwrap_or(0);
+    let chunk_min_t = s.chunk.first_timestamp().unwrap_or(0);
     out.extend_from_slice(&chunk_min_t.to_le_bytes());
     out.extend_from_slice(&partition_of(chunk_min_t, head.width).to_le_bytes());
     out.extend_from_slice(&s.min_t.to_le_bytes());
     out.extend_from_slice(&s.max_t.to_le_bytes());
     out.extend_from_slice(&s.chunk_seq.to_le_bytes());
-    wal::put_uvarint(out, chunk.serialized_len() as u64);
-    chunk.write_to(out);
+    wal::put_uvarint(out, s.chunk.serialized_len() as u64);
+    s.chunk.write_to(out);
     let ooo = head.ooo(s.r);
     wal::put_uvarint(out, ooo.len() as u64);
     for &(t, v) in ooo {

@@ -833,11 +833,9 @@ impl Head {
         let width = self.width;
         let closed = |p: i64| p.saturating_add(width) <= closed_before;
         for slot in 0..self.series.len() {
+            // A free slot's chunk is empty.
             let s = &mut self.series[slot];
-            if self.labels.is_live(slot)
-                && !s.chunk.is_empty()
-                && closed(partition_of(s.chunk_min_t(), width))
-            {
+            if !s.chunk.is_empty() && closed(partition_of(s.chunk_min_t(), width)) {
                 seal_open(s, width, &mut self.pending);
             }
         }

@@ -12,6 +12,7 @@
 //! slot order and the old pages freed.
 
 use crate::head::Segmented;
+use crate::wal::{get_uvarint, put_uvarint};
 
 /// Bytes of a page.
 const PAGE: usize = 128 << 10;
@@ -22,6 +23,9 @@ const ALIGN: usize = 2;
 
 /// Pages an address can name; the last address means "no set".
 const MAX_PAGES: usize = (1 << 16) - 1;
+
+/// Bytes of sets the pages can hold.
+pub(crate) const CAPACITY: usize = MAX_PAGES * PAGE;
 
 /// The address of a free slot.
 const FREE: u32 = u32::MAX;
@@ -76,28 +80,9 @@ fn varint_len(x: u32) -> usize {
     (32 - (x | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn write_varint(out: &mut Vec<u8>, mut x: u32) {
-    while x >= 0x80 {
-        out.push(x as u8 | 0x80);
-        x >>= 7;
-    }
-    out.push(x as u8);
-}
-
-/// Reads one varint that [`write_varint`] wrote; stops at the end of
-/// `b` rather than reading past it.
+/// Reads one varint of a set, which `place` wrote (the WAL's encoding).
 fn read_varint(b: &mut &[u8]) -> u32 {
-    let mut x = 0u32;
-    let mut shift = 0;
-    while let Some((&byte, rest)) = b.split_first() {
-        *b = rest;
-        x |= u32::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
-        if byte < 0x80 {
-            break;
-        }
-        shift += 7;
-    }
-    x
+    get_uvarint(b).map_or(0, |x| x as u32)
 }
 
 fn encoded_len(pairs: &[(u32, u32)]) -> usize {
@@ -125,16 +110,12 @@ impl LabelSets {
         if slot >= self.at.len() || self.at[slot] == FREE {
             return None;
         }
-        Some(self.decode(self.at[slot]))
-    }
-
-    /// The set at address `a`.
-    fn decode(&self, a: u32) -> Pairs<'_> {
-        read_at(&self.pages, a)
+        Some(read_at(&self.pages, self.at[slot]))
     }
 
     /// Whether a set of `n` pairs can be added: false only when the pages
-    /// can address no more (8 GiB of sets, hundreds of millions).
+    /// can address no more ([`CAPACITY`], 8 GiB: hundreds of millions of
+    /// sets).
     pub(crate) fn has_room(&self, n: usize) -> bool {
         let need = max_encoded_len(n);
         let last_free = self
@@ -203,10 +184,10 @@ impl LabelSets {
         let page_no = self.pages.len() - 1;
         let page = &mut self.pages[page_no];
         let start = page.len();
-        write_varint(page, pairs.len() as u32);
+        put_uvarint(page, pairs.len() as u64);
         for &(n, v) in pairs {
-            write_varint(page, n);
-            write_varint(page, v);
+            put_uvarint(page, n.into());
+            put_uvarint(page, v.into());
         }
         page.resize(start + need, 0);
         self.written += need;
@@ -259,7 +240,7 @@ mod tests {
             u32::MAX,
         ] {
             let mut b = Vec::new();
-            write_varint(&mut b, x);
+            put_uvarint(&mut b, x.into());
             assert_eq!(b.len(), varint_len(x), "{x}");
             let mut s = &b[..];
             assert_eq!(read_varint(&mut s), x);
