@@ -145,9 +145,14 @@ fn main() {
         }
         let scrapes0: u64 = fleet.hosts.iter().map(|h| h.scrapes()).sum();
         let cpu0 = fleetsim::proc_cpu_s(pid);
+        let own0 = fleetsim::proc_cpu_s(std::process::id());
         let t0 = Instant::now();
+        let t0_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         std::thread::sleep(Duration::from_secs(measure));
         let cpu1 = fleetsim::proc_cpu_s(pid);
+        let own1 = fleetsim::proc_cpu_s(std::process::id());
         let scrapes1: u64 = fleet.hosts.iter().map(|h| h.scrapes()).sum();
         let elapsed = t0.elapsed().as_secs_f64();
         let rss = proc_rss(pid);
@@ -167,6 +172,15 @@ fn main() {
             .map(|h| h.max_gap_ms())
             .max()
             .unwrap_or(0);
+        // When the late gaps ended, in 5-second slots of the window: a
+        // backlog left from start-up crowds the first slots, a stall
+        // recurs.
+        let mut slots = vec![0usize; (measure as usize).div_ceil(5) + 1];
+        for h in fleet.hosts.iter().filter(|h| h.max_gap_ms() > limit) {
+            let at = h.max_gap_at_ms().saturating_sub(t0_ms) / 5000;
+            let i = (at as usize).min(slots.len() - 1);
+            slots[i] += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
         let m = Measured {
@@ -189,6 +203,20 @@ fn main() {
             m.scrapes,
             expected,
             m.cpu_s,
+        );
+        if late > 0 {
+            let slots: Vec<String> = slots.iter().map(usize::to_string).collect();
+            println!(
+                "{:<18} late gaps ended per 5 s of the window: {}",
+                "",
+                slots.join(" ")
+            );
+        }
+        println!(
+            "{:<18} the fleet itself used {:.1} CPU s ({:.0} % of its one worker)",
+            "",
+            own1 - own0,
+            100.0 * (own1 - own0) / elapsed
         );
     }
     drop(fleet);

@@ -214,14 +214,21 @@ fn footprint(n: usize) {
     });
     let baseline = live_bytes();
 
-    // First scrape by label set, timed separately.
+    // First scrape by label set, timed separately: new series are created
+    // a page at a time (500, a node exporter's), as a scrape does.
     let t0 = Instant::now();
     let mut app = db.appender();
-    for (i, l) in all_labels.iter().enumerate() {
-        refs.push(app.append(l, 0, values[i]).unwrap());
+    for page in all_labels.chunks(500) {
+        for r in db.series_refs(page).unwrap() {
+            refs.push(r.unwrap());
+        }
+    }
+    for (i, &r) in refs.iter().enumerate() {
+        app.append_ref(r, 0, values[i]);
     }
     app.commit().unwrap();
     let by_labels = n as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("created {n} series at {:.0} k/s", by_labels / 1e3);
     // A second scrape by label set: existing series, found by hashing.
     let t0 = Instant::now();
     let mut app = db.appender();
@@ -327,7 +334,7 @@ fn footprint(n: usize) {
         by_labels_existing / 1e6
     );
     println!(
-        "| append by label set (new series) | {:.2} M series/s |",
+        "| append by label set (new series, created 500 at a time) | {:.2} M series/s |",
         by_labels / 1e6
     );
     println!(

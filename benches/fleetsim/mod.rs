@@ -46,6 +46,8 @@ pub struct Host {
     last_ms: AtomicU64,
     /// Longest gap between two scrapes since the last reset, ms.
     max_gap_ms: AtomicU64,
+    /// When that longest gap ended, ms since the epoch.
+    max_gap_at_ms: AtomicU64,
     /// (series text, kind, rate): kind 0 counter, 1 gauge.
     series: Vec<(String, u8, f64)>,
 }
@@ -183,8 +185,15 @@ impl Host {
         self.max_gap_ms.load(Ordering::Relaxed)
     }
 
+    /// When the longest gap since [`Self::reset_gap`] ended, ms since the
+    /// epoch (0 if none yet).
+    pub fn max_gap_at_ms(&self) -> u64 {
+        self.max_gap_at_ms.load(Ordering::Relaxed)
+    }
+
     pub fn reset_gap(&self) {
         self.max_gap_ms.store(0, Ordering::Relaxed);
+        self.max_gap_at_ms.store(0, Ordering::Relaxed);
     }
 
     fn render(&self) -> String {
@@ -219,8 +228,10 @@ async fn metrics(State(h): State<Arc<Host>>) -> Response {
         .map_or(0, |d| d.as_millis() as u64);
     let last = h.last_ms.swap(now, Ordering::Relaxed);
     if last > 0 {
-        h.max_gap_ms
-            .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
+        let gap = now.saturating_sub(last);
+        if h.max_gap_ms.fetch_max(gap, Ordering::Relaxed) < gap {
+            h.max_gap_at_ms.store(now, Ordering::Relaxed);
+        }
     }
     if h.mode.load(Ordering::Relaxed) == Mode::Error5xx as u8 {
         return (StatusCode::INTERNAL_SERVER_ERROR, "simulated failure\n").into_response();
@@ -249,6 +260,7 @@ impl Fleet {
                 scrapes: AtomicU64::new(0),
                 last_ms: AtomicU64::new(0),
                 max_gap_ms: AtomicU64::new(0),
+                max_gap_at_ms: AtomicU64::new(0),
                 series: make_series(i, series),
             });
             let app = Router::new()

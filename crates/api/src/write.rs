@@ -109,43 +109,55 @@ fn decompress(body: &[u8], max_decoded: usize) -> Result<Vec<u8>, String> {
 /// Walks a decompressed WriteRequest, resolving each series to its
 /// reference (creating new series) and adding its samples to `app`. On
 /// an error nothing is committed; series already created stay, empty.
-/// Malformed input is an error naming the series and the problem.
+/// Malformed input is an error naming the series and the problem (400); a
+/// failure of storage is a 500, which senders retry.
 fn append_request(
     raw: &[u8],
     db: &Db,
     cache: &SeriesCache,
     app: &mut Appender<'_>,
-) -> Result<(), String> {
+) -> Result<(), (StatusCode, String)> {
+    let bad = |e: String| (StatusCode::BAD_REQUEST, e);
     let mut series = Vec::new();
     let mut keys = Vec::new();
     for (i, s) in remote_write::series(raw).enumerate() {
-        let s = s.map_err(|e| format!("series {i}: {e}"))?;
+        let s = s.map_err(|e| bad(format!("series {i}: {e}")))?;
         keys.push(s.label_bytes().map(xxhash_rust::xxh3::xxh3_128));
         series.push(s);
     }
     let mut refs = Vec::with_capacity(series.len());
     cache.get_all(&keys, &mut refs);
-    let mut learnt = Vec::new();
+    // Series not in the cache, resolved (and created) together.
+    let mut unknown = Vec::new();
+    let mut labels = Vec::new();
     for (i, s) in series.iter().enumerate() {
-        let r = match refs[i] {
-            Some(r) => r,
-            None => {
-                let labels = s
-                    .labels()
-                    .map_err(|e| e.to_string())
-                    .and_then(|pairs| to_labels(&pairs))
-                    .map_err(|e| format!("series {i}: {e}"))?;
-                let r = db
-                    .series_ref(&labels)
-                    .map_err(|e| format!("series {i}: {e}"))?;
-                if let Some(k) = keys[i] {
-                    learnt.push((k, r));
-                }
-                r
+        if refs[i].is_none() {
+            let l = s
+                .labels()
+                .map_err(|e| e.to_string())
+                .and_then(|pairs| to_labels(&pairs))
+                .map_err(|e| bad(format!("series {i}: {e}")))?;
+            unknown.push(i);
+            labels.push(l);
+        }
+    }
+    let mut learnt = Vec::new();
+    if !unknown.is_empty() {
+        let found = db
+            .series_refs(&labels)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        for (&i, r) in unknown.iter().zip(found) {
+            let r = r.map_err(|e| bad(format!("series {i}: {e}")))?;
+            refs[i] = Some(r);
+            if let Some(k) = keys[i] {
+                learnt.push((k, r));
             }
-        };
+        }
+    }
+    for (i, s) in series.iter().enumerate() {
+        let r = refs[i].expect("every series resolved");
         s.samples(|t, v| app.append_ref(r, t, v))
-            .map_err(|e| format!("series {i}: {e}"))?;
+            .map_err(|e| bad(format!("series {i}: {e}")))?;
     }
     cache.insert_all(&learnt);
     Ok(())
@@ -169,8 +181,7 @@ pub(crate) async fn handle(State(api): State<Api>, headers: HeaderMap, body: Byt
         tokio::task::spawn_blocking(move || -> Result<Vec<String>, (StatusCode, String)> {
             let raw = decompress(&body, max).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
             let mut app = db.appender();
-            append_request(&raw, &db, &cache, &mut app)
-                .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+            append_request(&raw, &db, &cache, &mut app)?;
             let res = app
                 .commit()
                 .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -266,7 +277,7 @@ mod tests {
         fn write(&self, body: &[u8], max: usize) -> Result<(), String> {
             let raw = decompress(body, max)?;
             let mut app = self.db.appender();
-            append_request(&raw, &self.db, &self.cache, &mut app)?;
+            append_request(&raw, &self.db, &self.cache, &mut app).map_err(|(_, e)| e)?;
             app.commit().map_err(|e| e.to_string())?;
             Ok(())
         }

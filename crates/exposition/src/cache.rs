@@ -155,6 +155,42 @@ impl<T> SeriesCache<T> {
         &self.mark(at).value
     }
 
+    /// Counts a line of this scrape whose entry is added later, with
+    /// [`Self::insert_seen`] (its value is not known yet: a series being
+    /// created with others); returns the line's number.
+    pub fn skip_line(&mut self) -> u32 {
+        self.lines += 1;
+        self.lines
+    }
+
+    /// Adds (or replaces) the entry for `series` as seen at `line` (from
+    /// [`Self::skip_line`]), so that the next scrape expects it where
+    /// this page had it; whether the entry is new.
+    pub fn insert_seen(&mut self, series: &str, value: T, line: u32) -> bool {
+        let k = key(series);
+        // Out of the page's order: the end of the scrape sorts.
+        self.moved = true;
+        if let Some(i) = self.lookup(&k) {
+            let slot = &mut self.entries[i];
+            slot.value = value;
+            slot.seen = slot.seen.max(line);
+            return false;
+        }
+        let i = self.entries.len();
+        self.entries.push(Slot {
+            key: k,
+            value,
+            seen: line,
+        });
+        if let Some(index) = self.index.as_mut() {
+            let entries = &self.entries;
+            index.insert_unique(hash_of(&k), i as u32, |&j| {
+                hash_of(&entries[j as usize].key)
+            });
+        }
+        true
+    }
+
     /// Ends a scrape: removes and returns the entries not seen since the
     /// previous call.
     pub fn end_scrape(&mut self) -> Vec<T> {
@@ -218,16 +254,42 @@ mod tests {
     use proptest::prelude::*;
 
     fn page(cache: &mut SeriesCache<u32>, lines: &[&str], next: &mut u32) -> (Vec<u32>, Vec<u32>) {
+        page_with(cache, lines, next, false)
+    }
+
+    /// A scrape of `lines`; with `deferred`, new series get their values
+    /// after the page, as a scraper creating them together does.
+    fn page_with(
+        cache: &mut SeriesCache<u32>,
+        lines: &[&str],
+        next: &mut u32,
+        deferred: bool,
+    ) -> (Vec<u32>, Vec<u32>) {
         let mut refs = Vec::new();
+        let mut pending = Vec::new();
         for l in lines {
             let r = match cache.get(l) {
                 Some(&r) => r,
+                None if deferred => {
+                    pending.push((refs.len(), *l, cache.skip_line()));
+                    0
+                }
                 None => {
                     *next += 1;
                     *cache.insert(l, *next)
                 }
             };
             refs.push(r);
+        }
+        let mut created: std::collections::HashMap<&str, u32> = Default::default();
+        for (i, l, line) in pending {
+            let r = *created.entry(l).or_insert_with(|| {
+                *next += 1;
+                *next
+            });
+            let new = cache.insert_seen(l, r, line);
+            assert_eq!(new, refs[..i].iter().all(|&x| x != r), "{l} new once");
+            refs[i] = r;
         }
         let mut gone = cache.end_scrape();
         gone.sort_unstable();
@@ -268,6 +330,21 @@ mod tests {
     }
 
     #[test]
+    fn series_added_after_the_page_keep_its_order() {
+        let mut c = SeriesCache::new();
+        let mut next = 0;
+        page(&mut c, &["a", "c"], &mut next);
+        let (refs, gone) = page_with(&mut c, &["a", "b", "c", "d"], &mut next, true);
+        assert_eq!((refs, gone), (vec![1, 3, 2, 4], vec![]));
+        // The next page in the same order is found in place.
+        for l in ["a", "b", "c", "d"] {
+            assert!(c.get(l).is_some());
+            assert!(c.index.is_none(), "{l} found in place, without a table");
+        }
+        assert!(c.end_scrape().is_empty());
+    }
+
+    #[test]
     fn insert_replaces_an_entry() {
         let mut c = SeriesCache::new();
         c.insert("a", 1u32);
@@ -291,7 +368,8 @@ mod tests {
         /// missing from each page as gone.
         #[test]
         fn behaves_as_a_map(pages in proptest::collection::vec(
-            proptest::collection::vec(0u8..24, 0..40), 1..12)
+            proptest::collection::vec(0u8..24, 0..40), 1..12),
+            deferred in any::<bool>(),
         ) {
             let mut c = SeriesCache::new();
             let mut model: std::collections::HashMap<String, u32> = Default::default();
@@ -313,7 +391,7 @@ mod tests {
                     .collect();
                 want_gone.sort_unstable();
                 m2.retain(|k, _| lines.contains(k));
-                let (got_refs, got_gone) = page(&mut c, &refs, &mut next);
+                let (got_refs, got_gone) = page_with(&mut c, &refs, &mut next, deferred);
                 prop_assert_eq!(got_refs, want_refs);
                 prop_assert_eq!(got_gone, want_gone);
                 prop_assert_eq!(c.len(), m2.len());

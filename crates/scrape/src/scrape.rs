@@ -570,6 +570,9 @@ fn append_samples(
     };
     let limit = job.limits.samples;
     st.scrapes += 1;
+    // Series new to this target: created together once the page is read.
+    let mut fresh: Vec<Fresh<'_>> = Vec::new();
+    let mut fresh_labels: Vec<Labels> = Vec::new();
     while let Some(entry) = parser
         .next_entry()
         .map_err(|e| format!("parse error: {e}"))?
@@ -603,46 +606,90 @@ fn append_samples(
             _ => continue,
         };
         c.scraped += 1;
-        let cached = match st.cache.get(s.series) {
-            Some(c) => *c,
+        let r = match st.cache.get(s.series) {
+            Some(&DROPPED) => continue,
+            Some(&r) => r,
             None => {
                 let Some(labels) = series_labels(&s, target, job)? else {
                     st.cache.insert(s.series, DROPPED);
                     continue;
                 };
-                match db.series_ref(&labels) {
-                    Ok(r) => {
-                        c.added += 1;
-                        if job.honor_timestamps && s.timestamp.is_some() {
-                            st.untracked.insert(r);
-                        }
-                        *st.cache.insert(s.series, r)
-                    }
-                    Err(e) => {
-                        *rejected += 1;
-                        first_rejection.get_or_insert_with(|| e.to_string());
-                        continue;
-                    }
+                // Created with the page's other new series, after it.
+                fresh.push(Fresh {
+                    series: s.series,
+                    line: st.cache.skip_line(),
+                    t: sample_time(job, &s, t),
+                    value: s.value,
+                    untracked: job.honor_timestamps && s.timestamp.is_some(),
+                });
+                fresh_labels.push(labels);
+                c.post_relabel += 1;
+                if limit > 0 && c.post_relabel > limit {
+                    return Err(sample_limit_exceeded(limit));
                 }
+                continue;
             }
         };
-        if cached == DROPPED {
-            continue;
-        }
-        let r = cached;
         c.post_relabel += 1;
         if limit > 0 && c.post_relabel > limit {
-            return Err(format!(
-                "sample_limit exceeded: more than {limit} samples after metric relabelling"
-            ));
+            return Err(sample_limit_exceeded(limit));
         }
-        let ts = match (job.honor_timestamps, s.timestamp) {
-            (true, Some(ts)) => ts,
-            _ => t,
-        };
-        app.append_ref(r, ts, s.value);
+        app.append_ref(r, sample_time(job, &s, t), s.value);
+    }
+    if fresh.is_empty() {
+        return Ok(c);
+    }
+    let refs = match db.series_refs(&fresh_labels) {
+        Ok(refs) => refs,
+        Err(e) => {
+            // Storage failed, not the target: its new series are refused.
+            *rejected += fresh.len() as u64;
+            first_rejection.get_or_insert_with(|| e.to_string());
+            return Ok(c);
+        }
+    };
+    for (f, r) in fresh.iter().zip(refs) {
+        match r {
+            Ok(r) => {
+                if st.cache.insert_seen(f.series, r, f.line) {
+                    c.added += 1;
+                }
+                if f.untracked {
+                    st.untracked.insert(r);
+                }
+                app.append_ref(r, f.t, f.value);
+            }
+            Err(e) => {
+                *rejected += 1;
+                first_rejection.get_or_insert_with(|| e.to_string());
+            }
+        }
     }
     Ok(c)
+}
+
+/// A sample of a series new to its target, waiting for the series to be
+/// created with the page's other new ones.
+struct Fresh<'a> {
+    series: &'a str,
+    /// Its line in the scrape cache's count.
+    line: u32,
+    t: i64,
+    value: f64,
+    /// It carries its own timestamp, so gets no staleness marker.
+    untracked: bool,
+}
+
+/// The timestamp a scraped sample is stored at.
+fn sample_time(job: &Job, s: &tiermon_exposition::SampleRef<'_>, scrape_t: i64) -> i64 {
+    match (job.honor_timestamps, s.timestamp) {
+        (true, Some(ts)) => ts,
+        _ => scrape_t,
+    }
+}
+
+fn sample_limit_exceeded(limit: u64) -> String {
+    format!("sample_limit exceeded: more than {limit} samples after metric relabelling")
 }
 
 /// The stored labels of a scraped sample: its own, merged with the
@@ -783,6 +830,72 @@ mod tests {
         assert_eq!(samples("b"), [(500, 2f64.to_bits())]);
         assert_eq!(samples("dropped"), []);
         assert!(st.untracked.is_empty(), "b left the cache and the set");
+    }
+
+    /// New series are created together after the page is read: each
+    /// is counted once in scrape_series_added (a line twice included), and
+    /// a page over sample_limit creates none of them.
+    #[test]
+    fn new_series_are_created_together_and_counted_once() {
+        let page = |s: &str| {
+            Ok((
+                s.as_bytes().to_vec(),
+                tiermon_exposition::Format::Prometheus,
+            ))
+        };
+        let values = |db: &Db, name: &str| -> Vec<(i64, f64)> {
+            let m = tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name)
+                .unwrap();
+            db.select(&[m], 0, 10_000)
+                .unwrap()
+                .into_iter()
+                .flat_map(|s| s.samples)
+                .map(|s| (s.t, s.v))
+                .collect()
+        };
+        let d = Duration::from_millis(1);
+        let (job, target) = job_and_target("");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
+        let mut st = LoopState::new();
+        for (t, body) in [
+            (1000, "a 1\nb 2\n"),
+            (2000, "a 1\nx 5\nb 2\nx 5\ny 7\n"),
+            (3000, "a 1\nx 5\nb 2\ny 7\n"),
+        ] {
+            let r = ingest(&mut st, &db, &job, &target, page(body), t, d);
+            assert_eq!(r.error, None);
+        }
+        assert_eq!(
+            values(&db, "scrape_series_added"),
+            [(1000, 2.0), (2000, 2.0), (3000, 0.0)]
+        );
+        assert_eq!(values(&db, "y"), [(2000, 7.0), (3000, 7.0)]);
+        assert_eq!(values(&db, "x"), [(2000, 5.0), (3000, 5.0)]);
+
+        let (job, target) = job_and_target("    sample_limit: 2\n");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
+        let mut st = LoopState::new();
+        let r = ingest(
+            &mut st,
+            &db,
+            &job,
+            &target,
+            page("a 1\nb 2\nc 3\n"),
+            1000,
+            d,
+        );
+        assert!(r.error.unwrap().contains("sample_limit"));
+        for name in ["a", "b", "c"] {
+            let m = tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name)
+                .unwrap();
+            assert!(
+                db.series(&[m], 0, 10_000).unwrap().is_empty(),
+                "{name} created"
+            );
+        }
+        assert_eq!(values(&db, "up"), [(1000, 0.0)]);
     }
 
     /// A target's loop is a task that lives as long as the target: between

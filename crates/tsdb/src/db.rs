@@ -25,6 +25,10 @@ const ENC_XOR: u8 = 0;
 const ENC_SEALED: u8 = 1;
 const ENC_AGG: u8 = 2;
 
+/// Series created under one lock and one WAL write, at most: a large
+/// remote_write request of new series must not hold appends back long.
+const CREATE_BATCH: usize = 1024;
+
 /// Bytes of sealed chunks collected before they are written to RocksDB
 /// together, as one table file: they stay readable in the head and their
 /// samples are in the WAL meanwhile.
@@ -517,58 +521,138 @@ impl Db {
         if let Some(r) = self.inner.head.read().lookup(labels) {
             return Ok(r);
         }
-        self.validate_labels(labels)?;
-        // An evicted series keeps its reference when it comes back.
-        let stored = if self.inner.evicted_any.load(Ordering::Acquire) {
-            self.stored_ref(labels)?
-        } else {
-            None
-        };
+        let mut out = vec![Ok(SeriesRef::MAX)];
+        self.create_missing(std::slice::from_ref(labels), vec![0], &mut out)?;
+        out.pop().expect("one result per label set")
+    }
+
+    /// The references of many series, creating (durably) those that do not
+    /// exist: a scrape's or a remote_write request's new series take the
+    /// head's lock and write the WAL once per batch (of up to 1,024), not
+    /// once each. One result per label set, in order: a series refused (invalid
+    /// labels, a limit) does not hold the others back. The outer error is
+    /// a failure of storage itself; series it did not create can be asked
+    /// for again.
+    pub fn series_refs(&self, sets: &[Labels]) -> Result<Vec<Result<SeriesRef>>> {
+        let mut out: Vec<Result<SeriesRef>> = Vec::with_capacity(sets.len());
+        let mut missing = Vec::new();
+        {
+            let head = self.inner.head.read();
+            for (i, labels) in sets.iter().enumerate() {
+                match head.lookup(labels) {
+                    Some(r) => out.push(Ok(r)),
+                    None => {
+                        // Replaced below.
+                        out.push(Ok(SeriesRef::MAX));
+                        missing.push(i);
+                    }
+                }
+            }
+        }
+        self.create_missing(sets, missing, &mut out)?;
+        Ok(out)
+    }
+
+    /// Creates the series `sets[i]` for each `i` of `missing` (not found a
+    /// moment ago), setting `out[i]`.
+    fn create_missing(
+        &self,
+        sets: &[Labels],
+        missing: Vec<usize>,
+        out: &mut [Result<SeriesRef>],
+    ) -> Result<()> {
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Checks that need no lock: the labels, and whether an evicted
+        // series comes back (it keeps its reference).
+        let evicted = self.inner.evicted_any.load(Ordering::Acquire);
+        let mut todo: Vec<(usize, Option<SeriesRef>)> = Vec::with_capacity(missing.len());
+        for i in missing {
+            let stored = self.validate_labels(&sets[i]).and_then(|()| match evicted {
+                true => self.stored_ref(&sets[i]),
+                false => Ok(None),
+            });
+            match stored {
+                Ok(stored) => todo.push((i, stored)),
+                Err(e) => out[i] = Err(e),
+            }
+        }
+        for batch in todo.chunks(CREATE_BATCH) {
+            self.create_series(sets, batch, out)?;
+        }
+        Ok(())
+    }
+
+    /// Creates the series `sets[i]` for each `(i, stored reference)` of
+    /// `batch` under one lock and one WAL write, setting `out[i]`.
+    fn create_series(
+        &self,
+        sets: &[Labels],
+        batch: &[(usize, Option<SeriesRef>)],
+        out: &mut [Result<SeriesRef>],
+    ) -> Result<()> {
         let mut head = self.inner.head.write();
-        if let Some(r) = head.lookup(labels) {
-            return Ok(r);
+        // (index, reference, whether it was evicted and comes back)
+        let mut created: Vec<(usize, SeriesRef, bool)> = Vec::with_capacity(batch.len());
+        for &(i, stored) in batch {
+            let labels = &sets[i];
+            // Created meanwhile, or earlier in this batch.
+            if let Some(r) = head.lookup(labels) {
+                out[i] = Ok(r);
+                continue;
+            }
+            if head.len() >= self.inner.opts.max_series {
+                out[i] = Err(Error::Limit {
+                    limit: "max_series",
+                    value: self.inner.opts.max_series,
+                    detail: format!("cannot create {labels}"),
+                });
+                continue;
+            }
+            if !head.has_room(labels.len()) {
+                out[i] = Err(Error::Limit {
+                    limit: "label_bytes",
+                    value: crate::labelsets::CAPACITY,
+                    detail: format!("the head's label sets are full: cannot create {labels}"),
+                });
+                continue;
+            }
+            let r = stored.unwrap_or_else(|| head.next_ref());
+            // The last reference stays unused: callers may mark with it.
+            if r == SeriesRef::MAX {
+                out[i] = Err(Error::Limit {
+                    limit: "series references",
+                    value: SeriesRef::MAX as usize,
+                    detail: format!("every reference was handed out: cannot create {labels}"),
+                });
+                continue;
+            }
+            head.create(r, labels);
+            created.push((i, r, stored.is_some()));
         }
-        if head.len() >= self.inner.opts.max_series {
-            return Err(Error::Limit {
-                limit: "max_series",
-                value: self.inner.opts.max_series,
-                detail: format!("cannot create {labels}"),
-            });
+        if created.is_empty() {
+            return Ok(());
         }
-        if !head.has_room(labels.len()) {
-            return Err(Error::Limit {
-                limit: "label_bytes",
-                value: crate::labelsets::CAPACITY,
-                detail: format!("the head's label sets are full: cannot create {labels}"),
-            });
+        let logged = self
+            .inner
+            .wal
+            .lock()
+            .log_series(created.iter().map(|&(i, r, _)| (r, &sets[i])));
+        if let Err(e) = logged {
+            // Not durable, so not created: nobody may append to them.
+            let refs: Vec<SeriesRef> = created.iter().map(|&(_, r, _)| r).collect();
+            head.evict(&refs);
+            return Err(e);
         }
-        let r = stored.unwrap_or_else(|| head.next_ref());
-        // The last reference stays unused: callers may mark with it.
-        if r == SeriesRef::MAX {
-            return Err(Error::Limit {
-                limit: "series references",
-                value: SeriesRef::MAX as usize,
-                detail: format!("every reference was handed out: cannot create {labels}"),
-            });
+        let hcf = cf(&self.inner.rocks, CF_HEAD)?;
+        for (i, r, revived) in created {
+            out[i] = match revived {
+                true => revive(&self.inner.rocks, hcf, &mut head, r).map(|()| r),
+                false => Ok(r),
+            };
         }
-        let rec = Record::Series {
-            r,
-            labels: labels
-                .iter()
-                .map(|l| (l.name.to_string(), l.value.to_string()))
-                .collect(),
-        };
-        self.inner.wal.lock().log(std::slice::from_ref(&rec))?;
-        head.create(r, labels);
-        if stored.is_some() {
-            revive(
-                &self.inner.rocks,
-                cf(&self.inner.rocks, CF_HEAD)?,
-                &mut head,
-                r,
-            )?;
-        }
-        Ok(r)
+        Ok(())
     }
 
     /// The reference an evicted series with exactly these labels had.

@@ -50,18 +50,30 @@ fn encode_samples(s: &[(u32, i64, f64)], out: &mut Vec<u8>) {
     }
 }
 
+/// A [`Record::Series`] of `r` and its `(name, value)` pairs, encoded
+/// without owning them.
+fn encode_series<'a>(
+    r: u32,
+    labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    out: &mut Vec<u8>,
+) {
+    out.push(SERIES);
+    put_uvarint(out, u64::from(r));
+    put_uvarint(out, labels.len() as u64);
+    for (n, v) in labels {
+        put_bytes(out, n.as_bytes());
+        put_bytes(out, v.as_bytes());
+    }
+}
+
 impl Record {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Record::Series { r, labels } => {
-                out.push(SERIES);
-                put_uvarint(out, u64::from(*r));
-                put_uvarint(out, labels.len() as u64);
-                for (n, v) in labels {
-                    put_bytes(out, n.as_bytes());
-                    put_bytes(out, v.as_bytes());
-                }
-            }
+            Record::Series { r, labels } => encode_series(
+                *r,
+                labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                out,
+            ),
             Record::Samples(s) => encode_samples(s, out),
         }
     }
@@ -139,6 +151,19 @@ impl Wal {
         self.buf.clear();
         for rec in records {
             self.frame(|out| rec.encode(out));
+        }
+        self.write_buf()
+    }
+
+    /// Logs one [`Record::Series`] per `(reference, labels)`, as one
+    /// write, without copying the labels.
+    pub(crate) fn log_series<'a>(
+        &mut self,
+        series: impl Iterator<Item = (u32, &'a tiermon_model::Labels)>,
+    ) -> Result<()> {
+        self.buf.clear();
+        for (r, labels) in series {
+            self.frame(|out| encode_series(r, labels.iter().map(|l| (&*l.name, &*l.value)), out));
         }
         self.write_buf()
     }

@@ -1691,3 +1691,61 @@ fn sealed_chunks_stay_readable_when_their_table_file_fails_and_are_written_later
     assert!(std::fs::read_dir(&ingest).unwrap().next().is_none());
     assert_eq!(read(&db), want, "after a restart");
 }
+
+#[test]
+fn series_are_created_together_each_with_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        max_series: 2100,
+        max_label_value_len: 8,
+        ..opts()
+    };
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    let a = labels("a", &[]);
+    let ra = db.series_ref(&a).unwrap();
+    // More than one batch of new series, past max_series, with an
+    // existing series, a series twice and an invalid one among them.
+    let mut sets = vec![a.clone()];
+    sets.extend((0..2500).map(|i| labels("n", &[("i", &i.to_string())])));
+    sets.push(labels("n", &[("i", "0")]));
+    sets.push(labels("n", &[("i", "123456789")]));
+    let got = db.series_refs(&sets).unwrap();
+    assert_eq!(got.len(), sets.len());
+    assert_eq!(*got[0].as_ref().unwrap(), ra);
+    let created: Vec<SeriesRef> = got[1..2100].iter().map(|r| *r.as_ref().unwrap()).collect();
+    let distinct: std::collections::HashSet<_> = created.iter().chain([&ra]).collect();
+    assert_eq!(
+        distinct.len(),
+        2100,
+        "every new series has its own reference"
+    );
+    for r in &got[2100..2501] {
+        let e = r.as_ref().unwrap_err().to_string();
+        assert!(e.contains("max_series"), "{e}");
+    }
+    assert_eq!(
+        *got[2501].as_ref().unwrap(),
+        created[0],
+        "the same series twice"
+    );
+    let e = got[2502].as_ref().unwrap_err().to_string();
+    assert!(e.contains("max_label_value_len"), "{e}");
+    assert_eq!(db.stats(0).series, 2100);
+    // Each is there under its labels, and durable: the WAL replays them.
+    let mut app = db.appender();
+    for (i, &r) in created.iter().enumerate() {
+        app.append_ref(r, 1000, i as f64);
+    }
+    app.commit().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), o).unwrap();
+    assert_eq!(db.stats(0).series, 2100);
+    for (i, &r) in created.iter().enumerate().step_by(97) {
+        assert_eq!(db.series_ref(&sets[i + 1]).unwrap(), r);
+        let v = values(&db, &[eq("i", &i.to_string())], 0, 2000);
+        assert_eq!(
+            v,
+            [(sets[i + 1].to_string(), vec![(1000, (i as f64).to_bits())])]
+        );
+    }
+}
