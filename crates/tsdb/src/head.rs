@@ -268,6 +268,25 @@ pub(crate) struct MemSeries {
     /// series' every sample from [`MemSeries::chunk_min_t`] on, so a read
     /// from there on needs nothing from RocksDB.
     pub ooo_sealed: bool,
+    /// 24 bits of its label hash, which place it in [`Head`]'s table by
+    /// labels (see [`table_hash`]): the table grows without decoding and
+    /// hashing every label set again. It fills the record's padding.
+    hash: [u8; 3],
+}
+
+/// The hash of a series in [`Head`]'s table by labels: 24 bits of its
+/// [`Labels::series_id`] spread over 64 (the table takes its bucket from
+/// the low bits and a tag from the top ones). Series that share those 24
+/// bits are told apart by their labels.
+fn table_hash(fragment: [u8; 3]) -> u64 {
+    let f = u64::from(fragment[0]) | u64::from(fragment[1]) << 8 | u64::from(fragment[2]) << 16;
+    f.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The 24 bits of a label hash a series keeps.
+fn fragment(series_id: u64) -> [u8; 3] {
+    let b = series_id.to_le_bytes();
+    [b[0], b[1], b[2]]
 }
 
 /// Why a sample was not accepted.
@@ -309,9 +328,9 @@ pub(crate) struct Head {
     free: Vec<u32>,
     /// Series in memory.
     live: usize,
-    /// Series by label hash ([`Labels::series_id`]), told apart by their
-    /// labels when hashes collide: 4 bytes an entry, the hash recomputed
-    /// from the labels when the table grows.
+    /// Series by label hash ([`table_hash`]), told apart by their labels
+    /// when hashes collide: 4 bytes an entry, the hash read from the
+    /// series' record when the table grows.
     by_hash: hashbrown::HashTable<SeriesRef>,
     /// (name, value) → series, ascending.
     postings: HashMap<(u32, u32), Vec<SeriesRef>>,
@@ -529,15 +548,10 @@ impl Head {
 
     /// The series with exactly these labels.
     pub(crate) fn lookup(&self, labels: &Labels) -> Option<SeriesRef> {
-        let h = labels.series_id().0;
+        let h = table_hash(fragment(labels.series_id().0));
         self.by_hash
             .find(h, |&r| self.labels_eq(r, labels))
             .copied()
-    }
-
-    /// [`Labels::series_id`] of a series in memory, from its labels.
-    fn hash_of(symbols: &Symbols, labels: impl Iterator<Item = (u32, u32)> + Clone) -> u64 {
-        tiermon_model::series_id_of(labels.map(|(n, v)| (&**symbols.get(n), &**symbols.get(v)))).0
     }
 
     fn labels_eq(&self, r: SeriesRef, labels: &Labels) -> bool {
@@ -566,7 +580,7 @@ impl Head {
         if self.contains(r) {
             return;
         }
-        let h = tiermon_model::series_id_of(labels.clone()).0;
+        let hash = fragment(tiermon_model::series_id_of(labels.clone()).0);
         let pairs: Vec<(u32, u32)> = labels
             .map(|(n, v)| (self.symbols.intern(n), self.symbols.intern(v)))
             .collect();
@@ -590,22 +604,21 @@ impl Head {
         self.reserve_refs(r + 1);
         let slot = match self.free.pop() {
             Some(f) => {
-                self.series[f as usize] = MemSeries::empty(r);
+                self.series[f as usize] = MemSeries::new(r, hash);
                 self.labels.set(f as usize, &pairs);
                 f as usize
             }
             None => {
-                self.series.push(MemSeries::empty(r));
+                self.series.push(MemSeries::new(r, hash));
                 self.labels.push(&pairs);
                 self.series.len() - 1
             }
         };
         self.slots[r as usize] = slot as u32 + 1;
         self.live += 1;
-        let (symbols, all, slots) = (&self.symbols, &self.labels, &self.slots);
-        self.by_hash.insert_unique(h, r, |&x| {
-            let slot = slots[x as usize] as usize - 1;
-            Self::hash_of(symbols, all.get(slot).expect("a hashed series has labels"))
+        let (series, slots) = (&self.series, &self.slots);
+        self.by_hash.insert_unique(table_hash(hash), r, |&x| {
+            table_hash(series[slots[x as usize] as usize - 1].hash)
         });
     }
 
@@ -621,7 +634,7 @@ impl Head {
             };
             pairs.clear();
             self.labels.remove(slot as usize - 1, &mut pairs);
-            let h = Self::hash_of(&self.symbols, pairs.iter().copied());
+            let h = table_hash(self.series[slot as usize - 1].hash);
             if let Ok(e) = self.by_hash.find_entry(h, |&x| x == r) {
                 e.remove();
             }
@@ -630,7 +643,7 @@ impl Head {
                 self.symbols.release(pair.0);
                 self.symbols.release(pair.1);
             }
-            self.series[slot as usize - 1] = MemSeries::empty(r);
+            self.series[slot as usize - 1] = MemSeries::new(r, [0; 3]);
             self.ooo.remove(&r);
             self.slots[r as usize] = 0;
             self.free.push(slot - 1);
@@ -1081,7 +1094,8 @@ impl Head {
 }
 
 impl MemSeries {
-    fn empty(r: SeriesRef) -> Self {
+    /// Series `r`, without samples, whose labels hash to `hash`.
+    fn new(r: SeriesRef, hash: [u8; 3]) -> Self {
         Self {
             chunk: XorChunk::new(),
             min_t: i64::MAX,
@@ -1089,6 +1103,7 @@ impl MemSeries {
             chunk_seq: 0,
             r,
             ooo_sealed: false,
+            hash,
         }
     }
 
@@ -1236,6 +1251,43 @@ mod append_tests {
                 );
             }
         }
+    }
+
+    /// The table by labels keeps 24 bits of each hash: among 30k series
+    /// a few dozen pairs share them, and must still be told apart, as
+    /// the table grows and as series leave and come back.
+    #[test]
+    fn series_sharing_hash_bits_are_told_apart() {
+        let mut head = Head::new(1_000);
+        let set = |i: usize| Labels::from_pairs([("__name__", "m"), ("i", &i.to_string())]);
+        let n = 30_000;
+        for i in 0..n {
+            head.create(i as SeriesRef, &set(i));
+        }
+        let mut by_fragment: HashMap<[u8; 3], usize> = HashMap::new();
+        for i in 0..n {
+            *by_fragment
+                .entry(fragment(set(i).series_id().0))
+                .or_default() += 1;
+        }
+        let shared = by_fragment.values().filter(|&&k| k > 1).count();
+        assert!(shared >= 10, "only {shared} fragments shared: no test");
+        for i in 0..n {
+            assert_eq!(head.lookup(&set(i)), Some(i as SeriesRef), "series {i}");
+        }
+        let gone: Vec<SeriesRef> = (0..n as SeriesRef).filter(|r| r % 3 == 0).collect();
+        head.evict(&gone);
+        for i in 0..n {
+            let want = (i % 3 != 0).then_some(i as SeriesRef);
+            assert_eq!(head.lookup(&set(i)), want, "series {i}");
+        }
+        for &r in &gone {
+            head.create(r, &set(r as usize));
+        }
+        for i in 0..n {
+            assert_eq!(head.lookup(&set(i)), Some(i as SeriesRef), "series {i}");
+        }
+        assert_eq!(head.lookup(&set(n)), None);
     }
 
     /// A commit whose series cross a partition boundary at different
