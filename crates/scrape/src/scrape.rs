@@ -606,35 +606,41 @@ fn append_samples(
             _ => continue,
         };
         c.scraped += 1;
-        let r = match st.cache.get(s.series) {
+        let known = match st.cache.get(s.series) {
             Some(&DROPPED) => continue,
-            Some(&r) => r,
-            None => {
-                let Some(labels) = series_labels(&s, target, job)? else {
+            Some(&r) => Some(r),
+            None => match series_labels(&s, target, job)? {
+                Some(labels) => {
+                    fresh_labels.push(labels);
+                    None
+                }
+                None => {
                     st.cache.insert(s.series, DROPPED);
                     continue;
-                };
-                // Created with the page's other new series, after it.
-                fresh.push(Fresh {
-                    series: s.series,
-                    line: st.cache.skip_line(),
-                    t: sample_time(job, &s, t),
-                    value: s.value,
-                    untracked: job.honor_timestamps && s.timestamp.is_some(),
-                });
-                fresh_labels.push(labels);
-                c.post_relabel += 1;
-                if limit > 0 && c.post_relabel > limit {
-                    return Err(sample_limit_exceeded(limit));
                 }
-                continue;
-            }
+            },
         };
         c.post_relabel += 1;
         if limit > 0 && c.post_relabel > limit {
-            return Err(sample_limit_exceeded(limit));
+            return Err(format!(
+                "sample_limit exceeded: more than {limit} samples after metric relabelling"
+            ));
         }
-        app.append_ref(r, sample_time(job, &s, t), s.value);
+        let ts = match (job.honor_timestamps, s.timestamp) {
+            (true, Some(ts)) => ts,
+            _ => t,
+        };
+        match known {
+            Some(r) => app.append_ref(r, ts, s.value),
+            // Created with the page's other new series, after it.
+            None => fresh.push(Fresh {
+                series: s.series,
+                line: st.cache.skip_line(),
+                t: ts,
+                value: s.value,
+                untracked: job.honor_timestamps && s.timestamp.is_some(),
+            }),
+        }
     }
     if fresh.is_empty() {
         return Ok(c);
@@ -678,18 +684,6 @@ struct Fresh<'a> {
     value: f64,
     /// It carries its own timestamp, so gets no staleness marker.
     untracked: bool,
-}
-
-/// The timestamp a scraped sample is stored at.
-fn sample_time(job: &Job, s: &tiermon_exposition::SampleRef<'_>, scrape_t: i64) -> i64 {
-    match (job.honor_timestamps, s.timestamp) {
-        (true, Some(ts)) => ts,
-        _ => scrape_t,
-    }
-}
-
-fn sample_limit_exceeded(limit: u64) -> String {
-    format!("sample_limit exceeded: more than {limit} samples after metric relabelling")
 }
 
 /// The stored labels of a scraped sample: its own, merged with the
@@ -783,6 +777,31 @@ mod tests {
         (job, target)
     }
 
+    /// A fetched Prometheus text page.
+    fn page(s: &str) -> Fetched {
+        Ok((
+            s.as_bytes().to_vec(),
+            tiermon_exposition::Format::Prometheus,
+        ))
+    }
+
+    /// The samples of metric `name`, as (time, value bits).
+    fn samples(db: &Db, name: &str) -> Vec<(i64, u64)> {
+        let m =
+            tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name).unwrap();
+        db.select(&[m], 0, 10_000)
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.samples)
+            .map(|s| (s.t, s.v.to_bits()))
+            .collect()
+    }
+
+    /// (time, value bits) of each (time, value).
+    fn bits<const N: usize>(v: [(i64, f64); N]) -> Vec<(i64, u64)> {
+        v.iter().map(|&(t, v)| (t, v.to_bits())).collect()
+    }
+
     /// A series that leaves the page gets a staleness marker, unless it
     /// came with its own timestamps (as in Prometheus), and a series that
     /// relabelling drops gets nothing either.
@@ -794,12 +813,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), tiermon_tsdb::Options::default()).unwrap();
         let mut st = LoopState::new();
-        let page = |s: &str| {
-            Ok((
-                s.as_bytes().to_vec(),
-                tiermon_exposition::Format::Prometheus,
-            ))
-        };
         let d = Duration::from_millis(1);
         let r = ingest(
             &mut st,
@@ -813,22 +826,9 @@ mod tests {
         assert_eq!(r.error, None);
         let r = ingest(&mut st, &db, &job, &target, page("c 4\n"), 2000, d);
         assert_eq!(r.error, None);
-        let samples = |name: &str| -> Vec<(i64, u64)> {
-            let m = tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name)
-                .unwrap();
-            db.select(&[m], 0, 10_000)
-                .unwrap()
-                .into_iter()
-                .flat_map(|s| s.samples)
-                .map(|s| (s.t, s.v.to_bits()))
-                .collect()
-        };
-        assert_eq!(
-            samples("a"),
-            [(1000, 1f64.to_bits()), (2000, STALE_NAN.to_bits())]
-        );
-        assert_eq!(samples("b"), [(500, 2f64.to_bits())]);
-        assert_eq!(samples("dropped"), []);
+        assert_eq!(samples(&db, "a"), bits([(1000, 1.0), (2000, STALE_NAN)]));
+        assert_eq!(samples(&db, "b"), bits([(500, 2.0)]));
+        assert_eq!(samples(&db, "dropped"), []);
         assert!(st.untracked.is_empty(), "b left the cache and the set");
     }
 
@@ -837,22 +837,6 @@ mod tests {
     /// a page over sample_limit creates none of them.
     #[test]
     fn new_series_are_created_together_and_counted_once() {
-        let page = |s: &str| {
-            Ok((
-                s.as_bytes().to_vec(),
-                tiermon_exposition::Format::Prometheus,
-            ))
-        };
-        let values = |db: &Db, name: &str| -> Vec<(i64, f64)> {
-            let m = tiermon_model::Matcher::new(tiermon_model::MatchOp::Equal, "__name__", name)
-                .unwrap();
-            db.select(&[m], 0, 10_000)
-                .unwrap()
-                .into_iter()
-                .flat_map(|s| s.samples)
-                .map(|s| (s.t, s.v))
-                .collect()
-        };
         let d = Duration::from_millis(1);
         let (job, target) = job_and_target("");
         let dir = tempfile::tempdir().unwrap();
@@ -867,11 +851,11 @@ mod tests {
             assert_eq!(r.error, None);
         }
         assert_eq!(
-            values(&db, "scrape_series_added"),
-            [(1000, 2.0), (2000, 2.0), (3000, 0.0)]
+            samples(&db, "scrape_series_added"),
+            bits([(1000, 2.0), (2000, 2.0), (3000, 0.0)])
         );
-        assert_eq!(values(&db, "y"), [(2000, 7.0), (3000, 7.0)]);
-        assert_eq!(values(&db, "x"), [(2000, 5.0), (3000, 5.0)]);
+        assert_eq!(samples(&db, "y"), bits([(2000, 7.0), (3000, 7.0)]));
+        assert_eq!(samples(&db, "x"), bits([(2000, 5.0), (3000, 5.0)]));
 
         let (job, target) = job_and_target("    sample_limit: 2\n");
         let dir = tempfile::tempdir().unwrap();
@@ -895,7 +879,7 @@ mod tests {
                 "{name} created"
             );
         }
-        assert_eq!(values(&db, "up"), [(1000, 0.0)]);
+        assert_eq!(samples(&db, "up"), bits([(1000, 0.0)]));
     }
 
     /// A target's loop is a task that lives as long as the target: between

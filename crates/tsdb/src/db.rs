@@ -770,17 +770,10 @@ impl Db {
                 }
             }
             if !revived.is_empty() {
-                let recs: Vec<Record> = revived
-                    .iter()
-                    .map(|(r, l)| Record::Series {
-                        r: *r,
-                        labels: l
-                            .iter()
-                            .map(|l| (l.name.to_string(), l.value.to_string()))
-                            .collect(),
-                    })
-                    .collect();
-                self.inner.wal.lock().log(&recs)?;
+                self.inner
+                    .wal
+                    .lock()
+                    .log_series(revived.iter().map(|(r, l)| (*r, l)))?;
                 let hcf = cf(&self.inner.rocks, CF_HEAD)?;
                 for (r, l) in &revived {
                     head.create(*r, l);

@@ -67,6 +67,7 @@ fn encode_series<'a>(
 }
 
 impl Record {
+    #[cfg(test)]
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Record::Series { r, labels } => encode_series(
@@ -146,7 +147,9 @@ impl Wal {
     }
 
     /// Writes records as one unit; returns once they are in the file (and
-    /// synced, with `fsync`).
+    /// synced, with `fsync`). Storage logs through [`Self::log_series`] and
+    /// [`Self::log_samples`], which encode without copying.
+    #[cfg(test)]
     pub(crate) fn log(&mut self, records: &[Record]) -> Result<()> {
         self.buf.clear();
         for rec in records {
